@@ -1,0 +1,37 @@
+# Two commands from a clean clone, with only python3 (and its venv module) installed:
+#   make run    the service on http://127.0.0.1:8080 with a local SQLite database
+#   make test   ruff, then the whole test suite
+# The virtualenv lives in .venv; the package is reinstalled only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint clean
+
+run: $(VENV)/.installed
+	$(BIN)/bountybot db upgrade
+	$(BIN)/bountybot serve
+
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check
+	$(BIN)/mypy bountybot
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+# The test extras include the package itself, so they also satisfy `run`.
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

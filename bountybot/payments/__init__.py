@@ -1,0 +1,1 @@
+"""Payment providers: they move the real money; the ledger records what they did."""

@@ -1,0 +1,27 @@
+"""The rules of a bounty, as pure functions: state + event -> new state, postings, messages."""
+
+from bountybot.rules.decide import (
+    Comment,
+    Event,
+    IssueClosed,
+    LabelAdded,
+    LabelRemoved,
+    LinkClosed,
+    LinkOpened,
+    PayoutFailed,
+    PayoutPaid,
+    PledgeConfirmed,
+    Tick,
+    decide_comment,
+    decide_event,
+)
+from bountybot.rules.model import Actor, Bounty, Claim, IssueRef, Link, Payout, Pledge
+from bountybot.rules.policy import Policy
+from bountybot.rules.work import Decision, Message, Refused, Trail
+
+__all__ = [
+    "Actor", "Bounty", "Claim", "Comment", "Decision", "Event", "IssueClosed", "IssueRef",
+    "LabelAdded", "LabelRemoved", "Link", "LinkClosed", "LinkOpened", "Message", "Payout",
+    "PayoutFailed", "PayoutPaid", "Pledge", "PledgeConfirmed", "Policy", "Refused", "Tick",
+    "Trail", "decide_comment", "decide_event",
+]

@@ -1,0 +1,205 @@
+"""The entry points of the rules: a comment or an event, plus the bounty, gives a decision.
+
+Pure functions: they read nothing but their arguments (the clock is one of them) and change
+nothing but the copy they return, so every rule is tested without a database or a forge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from bountybot.commands import Command, CommandName, CommandRefusal, help_text, parse_comment
+from bountybot.rules import claims, payouts, pledges, tasks
+from bountybot.rules.model import Actor, Bounty, IssueRef
+from bountybot.rules.policy import Policy
+from bountybot.rules.summary import status_text
+from bountybot.rules.work import Decision, Message, Refused, Work
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    """A new issue comment (or an edit that adds commands)."""
+
+    id: str
+    author: Actor
+    body: str
+
+
+# Normalized events, as the forge adapters produce them and the sweeps raise them.
+@dataclass(frozen=True, slots=True)
+class LabelAdded:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRemoved:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class IssueClosed:
+    not_planned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOpened:
+    number: int
+    author: str
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkClosed:
+    number: int
+    author: str
+    merged: bool
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed: deadlines and claim expiry are due (raised by the sweeps)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PledgeConfirmed:
+    pledge_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutPaid:
+    payout_id: int
+    reference: str
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutFailed:
+    payout_id: int
+    error: str
+
+
+Event = (LabelAdded | LabelRemoved | IssueClosed | LinkOpened | LinkClosed | Tick
+         | PledgeConfirmed | PayoutPaid | PayoutFailed)
+
+
+def is_bot(actor: Actor, policy: Policy) -> bool:
+    """The bot never acts on its own comments, nor on any other bot's."""
+    login = actor.login.lower()
+    return actor.is_bot or login == policy.bot_login.lower() or login.endswith("[bot]")
+
+
+def _due(w: Work) -> None:
+    """Apply what time has made due before anything else happens to the task."""
+    if w.bounty is not None:
+        tasks.expire_deadline(w)
+        claims.expire_claims(w)
+
+
+def _apply(w: Work, issue: IssueRef, cmd: Command, comment_id: str) -> None:
+    name = cmd.name
+    if name == CommandName.HELP:
+        w.words.append(help_text(w.policy.locale, w.policy.bot_login))
+    elif name == CommandName.STATUS:
+        w.words.append(status_text(w.task(), w.policy.locale))
+    elif name == CommandName.GOAL:
+        assert cmd.amount is not None
+        tasks.set_goal(w, issue, cmd.amount)
+    elif name == CommandName.DEADLINE:
+        assert cmd.deadline is not None
+        tasks.set_deadline(w, cmd.deadline)
+    elif name == CommandName.CANCEL:
+        tasks.require_maintainer(w, "cancel")
+        tasks.cancel(w, "/cancel", by_command=True)
+    elif name == CommandName.PLEDGE:
+        assert cmd.amount is not None
+        pledges.record_pledge(w, cmd.amount, comment_id)
+    elif name == CommandName.WITHDRAW:
+        pledges.withdraw(w)
+    elif name == CommandName.CLAIM:
+        claims.record_claim(w)
+    elif name == CommandName.UNCLAIM:
+        claims.unclaim(w, cmd.target)
+    elif name == CommandName.AWARD:
+        tasks.require_maintainer(w, "award")
+        payouts.award(w, cmd.shares)
+    else:  # pragma: no cover - parse_comment only returns the names above
+        raise AssertionError(name)
+
+
+def _finish(w: Work) -> Decision:
+    decision = w.decision()
+    if decision.bounty is not None and decision.changed:
+        decision.messages.append(Message("summary"))
+    return decision
+
+
+def decide_comment(bounty: Bounty | None, issue: IssueRef, comment: Comment, policy: Policy,
+                   now: datetime) -> Decision:
+    """Apply the commands of one comment, in order; one reaction and at most one reply."""
+    if is_bot(comment.author, policy):
+        return Decision(bounty)
+    items = parse_comment(comment.body, bot_login=policy.bot_login, currency=policy.currency,
+                          min_pledge=policy.min_pledge, max_pledge=policy.max_pledge)
+    w = Work(bounty, policy, now, comment.author)
+    if not items:
+        return Decision(bounty)
+    _due(w)
+    accepted = 0
+    for item in items:
+        if isinstance(item, CommandRefusal):
+            w.words.append(item.message(policy.locale))
+            w.trail("command.refused", line=item.raw[:200], reason=item.code)
+            continue
+        point = w.checkpoint()
+        try:
+            _apply(w, issue, item, comment.id)
+        except Refused as refusal:
+            w.restore(point)
+            w.words.append(refusal.message(policy.locale))
+            w.trail("command.refused", line=item.raw[:200], reason=refusal.key)
+        else:
+            accepted += 1
+            w.trail(f"command.{item.name}", line=item.raw[:200])
+    if accepted:
+        w.say(Message("reaction", comment_id=comment.id))
+    if w.words:
+        w.say(Message("reply", comment_id=comment.id, text="\n\n".join(w.words)))
+    return _finish(w)
+
+
+def decide_event(bounty: Bounty | None, issue: IssueRef, event: Event, policy: Policy,
+                 now: datetime, actor: Actor | None = None) -> Decision:
+    """Apply one forge or clock event. Events about issues without a task change nothing,
+    except the label, which creates the task. A refusal here (e.g. marking a paid payout paid
+    again) is raised to the caller: there is no comment to answer."""
+    w = Work(bounty, policy, now, actor)
+    if isinstance(event, LabelAdded):
+        if bounty is None:
+            tasks.open_task(w, issue, "label")
+        return _finish(w)
+    if bounty is None:
+        return Decision(None)
+    _due(w)
+    match event:
+        case LabelRemoved():
+            tasks.cancel(w, "label removed", by_command=False)
+        case IssueClosed(not_planned=True):
+            tasks.cancel(w, "closed as not planned", by_command=False)
+        case IssueClosed(not_planned=False):
+            tasks.issue_closed_completed(w)
+        case LinkOpened(number, author, url):
+            claims.link_opened(w, number, author, url)
+        case LinkClosed(number, author, True, url):
+            payouts.merged(w, number, author, url)
+        case LinkClosed(number, _author, False, _url):
+            claims.link_closed(w, number)
+        case Tick():
+            pass
+        case PledgeConfirmed(pledge_id):
+            pledges.confirm_pledge(w, pledge_id)
+        case PayoutPaid(payout_id, reference):
+            payouts.mark_paid(w, payout_id, reference)
+        case PayoutFailed(payout_id, error):
+            payouts.mark_failed(w, payout_id, error)
+    return _finish(w)

@@ -1,0 +1,162 @@
+"""The bounty aggregate: one task with its pledges, claims, waiting list, links and payouts.
+
+These are plain dataclasses with no database in them: the rules take one, copy it, and return
+the new one; `bountybot.storage.bounties` maps it to and from the tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from bountybot.money import Money, sum_money
+from bountybot.states import (
+    LIVE_CLAIM_STATES,
+    ClaimState,
+    LinkState,
+    PayoutState,
+    PledgeState,
+    TaskState,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who did something on the forge; `is_maintainer` is asked of the forge by the adapter."""
+
+    login: str
+    is_maintainer: bool = False
+    is_bot: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IssueRef:
+    """The forge issue a task is about (enough to create the task)."""
+
+    forge: str
+    repo: str
+    number: int
+    title: str = ""
+    url: str = ""
+
+
+@dataclass
+class Pledge:
+    """Money a backer puts toward a task; `amount` in the task's currency."""
+
+    backer: str
+    amount: Money
+    state: PledgeState
+    created_at: datetime
+    comment_id: str | None = None
+    id: int | None = None
+
+
+@dataclass
+class Claim:
+    """A developer's exclusive, time-limited right to be paid for the task."""
+
+    developer: str
+    state: ClaimState
+    created_at: datetime
+    expires_at: datetime | None
+    paused_seconds: int | None = None
+    ended_at: datetime | None = None
+    id: int | None = None
+
+
+@dataclass
+class Link:
+    """A pull/merge request that says it closes the task's issue."""
+
+    number: int
+    author: str
+    state: LinkState
+    url: str | None = None
+    id: int | None = None
+
+
+@dataclass
+class Payout:
+    """Money released from the task's escrow to one developer."""
+
+    developer: str
+    amount: Money
+    state: PayoutState
+    created_at: datetime
+    reference: str | None = None
+    paid_at: datetime | None = None
+    id: int | None = None
+
+
+@dataclass
+class Bounty:
+    """A task and everything that hangs from it."""
+
+    forge: str
+    repo: str
+    number: int
+    currency: str
+    state: TaskState = TaskState.OPEN
+    title: str = ""
+    url: str = ""
+    goal: Money | None = None
+    deadline: date | None = None
+    created_at: datetime | None = None
+    pledges: list[Pledge] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
+    links: list[Link] = field(default_factory=list)
+    payouts: list[Payout] = field(default_factory=list)
+    id: int | None = None
+
+    def held(self) -> Money:
+        """The sum of held pledges: what the escrow must hold."""
+        return sum_money(
+            (p.amount for p in self.pledges if p.state == PledgeState.HELD), self.currency
+        )
+
+    def pending(self) -> Money:
+        return sum_money(
+            (p.amount for p in self.pledges if p.state == PledgeState.PENDING), self.currency
+        )
+
+    def backers(self) -> list[str]:
+        """Distinct backers with held money, in the order they first pledged."""
+        seen: dict[str, None] = {}
+        for p in self.pledges:
+            if p.state == PledgeState.HELD:
+                seen.setdefault(p.backer, None)
+        return list(seen)
+
+    def backer_total(self, login: str, states: frozenset[PledgeState]) -> Money:
+        return sum_money(
+            (p.amount for p in self.pledges if p.backer == login and p.state in states),
+            self.currency,
+        )
+
+    def live_claim(self) -> Claim | None:
+        """The active or in-review claim, if any (there is at most one)."""
+        for claim in self.claims:
+            if claim.state in LIVE_CLAIM_STATES:
+                return claim
+        return None
+
+    def link(self, number: int) -> Link | None:
+        for link in self.links:
+            if link.number == number:
+                return link
+        return None
+
+    def payout(self, payout_id: int) -> Payout | None:
+        for payout in self.payouts:
+            if payout.id == payout_id:
+                return payout
+        return None
+
+    def funded_enough(self) -> bool:
+        """The goal is reached; without a goal, any held money is enough."""
+        held = self.held()
+        if self.goal is None:
+            return held.minor > 0
+        return held >= self.goal

@@ -1,0 +1,223 @@
+"""Payouts: at the merge (or a maintainer's /award) the escrow goes to the developers."""
+
+from __future__ import annotations
+
+from bountybot.commands import AwardShare
+from bountybot.i18n import register, translate
+from bountybot.ledger import ESCROW, EXTERNAL, FEES, Leg, Posting, developer_account, move
+from bountybot.money import Money, format_money, to_decimal
+from bountybot.rules.claims import link_opened
+from bountybot.rules.model import Payout
+from bountybot.rules.work import Refused, Work
+from bountybot.states import (
+    FINAL_TASK_STATES,
+    ClaimState,
+    LinkState,
+    PayoutState,
+    PledgeState,
+    TaskState,
+)
+
+register(
+    "award.not_funded",
+    "This task has not reached its goal ({held} of {goal}): lower the goal with `/goal {held_plain}`"
+    " first, or `/cancel` to refund the backers.",
+    "Cette tâche n'a pas atteint son objectif ({held} sur {goal}) : baissez d'abord l'objectif"
+    " avec `/goal {held_plain}`, ou `/cancel` pour rembourser les donateurs.",
+)
+register(
+    "award.over",
+    "This bounty is {state}: there is nothing left to award.",
+    "Cette prime est {state} : il n'y a plus rien à attribuer.",
+)
+register(
+    "award.empty",
+    "The escrow of this task is empty: there is nothing to award.",
+    "Le séquestre de cette tâche est vide : il n'y a rien à attribuer.",
+)
+register(
+    "award.mismatch",
+    "The shares add up to {given} but the escrow holds {total} to pay out{fee_note}. Give"
+    " amounts that add up, percentages that make 100 %, or leave one developer without an amount"
+    " to give them the rest: `/award @alice 60% @bob 40%` or `/award @alice 30 @bob`.",
+    "Les parts font {given} mais le séquestre contient {total} à verser{fee_note}. Donnez des"
+    " montants dont la somme tombe juste, des pourcentages qui font 100 %, ou laissez un"
+    " développeur sans montant pour qu'il reçoive le reste : `/award @alice 60% @bob 40%` ou"
+    " `/award @alice 30 @bob`.",
+)
+register(
+    "award.fee_note",
+    " (after the {fee} fee)",
+    " (après les frais de {fee})",
+)
+register(
+    "award.nothing_left",
+    "The other shares take all of the {total} to pay out: nothing is left for @{developer}.",
+    "Les autres parts prennent tout le montant à verser ({total}) : il ne reste rien pour"
+    " @{developer}.",
+)
+register(
+    "payout.state",
+    "Payout {payout} is {state}: it cannot be marked paid.",
+    "Le versement {payout} est {state} : il ne peut pas être marqué comme payé.",
+)
+register(
+    "merge.ask_award",
+    "Pull request #{number} by @{author} was merged and closes this task, but @{author} did not"
+    " hold the claim. A maintainer decides who is paid with `/award @{author}` (or a split,"
+    " `/award @{author} 50% @other 50%`), or `/cancel`.",
+    "La demande de fusion #{number} de @{author} a été fusionnée et clôt cette tâche, mais"
+    " @{author} ne l'avait pas réservée. Un mainteneur décide qui est payé avec `/award @{author}`"
+    " (ou un partage, `/award @{author} 50% @autre 50%`), ou `/cancel`.",
+)
+register(
+    "merge.not_funded",
+    "Pull request #{number} by @{author} was merged, but this task has not reached its goal"
+    " ({held} of {goal}). A maintainer can lower the goal with `/goal` and `/award` it, or"
+    " `/cancel` to refund the backers.",
+    "La demande de fusion #{number} de @{author} a été fusionnée, mais cette tâche n'a pas atteint"
+    " son objectif ({held} sur {goal}). Un mainteneur peut baisser l'objectif avec `/goal` puis"
+    " l'attribuer avec `/award`, ou `/cancel` pour rembourser les donateurs.",
+)
+
+
+def fee_of(total: Money, fee_bp: int) -> Money:
+    """The service fee, rounded down: a backer never pays a fraction of a cent more than stated."""
+    return Money(total.minor * fee_bp // 10_000, total.currency)
+
+
+def split(w: Work, shares: tuple[AwardShare, ...], payable: Money) -> list[tuple[str, Money]]:
+    """Turn /award shares into amounts that add up to exactly `payable`, or refuse."""
+    cur = payable.currency
+    fixed: dict[str, int] = {}
+    rest: str | None = None
+    percents: list[str] = []
+    for share in shares:
+        if share.amount is not None:
+            fixed[share.login] = share.amount.minor
+        elif share.percent_bp is not None:
+            fixed[share.login] = payable.minor * share.percent_bp // 10_000
+            percents.append(share.login)
+        else:
+            rest = share.login
+    given = sum(fixed.values())
+    if rest is None and percents and all(s.percent_bp is not None for s in shares):
+        bp = sum(s.percent_bp or 0 for s in shares)
+        if bp == 10_000:
+            # Rounding down each percentage leaves a few cents; the first share takes them.
+            fixed[percents[0]] += payable.minor - given
+            given = payable.minor
+    locale = w.policy.locale
+    fee_note = ""
+    if w.policy.fee_bp:
+        fee = fee_of(w.task().held(), w.policy.fee_bp)
+        fee_note = translate(locale, "award.fee_note", fee=format_money(fee, locale))
+    if rest is not None:
+        left = payable.minor - given
+        if left <= 0:
+            raise Refused("award.nothing_left", total=format_money(payable, locale),
+                          developer=rest)
+        fixed[rest] = left
+    elif given != payable.minor:
+        raise Refused("award.mismatch", given=format_money(Money(given, cur), locale),
+                      total=format_money(payable, locale), fee_note=fee_note)
+    order = [s.login for s in shares]
+    return [(login, Money(fixed[login], cur)) for login in order if fixed[login] > 0]
+
+
+def complete(w: Work, shares: tuple[AwardShare, ...], why: str) -> None:
+    """The work is done: the escrow goes to the developers (less the fee), the task is done."""
+    task = w.task()
+    total = task.held()
+    if total.minor == 0:
+        raise Refused("award.empty")
+    fee = fee_of(total, w.policy.fee_bp)
+    parts = split(w, shares, total - fee)
+    legs = [Leg(ESCROW, -total)]
+    if fee.minor:
+        legs.append(Leg(FEES, fee))
+    for developer, amount in parts:
+        payout = Payout(developer, amount, PayoutState.PENDING, w.now)
+        task.payouts.append(payout)
+        w.trail("payout.pending", developer=developer, amount=amount.minor)
+        legs.append(Leg(developer_account(task.forge, developer), amount))
+    w.post(Posting("task.done", task, tuple(legs), memo=why))
+    for pledge in task.pledges:
+        if pledge.state == PledgeState.HELD:
+            w.move_pledge(pledge, PledgeState.PAID_OUT)
+        elif pledge.state == PledgeState.PENDING:
+            # Money never received cannot be paid out; the promise lapses with the task.
+            w.move_pledge(pledge, PledgeState.WITHDRAWN)
+    claim = task.live_claim()
+    if claim is not None:
+        w.move_claim(claim, ClaimState.DONE)
+    task.waiting.clear()
+    w.move_task(TaskState.DONE, why)
+
+
+def award(w: Work, shares: tuple[AwardShare, ...]) -> None:
+    task = w.task()
+    locale = w.policy.locale
+    if task.state in FINAL_TASK_STATES:
+        raise Refused("award.over", state=task.state.value)
+    if task.state == TaskState.OPEN:
+        held = task.held()
+        goal = task.goal or held
+        raise Refused("award.not_funded", held=format_money(held, locale),
+                      goal=format_money(goal, locale), held_plain=_plain(held))
+    complete(w, shares, "award")
+
+
+def _plain(amount: Money) -> str:
+    return str(to_decimal(amount))
+
+
+def merged(w: Work, number: int, author: str, url: str | None) -> None:
+    """A linked pull request was merged: pay the claimant, or ask a maintainer to /award."""
+    task = w.task()
+    link = task.link(number)
+    if link is None:
+        link_opened(w, number, author, url)
+        link = task.link(number)
+        assert link is not None
+    if link.state == LinkState.MERGED:
+        return
+    link.state = LinkState.MERGED
+    w.trail("link.merged", number=number, author=author)
+    if task.state in FINAL_TASK_STATES:
+        return
+    claim = task.live_claim()
+    if claim is not None and claim.developer == author:
+        complete(w, (AwardShare(author),), "merge")
+        return
+    if task.state == TaskState.OPEN:
+        locale = w.policy.locale
+        w.notice("merge.not_funded", number=number, author=author,
+                 held=format_money(task.held(), locale),
+                 goal=format_money(task.goal or task.held(), locale))
+        return
+    w.notice("merge.ask_award", number=number, author=author)
+
+
+def mark_paid(w: Work, payout_id: int, reference: str) -> None:
+    """Someone paid a developer (manual provider) or the provider confirmed the transfer."""
+    task = w.task()
+    payout = task.payout(payout_id)
+    if payout is None or payout.state == PayoutState.PAID:
+        raise Refused("payout.state", payout=payout_id,
+                      state=payout.state.value if payout else "unknown")
+    w.move_payout(payout, PayoutState.PAID)
+    payout.reference = reference
+    payout.paid_at = w.now
+    w.post(move("payout.paid", payout, payout.amount,
+                developer_account(task.forge, payout.developer), EXTERNAL, memo=reference))
+
+
+def mark_failed(w: Work, payout_id: int, error: str) -> None:
+    task = w.task()
+    payout = task.payout(payout_id)
+    if payout is None or payout.state != PayoutState.PENDING:
+        raise Refused("payout.state", payout=payout_id,
+                      state=payout.state.value if payout else "unknown")
+    w.move_payout(payout, PayoutState.FAILED)
+    w.trail("payout.error", developer=payout.developer, error=error[:200])

@@ -1,0 +1,31 @@
+"""The knobs of the rules for one repo, as plain values (built from the settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bountybot.payments.base import PaymentProvider
+from bountybot.payments.manual import ManualProvider
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the rules need to know about the repo and the service."""
+
+    bot_login: str = "bountybot"
+    label: str = "bounty"
+    currency: str = "EUR"
+    locale: str = "en"
+    min_pledge: int | None = None
+    max_pledge: int | None = None
+    claim_days: int = 14
+    release_after_days: int = 0
+    # The fee in basis points (hundredths of a percent): 250 is 2.5 %. Integers, no floats.
+    fee_bp: int = 0
+    provider: PaymentProvider = field(default_factory=ManualProvider)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.fee_bp <= 10_000:
+            raise ValueError("fee_bp must be between 0 and 10000")
+        if self.claim_days < 1:
+            raise ValueError("claim_days must be at least 1")

@@ -1,0 +1,218 @@
+"""Bounties in the database: load a task with what hangs from it, and write a decision back.
+
+`save_decision` writes everything a decision holds in the caller's transaction: the task and
+its rows, the ledger transactions (refused when unbalanced; a key written twice fails the
+whole transaction, so nothing is paid twice), the outbox messages (deduplicated by key, so a
+replay queues nothing new) and the audit trail. It never commits: the unit of work does.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bountybot.ledger import check_balanced
+from bountybot.money import Money
+from bountybot.rules import Bounty, Claim, Decision, IssueRef, Link, Payout, Pledge
+from bountybot.storage import tables as t
+from bountybot.storage.uow import for_update_skip_locked
+
+
+async def ensure_repo(session: AsyncSession, forge: str, forge_repo_id: str, full_path: str,
+                      installation_id: str | None = None) -> t.Repo:
+    """The repo row for the forge's stable id; a rename only updates its path."""
+    row = (await session.exec(select(t.Repo).where(
+        t.Repo.forge == forge, t.Repo.forge_repo_id == forge_repo_id))).first()
+    if row is None:
+        row = t.Repo(forge=forge, forge_repo_id=forge_repo_id, full_path=full_path,
+                     installation_id=installation_id)
+        session.add(row)
+        await session.flush()
+    else:
+        if row.full_path != full_path:
+            row.full_path = full_path
+        if installation_id and row.installation_id != installation_id:
+            row.installation_id = installation_id
+    return row
+
+
+def _money(minor: int | None, currency: str) -> Money | None:
+    return None if minor is None else Money(minor, currency)
+
+
+async def _children(session: AsyncSession, row: type[Any], task_id: int) -> list[Any]:
+    stmt = select(row).where(row.task_id == task_id).order_by(col(row.id))
+    return list((await session.exec(stmt)).all())
+
+
+async def load_bounty(session: AsyncSession, repo: t.Repo, number: int, *,
+                      lock: bool = False) -> Bounty | None:
+    """The task of issue `number` in `repo`, or None; `lock` takes its row for this transaction
+    on PostgreSQL so two workers never decide on the same task at once."""
+    stmt = select(t.Task).where(t.Task.repo_id == repo.id, t.Task.number == number)
+    if lock and session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    task = (await session.exec(stmt)).first()
+    if task is None:
+        return None
+    return await to_bounty(session, repo, task)
+
+
+async def load_bounty_by_id(session: AsyncSession, task_id: int) -> Bounty | None:
+    task = await session.get(t.Task, task_id)
+    if task is None:
+        return None
+    repo = await session.get(t.Repo, task.repo_id)
+    assert repo is not None
+    return await to_bounty(session, repo, task)
+
+
+async def to_bounty(session: AsyncSession, repo: t.Repo, task: t.Task) -> Bounty:
+    assert task.id is not None
+    cur = task.currency
+    pledges = [Pledge(p.backer, Money(p.amount_minor, cur), p.state, p.created_at,
+                      p.comment_id, p.id)
+               for p in await _children(session, t.Pledge, task.id)]
+    claims = [Claim(c.developer, c.state, c.created_at, c.expires_at, c.paused_seconds,
+                    c.ended_at, c.id)
+              for c in await _children(session, t.Claim, task.id)]
+    waiting = [w.login for w in sorted(await _children(session, t.Waiting, task.id),
+                                       key=lambda w: w.position)]
+    links = [Link(li.number, li.author, li.state, li.url, li.id)
+             for li in await _children(session, t.Link, task.id)]
+    payouts = [Payout(p.developer, Money(p.amount_minor, cur), p.state, p.created_at,
+                      p.reference, p.paid_at, p.id)
+               for p in await _children(session, t.Payout, task.id)]
+    return Bounty(repo.forge, repo.full_path, task.number, cur, task.state, task.title,
+                  task.url, _money(task.goal_minor, cur), task.deadline, task.created_at,
+                  pledges, claims, waiting, links, payouts, task.id)
+
+
+async def _upsert(session: AsyncSession, row_type: type[Any], obj: Any,
+                  values: dict[str, Any]) -> None:
+    """Insert a new child row (and give the domain object its id), or update the loaded one."""
+    if obj.id is None:
+        row = row_type(**values)
+        session.add(row)
+        await session.flush()
+        obj.id = row.id
+        return
+    row = await session.get(row_type, obj.id)
+    if row is None:
+        raise LookupError(f"{row_type.__name__} {obj.id} vanished")
+    for key, value in values.items():
+        if getattr(row, key) != value:
+            setattr(row, key, value)
+
+
+async def _save_task(session: AsyncSession, repo: t.Repo, b: Bounty, now: datetime) -> int:
+    values = dict(repo_id=repo.id, number=b.number, title=b.title, url=b.url, state=b.state,
+                  goal_minor=b.goal.minor if b.goal else None, currency=b.currency,
+                  deadline=b.deadline)
+    if b.id is None:
+        values["created_at"] = b.created_at or now
+    await _upsert(session, t.Task, b, values)
+    assert b.id is not None
+    task_id = b.id
+    for p in b.pledges:
+        await _upsert(session, t.Pledge, p, dict(
+            task_id=task_id, backer=p.backer, amount_minor=p.amount.minor,
+            currency=p.amount.currency, state=p.state, comment_id=p.comment_id,
+            **({"created_at": p.created_at} if p.id is None else {})))
+    for c in b.claims:
+        await _upsert(session, t.Claim, c, dict(
+            task_id=task_id, developer=c.developer, state=c.state, expires_at=c.expires_at,
+            paused_seconds=c.paused_seconds, ended_at=c.ended_at,
+            **({"created_at": c.created_at} if c.id is None else {})))
+    for li in b.links:
+        await _upsert(session, t.Link, li, dict(task_id=task_id, number=li.number,
+                                               author=li.author, state=li.state, url=li.url))
+    for po in b.payouts:
+        await _upsert(session, t.Payout, po, dict(
+            task_id=task_id, developer=po.developer, amount_minor=po.amount.minor,
+            currency=po.amount.currency, state=po.state, reference=po.reference,
+            paid_at=po.paid_at, **({"created_at": po.created_at} if po.id is None else {})))
+    current = [w.login for w in sorted(await _children(session, t.Waiting, task_id),
+                                       key=lambda w: w.position)]
+    if current != b.waiting:
+        # Delete first and flush: the unit of work would otherwise insert before it deletes,
+        # and (task_id, login) is unique.
+        await session.exec(delete(t.Waiting).where(col(t.Waiting.task_id) == task_id))
+        await session.flush()
+        session.add_all(t.Waiting(task_id=task_id, login=login, position=i, created_at=now)
+                        for i, login in enumerate(b.waiting))
+    await session.flush()
+    return task_id
+
+
+async def insert_ignoring_duplicates(session: AsyncSession, table: Any,
+                                     values: dict[str, Any]) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING on either database; True when a row was written."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    result = await session.exec(insert(table).values(**values).on_conflict_do_nothing())
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def save_decision(session: AsyncSession, repo: t.Repo, issue: IssueRef,
+                        decision: Decision, *, source: str, now: datetime) -> int | None:
+    """Write a decision; `source` names what caused it (a delivery, a command line, a sweep)
+    and keys its outbox messages, so the same cause never queues the same message twice.
+    Returns the task id, if there is a task."""
+    b = decision.bounty
+    task_id = await _save_task(session, repo, b, now) if b is not None else None
+    for posting in decision.postings:
+        entries = posting.entries(task_id)
+        check_balanced(Money(minor, cur) for _, minor, cur in entries)
+        txn = t.LedgerTransaction(key=posting.key(), kind=posting.kind, task_id=task_id,
+                                  memo=posting.memo or None, created_at=now)
+        session.add(txn)
+        await session.flush()  # a key already on the books fails here, and so does the whole
+        session.add_all(t.LedgerEntry(transaction_id=txn.id, account=account,
+                                      amount_minor=minor, currency=cur)
+                        for account, minor, cur in entries)
+    notices = 0
+    for message in decision.messages:
+        if message.kind in ("reaction", "reply"):
+            key = f"{message.kind}:{repo.forge}:{message.comment_id}"
+        elif message.kind == "summary":
+            key = f"summary:{task_id}:{source}"
+        else:
+            notices += 1
+            key = f"{message.kind}:{repo.id}:{issue.number}:{source}:{notices}"
+        payload = {"repo_id": repo.id, "number": issue.number, "comment_id": message.comment_id,
+                   "text": message.text}
+        await insert_ignoring_duplicates(session, t.Outbox, dict(
+            task_id=task_id, kind=message.kind, payload=payload, dedup_key=key[:255],
+            state=t.OutboxState.PENDING, attempts=0, next_attempt_at=now, created_at=now))
+    session.add_all(t.AuditEvent(task_id=task_id, actor=item.actor, action=item.action[:64],
+                                 detail=item.detail, created_at=now)
+                    for item in decision.trail)
+    await session.flush()
+    return task_id
+
+
+async def load_books(session: AsyncSession) -> tuple[list[Bounty], list[Any]]:
+    """Every task and the whole journal, for the audit and the export."""
+    from bountybot.ledger.audit import JournalEntry, JournalTransaction
+
+    repos = {r.id: r for r in (await session.exec(select(t.Repo))).all()}
+    bounties = [await to_bounty(session, repos[task.repo_id], task)
+                for task in (await session.exec(select(t.Task).order_by(col(t.Task.id)))).all()]
+    entries: dict[int, list[JournalEntry]] = {}
+    for e in (await session.exec(select(t.LedgerEntry).order_by(col(t.LedgerEntry.id)))).all():
+        entries.setdefault(e.transaction_id, []).append(
+            JournalEntry(e.account, e.amount_minor, e.currency))
+    journal = [JournalTransaction(txn.key, txn.kind, txn.task_id, tuple(entries.get(txn.id, [])))
+               for txn in (await session.exec(
+                   select(t.LedgerTransaction).order_by(col(t.LedgerTransaction.id)))).all()]
+    return bounties, journal
+
+
+__all__ = ["ensure_repo", "for_update_skip_locked", "insert_ignoring_duplicates", "load_books",
+           "load_bounty", "load_bounty_by_id", "save_decision", "to_bounty"]

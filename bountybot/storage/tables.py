@@ -1,0 +1,350 @@
+"""The database tables (SQLModel): repos, tasks and their rows, the ledger, the inbox and outbox.
+
+Conventions, the same on every table:
+- money is an amount in minor units (`BigInteger`, signed only in the ledger) next to an ISO 4217
+  `currency` (`String(3)`); never a float or a decimal;
+- timestamps are aware UTC datetimes (`UTCDateTime`, `timestamptz` on PostgreSQL);
+- states are their StrEnum values in a plain `VARCHAR` (`StateString`), read back as members;
+- constraints and indexes are named by `NAMING_CONVENTION`, so migrations are deterministic.
+
+The tables hang off their own `metadata` (not SQLModel's global one): only these tables are in
+the migrations. A change here needs a new migration; `tests/test_migrations.py` compares the two.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Date,
+    Index,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
+
+from bountybot.states import ClaimState, LinkState, PayoutState, PledgeState, TaskState
+from bountybot.storage.types import StateString, UTCDateTime
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+LOGIN = 255  # GitHub logins are at most 39 characters, GitLab usernames 255
+FORGE_ID = 64  # ids the forges hand out (repository ids, comment ids), kept as text
+
+
+class DeliveryState(StrEnum):
+    """Where a stored webhook delivery is: waiting for the worker, handled, or given up on."""
+
+    PENDING = "pending"
+    HANDLED = "handled"
+    FAILED = "failed"
+
+
+class OutboxState(StrEnum):
+    """Where a queued forge write is: waiting (or retrying), sent, or dead after its retries."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    DEAD = "dead"
+
+
+def utcnow() -> datetime:
+    """The default for `created_at`-like columns; code on a money path passes its clock's time."""
+    return datetime.now(UTC)
+
+
+def _money() -> Any:
+    """An amount in minor units (cents): a 64-bit integer, so 2**31 cents is no limit."""
+    return Field(sa_type=BigInteger)
+
+
+def _currency() -> Any:
+    """An ISO 4217 currency code (`EUR`)."""
+    return Field(sa_type=String(3))
+
+
+def _created() -> Any:
+    return Field(default_factory=utcnow, sa_type=UTCDateTime())
+
+
+def _updated() -> Any:
+    return Field(
+        default_factory=utcnow, sa_type=UTCDateTime(), sa_column_kwargs={"onupdate": utcnow}
+    )
+
+
+def _when() -> Any:
+    """A nullable aware UTC timestamp."""
+    return Field(default=None, sa_type=UTCDateTime())
+
+
+def _login() -> Any:
+    return Field(sa_type=String(LOGIN))
+
+
+class Base(SQLModel, registry=registry(metadata=metadata)):
+    """The base of bountybot's tables; its registry keeps them out of `SQLModel.metadata`."""
+
+
+class Repo(Base, table=True):
+    """A repository (GitHub) or project (GitLab), known by the forge's stable numeric id.
+
+    `full_path` is only the current name: a rename updates it and breaks nothing. `locale` and
+    `currency` override the bot's defaults for this repo when set.
+    """
+
+    __tablename__ = "repo"
+    __table_args__ = (UniqueConstraint("forge", "forge_repo_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    forge: str = Field(sa_type=String(16))
+    forge_repo_id: str = Field(sa_type=String(FORGE_ID))
+    full_path: str = Field(sa_type=String(512))
+    installation_id: str | None = Field(default=None, sa_type=String(FORGE_ID))
+    locale: str | None = Field(default=None, sa_type=String(16))
+    currency: str | None = Field(default=None, sa_type=String(3))
+    created_at: datetime = _created()
+
+
+class Task(Base, table=True):
+    """One forge issue carrying the bounty label: the thing being funded.
+
+    `goal_minor` (in `currency`) is what the task needs before it can be claimed, or null for a
+    task without a goal. `award` is a maintainer's chosen split when the merged work is not the
+    claimant's alone: a list of `{"login": str, "minor": int}`.
+    """
+
+    __tablename__ = "task"
+    __table_args__ = (UniqueConstraint("repo_id", "number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    repo_id: int = Field(foreign_key="repo.id")
+    number: int
+    title: str = Field(default="", sa_type=Text)
+    url: str = Field(default="", sa_type=Text)
+    state: TaskState = Field(default=TaskState.OPEN, sa_type=StateString(TaskState), index=True)
+    goal_minor: int | None = Field(default=None, sa_type=BigInteger)
+    currency: str = _currency()
+    deadline: date | None = Field(default=None, sa_type=Date)
+    summary_comment_id: str | None = Field(default=None, sa_type=String(FORGE_ID))
+    award: list[dict[str, Any]] | None = Field(default=None, sa_type=JSON)
+    created_at: datetime = _created()
+    updated_at: datetime = _updated()
+
+
+class Pledge(Base, table=True):
+    """Money a backer puts toward a task: `amount_minor` in `currency` (the task's)."""
+
+    __tablename__ = "pledge"
+    __table_args__ = (CheckConstraint("amount_minor > 0", name="amount_positive"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="task.id", index=True)
+    backer: str = _login()
+    amount_minor: int = _money()
+    currency: str = _currency()
+    state: PledgeState = Field(default=PledgeState.PENDING, sa_type=StateString(PledgeState))
+    comment_id: str | None = Field(default=None, sa_type=String(FORGE_ID))
+    provider_ref: str | None = Field(default=None, sa_type=String(255))
+    created_at: datetime = _created()
+    updated_at: datetime = _updated()
+
+
+class Claim(Base, table=True):
+    """A developer's exclusive, time-limited right to be paid for a task.
+
+    While the claim is in review the clock stops: `expires_at` is cleared and `paused_seconds`
+    keeps the time that was left, to restart from if the link is closed unmerged.
+    """
+
+    __tablename__ = "claim"
+    __table_args__ = (Index(None, "task_id", "state"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="task.id")
+    developer: str = _login()
+    state: ClaimState = Field(default=ClaimState.ACTIVE, sa_type=StateString(ClaimState))
+    created_at: datetime = _created()
+    expires_at: datetime | None = _when()
+    paused_seconds: int | None = None
+    ended_at: datetime | None = _when()
+
+
+class Waiting(Base, table=True):
+    """One place in a task's waiting list of `/claim`ers, in `position` order."""
+
+    __tablename__ = "waiting"
+    __table_args__ = (UniqueConstraint("task_id", "login"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="task.id")
+    login: str = _login()
+    position: int
+    created_at: datetime = _created()
+
+
+class Link(Base, table=True):
+    """A pull/merge request (by its number) that says it closes the task's issue."""
+
+    __tablename__ = "link"
+    __table_args__ = (UniqueConstraint("task_id", "number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="task.id")
+    number: int
+    author: str = _login()
+    state: LinkState = Field(default=LinkState.OPEN, sa_type=StateString(LinkState))
+    url: str | None = Field(default=None, sa_type=Text)
+    updated_at: datetime = _updated()
+
+
+class Payout(Base, table=True):
+    """Money released from a task's escrow to a developer: `amount_minor` in `currency`.
+
+    `reference` is the manual payment reference or the provider's id; `due_at` is when it may be
+    released (`release_after_days`); `attempts` and `last_error` track provider retries.
+    """
+
+    __tablename__ = "payout"
+    __table_args__ = (CheckConstraint("amount_minor > 0", name="amount_positive"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="task.id", index=True)
+    developer: str = _login()
+    amount_minor: int = _money()
+    currency: str = _currency()
+    state: PayoutState = Field(default=PayoutState.PENDING, sa_type=StateString(PayoutState))
+    reference: str | None = Field(default=None, sa_type=String(255))
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_type=Text)
+    due_at: datetime | None = _when()
+    created_at: datetime = _created()
+    paid_at: datetime | None = _when()
+
+
+class LedgerTransaction(Base, table=True):
+    """One balanced money movement; its entries sum to zero in each currency.
+
+    `key` makes it idempotent (`pledge.held:12`): the database refuses a second transaction with
+    the same key, so a replayed event cannot move the same money twice. On PostgreSQL a deferred
+    constraint trigger also refuses, at commit, entries that do not balance.
+    """
+
+    __tablename__ = "ledger_transaction"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(sa_type=String(255), unique=True)
+    kind: str = Field(sa_type=String(64))
+    task_id: int | None = Field(default=None, foreign_key="task.id", index=True)
+    memo: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime = _created()
+
+
+class LedgerEntry(Base, table=True):
+    """One leg of a ledger transaction: a signed `amount_minor` into (+) or out of (-) `account`.
+
+    Accounts are strings (`escrow:task:3`, `backer:github:alice`, `external`); balances are
+    always summed from entries, never stored.
+    """
+
+    __tablename__ = "ledger_entry"
+
+    id: int | None = Field(default=None, primary_key=True)
+    transaction_id: int = Field(foreign_key="ledger_transaction.id", index=True)
+    account: str = Field(sa_type=String(320), index=True)
+    amount_minor: int = _money()
+    currency: str = _currency()
+
+
+class Delivery(Base, table=True):
+    """A webhook delivery as received (the inbox): stored first, handled by a worker later.
+
+    Unique by (forge, delivery_id), so a redelivery is a no-op. `payload` is the raw body.
+    """
+
+    __tablename__ = "delivery"
+    __table_args__ = (
+        UniqueConstraint("forge", "delivery_id"),
+        Index(None, "state", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    forge: str = Field(sa_type=String(16))
+    delivery_id: str = Field(sa_type=String(255))
+    event: str = Field(sa_type=String(64))
+    payload: str = Field(sa_type=Text)
+    state: DeliveryState = Field(
+        default=DeliveryState.PENDING, sa_type=StateString(DeliveryState)
+    )
+    error: str | None = Field(default=None, sa_type=Text)
+    attempts: int = 0
+    received_at: datetime = _created()
+    handled_at: datetime | None = _when()
+
+
+class Outbox(Base, table=True):
+    """A forge write (summary edit, reply, reaction, notice) waiting to be sent, with retries.
+
+    Written in the same transaction as the state change that needs it; `dedup_key` is unique so
+    the same message is never queued twice.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index(None, "state", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int | None = Field(default=None, foreign_key="task.id")
+    kind: str = Field(sa_type=String(16))
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    dedup_key: str = Field(sa_type=String(255), unique=True)
+    state: OutboxState = Field(default=OutboxState.PENDING, sa_type=StateString(OutboxState))
+    attempts: int = 0
+    next_attempt_at: datetime = _created()
+    last_error: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime = _created()
+    sent_at: datetime | None = _when()
+
+
+class AuditEvent(Base, table=True):
+    """One line of the audit trail: a command or a transition, who did it, and its details."""
+
+    __tablename__ = "audit_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int | None = Field(default=None, foreign_key="task.id", index=True)
+    actor: str | None = Field(default=None, sa_type=String(LOGIN))
+    action: str = Field(sa_type=String(64))
+    detail: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    created_at: datetime = _created()
+
+
+TABLES = (
+    Repo,
+    Task,
+    Pledge,
+    Claim,
+    Waiting,
+    Link,
+    Payout,
+    LedgerTransaction,
+    LedgerEntry,
+    Delivery,
+    Outbox,
+    AuditEvent,
+)

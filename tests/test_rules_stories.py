@@ -1,0 +1,374 @@
+"""Whole bounties told as stories through the rules, with the books audited at each end."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from bountybot.money import Money
+from bountybot.payments.manual import ManualProvider
+from bountybot.rules import (
+    IssueClosed,
+    LabelAdded,
+    LabelRemoved,
+    LinkClosed,
+    LinkOpened,
+    PayoutPaid,
+    PledgeConfirmed,
+    Policy,
+    Refused,
+    Tick,
+)
+from bountybot.states import ClaimState, LinkState, PayoutState, PledgeState, TaskState
+from memory_books import Story, notices, reacted, replies
+
+
+def eur(value: str) -> Money:
+    units, _, cents = value.partition(".")
+    return Money(int(units) * 100 + int((cents + "00")[:2]), "EUR")
+
+
+def started(goal: str | None = "100", **policy: object) -> Story:
+    story = Story(Policy(**policy))  # type: ignore[arg-type]
+    story.event(LabelAdded())
+    if goal:
+        story.say("maya", f"/goal {goal}")
+    return story
+
+
+def test_label_opens_a_task_and_goal_sets_it():
+    story = Story()
+    d = story.event(LabelAdded())
+    assert d.created and story.task.state == TaskState.OPEN and story.task.goal is None
+    d = story.say("maya", "/goal 110.50")
+    assert reacted(d) and not replies(d)
+    assert story.task.goal == eur("110.50")
+    assert any(m.kind == "summary" for m in d.messages)
+
+
+def test_goal_creates_the_task_when_the_issue_has_no_label():
+    story = Story()
+    d = story.say("maya", "/bounty 50")
+    assert d.created and story.task.goal == eur("50")
+
+
+def test_a_non_maintainer_cannot_set_the_goal():
+    story = started()
+    d = story.say("mallory", "/goal 1")
+    assert story.task.goal == eur("100")
+    assert not reacted(d)
+    assert "maintainer" in replies(d)[0]
+
+
+def test_the_happy_path_alice_bob_carol_fund_dev_is_paid():
+    """alice pledges 60, bob 50.50, carol is paid 110.50, the escrow is empty."""
+    story = started("110.50")
+    story.say("alice", "/pledge 60")
+    assert story.task.state == TaskState.OPEN
+    story.say("bob", "/pledge 50,50 €")
+    assert story.task.state == TaskState.FUNDED
+    assert story.books.balance(f"escrow:task:{story.task.id}") == 11050
+    story.say("carol", "/claim")
+    assert story.task.state == TaskState.CLAIMED
+    d = story.say("dave", "/claim")
+    assert reacted(d) and story.task.waiting == ["dave"]
+    d = story.say("alice", "/withdraw")
+    assert "locked" in replies(d)[0] and story.task.held() == eur("110.50")
+    story.event(LinkOpened(12, "carol"))
+    assert story.task.state == TaskState.IN_REVIEW
+    assert story.task.live_claim().state == ClaimState.IN_REVIEW
+    story.event(LinkClosed(12, "carol", merged=True))
+    task = story.task
+    assert task.state == TaskState.DONE
+    assert [(p.developer, p.amount, p.state) for p in task.payouts] == [
+        ("carol", eur("110.50"), PayoutState.PENDING)]
+    assert all(p.state == PledgeState.PAID_OUT for p in task.pledges)
+    assert task.waiting == []
+    assert story.books.balance(f"escrow:task:{task.id}") == 0
+    assert story.books.balance("developer:github:carol") == 11050
+    story.event(PayoutPaid(task.payouts[0].id, "SEPA 2026-11-30"))
+    assert story.task.payouts[0].state == PayoutState.PAID
+    assert story.books.balance("developer:github:carol") == 0
+    assert story.books.balance("external") == 11050
+    assert story.books.balance("backer:github:alice") == -6000
+    report = story.books.audit()
+    assert report.ok, report.render()
+
+
+def test_a_payout_is_never_marked_paid_twice():
+    story = started("10")
+    story.say("alice", "/pledge 10")
+    story.say("carol", "/claim")
+    story.event(LinkClosed(3, "carol", merged=True))
+    payout_id = story.task.payouts[0].id
+    story.event(PayoutPaid(payout_id, "ref-1"))
+    with pytest.raises(Refused):
+        story.event(PayoutPaid(payout_id, "ref-2"))
+    assert story.books.balance("external") == 1000
+    assert story.books.audit().ok
+
+
+def test_a_task_without_goal_is_funded_by_its_first_held_pledge():
+    story = started(goal=None)
+    story.say("alice", "/pledge 5")
+    assert story.task.state == TaskState.FUNDED
+    story.say("alice", "/withdraw")
+    assert story.task.state == TaskState.OPEN
+    assert story.books.audit().ok
+
+
+def test_pledges_raise_and_withdraw_returns_everything_before_a_claim():
+    story = started("100")
+    story.say("alice", "/pledge 30")
+    story.say("alice", "/pledge 20")
+    assert story.task.backer_total("alice", frozenset({PledgeState.HELD})) == eur("50")
+    story.say("bob", "/pledge 60")
+    assert story.task.state == TaskState.FUNDED
+    d = story.say("alice", "/withdraw")
+    assert reacted(d)
+    assert story.task.state == TaskState.OPEN
+    assert story.books.balance("backer:github:alice") == 0
+    assert story.task.held() == eur("60")
+    d = story.say("alice", "/withdraw")
+    assert "no pledge" in replies(d)[0]
+    assert story.books.audit().ok
+
+
+def test_waiting_list_moves_up_when_the_claimant_lets_go():
+    story = started("10")
+    story.say("alice", "/pledge 10")
+    story.say("carol", "/claim")
+    story.say("dave", "/claim")
+    story.say("erin", "/claim")
+    d = story.say("dave", "/claim")
+    assert "number 1" in replies(d)[0]
+    d = story.say("carol", "/unclaim")
+    assert story.task.live_claim().developer == "dave"
+    assert story.task.waiting == ["erin"]
+    assert any("@dave" in n for n in notices(d))
+    assert [c.state for c in story.task.claims] == [ClaimState.RELEASED, ClaimState.ACTIVE]
+    # a maintainer revokes dave's claim; erin is next; then erin leaves and the task is free
+    story.say("maya", "/unclaim @dave")
+    assert story.task.claims[1].state == ClaimState.REVOKED
+    assert story.task.live_claim().developer == "erin"
+    story.say("erin", "/unclaim")
+    assert story.task.state == TaskState.FUNDED and story.task.live_claim() is None
+
+
+def test_only_the_claimant_or_a_maintainer_can_unclaim_someone():
+    story = started("10")
+    story.say("alice", "/pledge 10")
+    story.say("carol", "/claim")
+    d = story.say("mallory", "/unclaim @carol")
+    assert story.task.live_claim().developer == "carol" and replies(d)
+
+
+def test_a_task_below_its_goal_cannot_be_claimed():
+    story = started("100")
+    story.say("alice", "/pledge 10")
+    d = story.say("carol", "/claim")
+    assert story.task.state == TaskState.OPEN and "not funded" in replies(d)[0]
+
+
+def test_cancel_refunds_every_held_pledge():
+    story = started("100")
+    story.say("alice", "/pledge 10")
+    story.say("bob", "/pledge 15")
+    d = story.say("maya", "/cancel")
+    assert story.task.state == TaskState.CANCELLED
+    assert {p.state for p in story.task.pledges} == {PledgeState.REFUNDED}
+    assert story.books.balance(f"escrow:task:{story.task.id}") == 0
+    assert story.books.balance("backer:github:bob") == 0
+    assert notices(d)
+    d = story.say("alice", "/pledge 5")
+    assert replies(d) and story.task.held().minor == 0
+    assert story.books.audit().ok
+
+
+def test_cancel_is_refused_while_someone_works_on_the_task():
+    story = started("10")
+    story.say("alice", "/pledge 10")
+    story.say("carol", "/claim")
+    d = story.say("maya", "/cancel")
+    assert story.task.state == TaskState.CLAIMED and "/unclaim @carol" in replies(d)[0]
+    story.event(LabelRemoved())
+    assert story.task.state == TaskState.CLAIMED
+
+
+def test_issue_closed_as_not_planned_and_label_removed_refund():
+    for event in (IssueClosed(not_planned=True), LabelRemoved()):
+        story = started("100")
+        story.say("alice", "/pledge 40")
+        story.event(event)
+        assert story.task.state == TaskState.CANCELLED
+        assert story.task.pledges[0].state == PledgeState.REFUNDED
+        assert story.books.audit().ok
+
+
+def test_deadline_all_or_nothing():
+    story = started("100")
+    story.say("maya", "/deadline 2026-12-01")
+    assert story.task.deadline == date(2026, 12, 1)
+    story.say("alice", "/pledge 40")
+    story.wait(7)  # 2026-11-30: still time
+    story.event(Tick())
+    assert story.task.state == TaskState.OPEN
+    story.wait(2)  # 2026-12-02: the deadline day is over
+    d = story.event(Tick())
+    assert story.task.state == TaskState.EXPIRED
+    assert story.task.pledges[0].state == PledgeState.REFUNDED
+    assert "expired" in notices(d)[0]
+    assert story.books.audit().ok
+
+
+def test_a_deadline_passed_when_funded_changes_nothing():
+    story = started("10")
+    story.say("maya", "/deadline 2026-11-25")
+    story.say("alice", "/pledge 10")
+    story.wait(10)
+    story.event(Tick())
+    assert story.task.state == TaskState.FUNDED
+
+
+def test_a_deadline_in_the_past_is_refused():
+    story = started("10")
+    d = story.say("maya", "/deadline 2026-11-23")
+    assert story.task.deadline is None and "future" in replies(d)[0]
+
+
+def test_a_claim_expires_without_a_link_and_the_next_in_line_gets_it():
+    story = started("10", claim_days=14)
+    story.say("alice", "/pledge 10")
+    story.say("carol", "/claim")
+    story.say("dave", "/claim")
+    story.wait(13)
+    story.event(Tick())
+    assert story.task.live_claim().developer == "carol"
+    story.wait(1.5)
+    d = story.event(Tick())
+    assert story.task.claims[0].state == ClaimState.EXPIRED
+    assert story.task.live_claim().developer == "dave"
+    assert any("expired" in n for n in notices(d))
+
+
+def test_the_clock_stops_in_review_and_runs_again_when_the_link_closes():
+    story = started("10", claim_days=14)
+    story.say("alice", "/pledge 10")
+    story.say("carol", "/claim")
+    story.wait(10)
+    story.event(LinkOpened(5, "carol"))
+    story.wait(30)
+    story.event(Tick())
+    assert story.task.live_claim().state == ClaimState.IN_REVIEW
+    story.event(LinkClosed(5, "carol", merged=False))
+    claim = story.task.live_claim()
+    assert claim.state == ClaimState.ACTIVE and story.task.state == TaskState.CLAIMED
+    assert story.task.link(5).state == LinkState.CLOSED
+    assert (claim.expires_at - story.now).days == 4
+    assert story.task.pledges[0].state == PledgeState.HELD
+
+
+def test_a_merge_by_someone_else_asks_a_maintainer_to_award():
+    story = started("100")
+    story.say("alice", "/pledge 100")
+    story.say("carol", "/claim")
+    d = story.event(LinkClosed(9, "frank", merged=True))
+    assert story.task.state == TaskState.CLAIMED and "/award @frank" in notices(d)[0]
+    d = story.say("mallory", "/award @mallory")
+    assert story.task.state == TaskState.CLAIMED and replies(d)
+    story.say("maya", "/award @frank 60% @carol 40%")
+    task = story.task
+    assert task.state == TaskState.DONE
+    assert [(p.developer, p.amount.minor) for p in task.payouts] == [("frank", 6000), ("carol", 4000)]
+    assert task.claims[0].state == ClaimState.DONE
+    assert story.books.audit().ok
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("/award @frank 30 @carol", [("frank", 3000), ("carol", 7000)]),
+        ("/award @frank €70 @carol 30 EUR", [("frank", 7000), ("carol", 3000)]),
+        ("/award @a 33.33% @b 33.33% @c 33.34%", [("a", 3333), ("b", 3333), ("c", 3334)]),
+        ("/award @frank", [("frank", 10000)]),
+    ],
+)
+def test_award_splits_add_up_to_the_escrow(command, expected):
+    story = started("100")
+    story.say("alice", "/pledge 100")
+    story.say("maya", command)
+    assert [(p.developer, p.amount.minor) for p in story.task.payouts] == expected
+    assert story.books.audit().ok
+
+
+@pytest.mark.parametrize(
+    "command", ["/award @frank 30 @carol 30", "/award @frank 60% @carol 30%",
+                "/award @frank 150 @carol"],
+)
+def test_award_splits_that_do_not_add_up_are_refused(command):
+    story = started("100")
+    story.say("alice", "/pledge 100")
+    d = story.say("maya", command)
+    assert story.task.state == TaskState.FUNDED and not story.task.payouts
+    assert replies(d) and not reacted(d)
+
+
+def test_the_fee_is_taken_once_at_payout_and_shown():
+    story = started("100", fee_bp=250)
+    story.say("alice", "/pledge 100")
+    story.say("carol", "/claim")
+    story.event(LinkClosed(2, "carol", merged=True))
+    assert story.task.payouts[0].amount == eur("97.50")
+    assert story.books.balance("fees") == 250
+    assert story.books.audit().ok
+
+
+def test_manual_confirm_keeps_pledges_pending_until_confirmed():
+    story = started("10", provider=ManualProvider(confirm=True))
+    story.say("alice", "/pledge 10")
+    pledge = story.task.pledges[0]
+    assert pledge.state == PledgeState.PENDING and story.task.state == TaskState.OPEN
+    assert story.books.journal == []
+    story.event(PledgeConfirmed(pledge.id), actor="maya")
+    assert story.task.pledges[0].state == PledgeState.HELD
+    assert story.task.state == TaskState.FUNDED
+    assert story.books.audit().ok
+
+
+def test_the_bot_never_reads_its_own_comments_nor_other_bots():
+    story = started("10")
+    for login in ("bountybot", "BountyBot", "dependabot[bot]"):
+        d = story.say(login, "/pledge 10")
+        assert d.messages == [] and d.postings == []
+    assert story.task.held().minor == 0
+
+
+def test_several_commands_one_reaction_and_one_reply():
+    story = started("100")
+    d = story.say("alice", "/pledge 10\n/claim\n/status\nthanks!\n/pledge -5")
+    assert story.task.held() == eur("10")
+    assert [m.kind for m in d.messages].count("reaction") == 1
+    assert len(replies(d)) == 1
+    text = replies(d)[0]
+    assert "not funded" in text and "**State:**" in text
+
+
+def test_replies_speak_french_for_a_french_repo():
+    story = started("100", locale="fr")
+    d = story.say("mallory", "/goal 5")
+    assert "mainteneur" in replies(d)[0]
+    d = story.say("alice", "/status")
+    assert "ouverte" in replies(d)[0]
+
+
+def test_commands_on_an_issue_without_a_bounty_explain_how_to_start_one():
+    story = Story()
+    d = story.say("alice", "/pledge 10")
+    assert d.bounty is None and "/goal" in replies(d)[0]
+
+
+def test_events_on_an_issue_without_a_task_change_nothing():
+    story = Story()
+    d = story.event(LinkOpened(1, "carol"))
+    assert d.bounty is None and d.messages == []

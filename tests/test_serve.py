@@ -1,0 +1,194 @@
+"""`python -m bountybot serve` as a real process: starts with no config, answers, stops cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SECRET = "whsec-Recognisable-9876"
+TOKEN = "ghp_RecognisableToken5432"
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 5.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen[bytes]
+    port: int
+    database: Path
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def environment(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOUNTYBOT_")}
+    env["BOUNTYBOT_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'serve.db'}"
+    env.update(extra)
+    return env
+
+
+def start(tmp_path: Path, *args: str, **env: str) -> Service:
+    """Run `serve` from an empty working directory (so no config file is near), output to a file
+    (a pipe nobody reads could fill up and block the service)."""
+    workdir = tmp_path / "cwd"
+    workdir.mkdir(exist_ok=True)
+    (tmp_path / "data").mkdir(exist_ok=True)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bountybot", "serve", "--port", str(port), *args],
+            cwd=workdir, env=environment(tmp_path, **env), stdout=out, stderr=subprocess.STDOUT,
+        )
+    return Service(process, port, tmp_path / "data" / "serve.db", log)
+
+
+def get_health(port: int) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def wait_healthy(service: Service) -> dict[str, object]:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            pytest.fail(f"serve exited with {service.process.returncode}:\n{service.output()}")
+        try:
+            status, body = get_health(service.port)
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.1)
+            continue
+        if status == 200 and body.get("database") == "ok":
+            return body
+        time.sleep(0.1)
+    pytest.fail(f"serve not healthy after {START_TIMEOUT}s:\n{service.output()}")
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    svc = start(
+        tmp_path, BOUNTYBOT_GITHUB_WEBHOOK_SECRET=SECRET, BOUNTYBOT_GITHUB_TOKEN=TOKEN
+    )
+    yield svc
+    if svc.process.poll() is None:  # a failed test must not leave a server behind
+        svc.process.kill()
+        svc.process.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_starts_answers_and_stops_cleanly(service: Service, sig: signal.Signals) -> None:
+    body = wait_healthy(service)
+    assert body["forges"] == ["github"]
+
+    # The database was created and migrated by serve itself.
+    with sqlite3.connect(service.database) as db:
+        revisions = db.execute("SELECT version_num FROM alembic_version").fetchall()
+    assert len(revisions) == 1
+
+    service.process.send_signal(sig)
+    assert service.process.wait(timeout=STOP_TIMEOUT) == 0
+
+    output = service.output()
+    start_lines = [line for line in output.splitlines() if "listening on" in line]
+    assert len(start_lines) == 1, output
+    line = start_lines[0]
+    assert f"http://127.0.0.1:{service.port}" in line
+    assert "forges: github" in line and "payments: manual" in line
+    assert "config: built-in defaults" in line or "config/bountybot.toml" in line
+    assert SECRET not in output and TOKEN not in output
+    assert "Traceback" not in output
+
+
+def test_placeholder_secret_refused(tmp_path: Path) -> None:
+    svc = start(tmp_path, BOUNTYBOT_GITHUB_WEBHOOK_SECRET="changeme")
+    assert svc.process.wait(timeout=START_TIMEOUT) == 2
+    lines = svc.output().strip().splitlines()
+    assert len(lines) == 1
+    assert "github.webhook_secret is a placeholder" in lines[0]
+    assert not svc.database.exists()  # refused before touching anything
+
+
+def test_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = environment(tmp_path)
+        (tmp_path / "data").mkdir()
+        done = subprocess.run(
+            [sys.executable, "-m", "bountybot", "serve", "--port", str(port)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=START_TIMEOUT,
+        )
+    assert done.returncode == 1
+    assert f"bountybot: cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# the other commands, in process --------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """A clean BOUNTYBOT_* environment with a tmp database; the root logger restored after."""
+    import logging
+
+    for name in list(os.environ):
+        if name.startswith("BOUNTYBOT_"):
+            monkeypatch.delenv(name)
+    db = tmp_path / "cli.db"
+    monkeypatch.setenv("BOUNTYBOT_DATABASE_URL", f"sqlite+aiosqlite:///{db}")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield db
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_db_upgrade_then_audit(cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bountybot.cli import main
+
+    assert main(["audit"]) == 2  # not migrated yet: says what to run
+    assert "run `bountybot db upgrade`" in capsys.readouterr().err
+    assert main(["db", "upgrade"]) == 0
+    assert "upgraded from revision none to" in capsys.readouterr().out
+    assert main(["db", "upgrade"]) == 0
+    assert "(head)" in capsys.readouterr().out
+    assert main(["audit"]) == 0
+    assert "all invariants hold" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["export", "sync", "payouts", "demo"])
+def test_coming_commands_say_so(
+    cli_env: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    from bountybot.cli import main
+
+    assert main([command]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bountybot {command}: not available yet: arrives with ")
+    assert err.count("\n") == 1
