@@ -1,6 +1,6 @@
 # Two commands from a clean clone, with only python3 (and its venv module) installed:
 #   make run    the service on http://127.0.0.1:8080 with a local SQLite database
-#   make test   ruff, then the whole test suite
+#   make test   ruff and mypy, then the whole test suite
 # The virtualenv lives in .venv; the package is reinstalled only when pyproject.toml changes.
 
 PYTHON ?= python3
@@ -15,6 +15,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check
+	$(BIN)/mypy bountybot
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed-test

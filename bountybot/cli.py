@@ -263,14 +263,9 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     setup_logging(settings, level=log_level())
-    try:
-        from bountybot.ledger.audit import AuditReport, run_audit
-    except ImportError:
-        raise CommandError(
-            "audit: not available yet: arrives with the ledger storage (run_audit)", code=2
-        ) from None
     from sqlalchemy.exc import SQLAlchemyError
 
+    from bountybot.ledger.audit import AuditReport, run_audit
     from bountybot.storage.engine import create_engine, create_sessionmaker
 
     _require_head(settings)

@@ -7,6 +7,7 @@ import os
 from datetime import UTC, datetime
 
 import pytest
+from memory_books import ISSUE, Story
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
@@ -26,11 +27,10 @@ from bountybot.rules import (
     decide_comment,
     decide_event,
 )
-from bountybot.states import ClaimState, PayoutState, PledgeState, TaskState
+from bountybot.states import ClaimState, PayoutState, TaskState
 from bountybot.storage import tables as t
 from bountybot.storage.bounties import ensure_repo, load_bounty, save_decision
 from bountybot.storage.uow import UnitOfWork
-from memory_books import ISSUE, Story
 
 
 class DbStory:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
+from memory_books import Story, notices, reacted, replies
 
 from bountybot.money import Money
 from bountybot.payments.manual import ManualProvider
@@ -21,7 +22,6 @@ from bountybot.rules import (
     Tick,
 )
 from bountybot.states import ClaimState, LinkState, PayoutState, PledgeState, TaskState
-from memory_books import Story, notices, reacted, replies
 
 
 def eur(value: str) -> Money:
@@ -280,7 +280,8 @@ def test_a_merge_by_someone_else_asks_a_maintainer_to_award():
     story.say("maya", "/award @frank 60% @carol 40%")
     task = story.task
     assert task.state == TaskState.DONE
-    assert [(p.developer, p.amount.minor) for p in task.payouts] == [("frank", 6000), ("carol", 4000)]
+    assert [(p.developer, p.amount.minor) for p in task.payouts] == [
+        ("frank", 6000), ("carol", 4000)]
     assert task.claims[0].state == ClaimState.DONE
     assert story.books.audit().ok
 
@@ -372,3 +373,23 @@ def test_events_on_an_issue_without_a_task_change_nothing():
     story = Story()
     d = story.event(LinkOpened(1, "carol"))
     assert d.bounty is None and d.messages == []
+
+
+def test_the_policy_follows_the_settings():
+    from bountybot.config import Settings
+    from bountybot.rules.policy import policy_from_settings
+
+    settings = Settings.model_validate({
+        "bot": {"currency": "JPY", "min_pledge": "100", "max_pledge": "50000",
+                "fee_percent": "2.5", "claim_days": 3, "locale": "fr"},
+        "payments": {"manual_confirm": True},
+    })
+    policy = policy_from_settings(settings)
+    assert (policy.currency, policy.min_pledge, policy.max_pledge) == ("JPY", 100, 50000)
+    assert (policy.fee_bp, policy.claim_days, policy.locale) == (250, 3, "fr")
+    assert policy.provider.start_pledge("a", 100, "JPY").state == PledgeState.PENDING
+    assert policy_from_settings(settings, locale="en").locale == "en"
+    story = Story(policy)
+    story.event(LabelAdded())
+    d = story.say("alice", "/pledge 50")
+    assert story.task.pledges == [] and replies(d)

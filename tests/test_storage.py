@@ -9,10 +9,10 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, text
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.states import ClaimState, LinkState, PayoutState, PledgeState, TaskState
@@ -32,6 +32,7 @@ from bountybot.storage.tables import (
     Repo,
     Task,
     Waiting,
+    id_of,
 )
 from bountybot.storage.uow import CommitOutsideUnitOfWork, UnitOfWork, for_update_skip_locked
 
@@ -56,13 +57,13 @@ async def fetch(sessionmaker: Sessions, model: type[SQLModel], id_: int | None) 
 
 async def count(sessionmaker: Sessions, model: type[SQLModel]) -> int:
     async with sessionmaker() as session:
-        return (await session.exec(select(func.count()).select_from(model))).one()[0]
+        return (await session.exec(select(func.count()).select_from(model))).one()
 
 
 async def make_task(sessionmaker: Sessions, number: int = 7) -> Task:
     repo = Repo(forge="github", forge_repo_id="100", full_path="octo/hello", created_at=NOW)
     await add(sessionmaker, repo)
-    task = Task(repo_id=repo.id, number=number, currency="EUR", created_at=NOW, updated_at=NOW)
+    task = Task(repo_id=id_of(repo), number=number, currency="EUR", created_at=NOW, updated_at=NOW)
     await add(sessionmaker, task)
     return task
 
@@ -73,7 +74,7 @@ def posting(key: str, *legs: tuple[str, int, str]) -> tuple[LedgerTransaction, C
 
     def entries() -> list[LedgerEntry]:
         return [
-            LedgerEntry(transaction_id=transaction.id, account=account, amount_minor=minor,
+            LedgerEntry(transaction_id=id_of(transaction), account=account, amount_minor=minor,
                         currency=currency)
             for account, minor, currency in legs
         ]
@@ -96,43 +97,43 @@ async def test_every_table_round_trips(sessionmaker: Sessions) -> None:
     repo = Repo(forge="gitlab", forge_repo_id="278964", full_path="group/sub/name",
                 installation_id="42", locale="fr", currency="EUR", created_at=NOW)
     await add(sessionmaker, repo)
-    task = Task(repo_id=repo.id, number=12, title="Faster builds", url="https://x/12",
+    task = Task(repo_id=id_of(repo), number=12, title="Faster builds", url="https://x/12",
                 state=TaskState.FUNDED, goal_minor=BIG, currency="EUR", deadline=date(2025, 6, 1),
                 summary_comment_id="98765", award=[{"login": "dev", "minor": 5050}],
                 created_at=NOW, updated_at=NOW)
     await add(sessionmaker, task)
-    transaction = LedgerTransaction(key="pledge.held:1", kind="pledge.held", task_id=task.id,
+    transaction = LedgerTransaction(key="pledge.held:1", kind="pledge.held", task_id=id_of(task),
                                     memo="alice", created_at=NOW)
     await add(sessionmaker, transaction)
     rows: list[SQLModel] = [
-        Pledge(task_id=task.id, backer="alice", amount_minor=BIG, currency="EUR",
+        Pledge(task_id=id_of(task), backer="alice", amount_minor=BIG, currency="EUR",
                state=PledgeState.HELD, comment_id="c1", provider_ref="pi_1", created_at=NOW,
                updated_at=NOW),
-        Claim(task_id=task.id, developer="dev", state=ClaimState.IN_REVIEW, created_at=NOW,
+        Claim(task_id=id_of(task), developer="dev", state=ClaimState.IN_REVIEW, created_at=NOW,
               expires_at=None, paused_seconds=86_400, ended_at=None),
-        Waiting(task_id=task.id, login="bob", position=1, created_at=NOW),
-        Link(task_id=task.id, number=13, author="dev", state=LinkState.MERGED, url="https://x/13",
+        Waiting(task_id=id_of(task), login="bob", position=1, created_at=NOW),
+        Link(task_id=id_of(task), number=13, author="dev", state=LinkState.MERGED, url="https://x/13",
              updated_at=NOW),
-        Payout(task_id=task.id, developer="dev", amount_minor=BIG, currency="EUR",
+        Payout(task_id=id_of(task), developer="dev", amount_minor=BIG, currency="EUR",
                state=PayoutState.PAID, reference="SEPA-1", attempts=2, last_error="timeout",
                due_at=NOW, created_at=NOW, paid_at=NOW + timedelta(days=1)),
         Delivery(forge="github", delivery_id="72d3162e", event="issue_comment",
                  payload='{"action": "created"}', state=DeliveryState.HANDLED, error=None,
                  attempts=1, received_at=NOW, handled_at=NOW),
-        Outbox(task_id=task.id, kind="summary", payload={"body": "€50 of €100"},
+        Outbox(task_id=id_of(task), kind="summary", payload={"body": "€50 of €100"},
                dedup_key="summary:12:3", state=OutboxState.SENT, attempts=1, next_attempt_at=NOW,
                created_at=NOW, sent_at=NOW),
-        AuditEvent(task_id=task.id, actor="alice", action="command.pledge",
+        AuditEvent(task_id=id_of(task), actor="alice", action="command.pledge",
                    detail={"amount": 5000, "currency": "EUR"}, created_at=NOW),
-        LedgerEntry(transaction_id=transaction.id, account="backer:github:alice",
+        LedgerEntry(transaction_id=id_of(transaction), account="backer:github:alice",
                     amount_minor=-BIG, currency="EUR"),
-        LedgerEntry(transaction_id=transaction.id, account=f"escrow:task:{task.id}",
+        LedgerEntry(transaction_id=id_of(transaction), account=f"escrow:task:{id_of(task)}",
                     amount_minor=BIG, currency="EUR"),
     ]
     await add(sessionmaker, *rows)
 
     for row in [repo, task, transaction, *rows]:
-        stored = await fetch(sessionmaker, type(row), row.id)
+        stored = await fetch(sessionmaker, type(row), getattr(row, "id", None))
         assert stored is not None
         assert stored.model_dump() == row.model_dump(), type(row).__name__
 
@@ -158,14 +159,14 @@ async def test_defaults_fill_in_what_is_not_given(sessionmaker: Sessions) -> Non
 async def test_big_amounts_survive(sessionmaker: Sessions) -> None:
     task = await make_task(sessionmaker)
     huge = 2**62
-    pledge = Pledge(task_id=task.id, backer="whale", amount_minor=huge, currency="EUR",
+    pledge = Pledge(task_id=id_of(task), backer="whale", amount_minor=huge, currency="EUR",
                     created_at=NOW, updated_at=NOW)
     await add(sessionmaker, pledge)
     await write_posting(sessionmaker, "big", ("a", -huge, "EUR"), ("b", huge, "EUR"))
     assert (await fetch(sessionmaker, Pledge, pledge.id)).amount_minor == huge
     async with sessionmaker() as session:
-        total = (await session.exec(select(func.sum(LedgerEntry.amount_minor)))).one()[0]
-        biggest = (await session.exec(select(func.max(LedgerEntry.amount_minor)))).one()[0]
+        total = (await session.exec(select(func.sum(LedgerEntry.amount_minor)))).one()
+        biggest = (await session.exec(select(func.max(LedgerEntry.amount_minor)))).one()
     assert (total, biggest) == (0, huge)
 
 
@@ -188,14 +189,16 @@ async def test_naive_timestamps_are_refused(sessionmaker: Sessions) -> None:
 async def test_timestamps_compare_in_queries(sessionmaker: Sessions) -> None:
     task = await make_task(sessionmaker)
     claims = [
-        Claim(task_id=task.id, developer=f"d{i}", created_at=NOW,
+        Claim(task_id=id_of(task), developer=f"d{i}", created_at=NOW,
               expires_at=NOW + timedelta(hours=i))
         for i in (-2, 1)
     ]
     await add(sessionmaker, *claims)
     async with sessionmaker() as session:
-        due = (await session.exec(select(Claim.developer).where(Claim.expires_at <= NOW))).all()
-    assert [row[0] for row in due] == ["d-2"]
+        due = await session.exec(
+            select(col(Claim.developer)).where(col(Claim.expires_at) <= NOW)
+        )
+        assert due.all() == ["d-2"]
 
 
 async def test_unknown_states_are_refused(sessionmaker: Sessions) -> None:
@@ -208,7 +211,7 @@ async def test_unknown_states_are_refused(sessionmaker: Sessions) -> None:
 async def test_amounts_must_be_positive(sessionmaker: Sessions) -> None:
     task = await make_task(sessionmaker)
     with pytest.raises(IntegrityError):
-        await add(sessionmaker, Pledge(task_id=task.id, backer="a", amount_minor=0,
+        await add(sessionmaker, Pledge(task_id=id_of(task), backer="a", amount_minor=0,
                                        currency="EUR", created_at=NOW, updated_at=NOW))
 
 
@@ -391,7 +394,7 @@ async def test_sqlite_writers_take_turns(sqlite_url: str) -> None:
 
     async def worker(name: str, hold: asyncio.Event | None) -> None:
         async with UnitOfWork(sessionmaker) as uow:
-            await uow.session.exec(select(Delivery))  # type: ignore[call-overload]
+            await uow.session.exec(select(Delivery))
             order.append(f"{name} in")
             if hold is not None:
                 await hold.wait()
@@ -483,8 +486,8 @@ async def test_committed_transactions_cannot_be_unbalanced(
         async with UnitOfWork(pg_sessionmaker) as uow:
             await uow.session.exec(text(tamper))  # type: ignore[call-overload]
     async with pg_sessionmaker() as session:
-        rows = (await session.exec(select(func.sum(LedgerEntry.amount_minor)))).one()
-    assert rows[0] == 0
+        total = (await session.exec(select(func.sum(LedgerEntry.amount_minor)))).one()
+    assert total == 0
 
 
 async def test_skip_locked_lets_two_workers_take_different_rows(
@@ -492,11 +495,11 @@ async def test_skip_locked_lets_two_workers_take_different_rows(
 ) -> None:
     await add(pg_sessionmaker, *(Delivery(forge="github", delivery_id=f"d{i}", event="e",
                                           payload="{}") for i in range(2)))
-    query = select(Delivery).order_by(Delivery.id).limit(1)
+    query = select(Delivery).order_by(col(Delivery.id)).limit(1)
     async with UnitOfWork(pg_sessionmaker) as first:
-        mine = (await first.session.exec(for_update_skip_locked(query, first.dialect))).one()[0]
+        mine = (await first.session.exec(for_update_skip_locked(query, first.dialect))).one()
         async with UnitOfWork(pg_sessionmaker) as second:
             theirs = (
                 await second.session.exec(for_update_skip_locked(query, second.dialect))
-            ).one()[0]
+            ).one()
     assert (mine.delivery_id, theirs.delivery_id) == ("d0", "d1")

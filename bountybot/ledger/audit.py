@@ -82,7 +82,8 @@ def audit(bounties: Sequence[Bounty], journal: Sequence[JournalTransaction]) -> 
             bad.append(f"ledger transaction {txn.key} does not balance: {dict(per_currency)}")
     for currency, total in totals.items():
         if total:
-            bad.append(f"all entries in {currency} sum to {total}, not 0: money was created or lost")
+            bad.append(f"all entries in {currency} sum to {total}, not 0:"
+                       " money was created or lost")
 
     balance = _sum_by((e.account, e) for t in journal for e in t.entries)
 

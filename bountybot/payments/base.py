@@ -20,7 +20,8 @@ class PaymentProvider(Protocol):
     """What the rules ask of a provider. Decisions only: the calls that move money happen
     after the commit, from the outbox, keyed by our ids (`bountybot:payout:<id>`)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def start_pledge(self, backer: str, minor: int, currency: str) -> PledgeStart: ...
 

@@ -20,8 +20,8 @@ from bountybot.states import (
 
 register(
     "award.not_funded",
-    "This task has not reached its goal ({held} of {goal}): lower the goal with `/goal {held_plain}`"
-    " first, or `/cancel` to refund the backers.",
+    "This task has not reached its goal ({held} of {goal}): lower the goal with"
+    " `/goal {held_plain}` first, or `/cancel` to refund the backers.",
     "Cette tâche n'a pas atteint son objectif ({held} sur {goal}) : baissez d'abord l'objectif"
     " avec `/goal {held_plain}`, ou `/cancel` pour rembourser les donateurs.",
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from bountybot.payments.base import PaymentProvider
 from bountybot.payments.manual import ManualProvider
@@ -29,3 +30,24 @@ class Policy:
             raise ValueError("fee_bp must be between 0 and 10000")
         if self.claim_days < 1:
             raise ValueError("claim_days must be at least 1")
+
+
+def policy_from_settings(settings: Any, *, locale: str | None = None,
+                         currency: str | None = None) -> Policy:
+    """The policy for one repo: the service's settings, with the repo's own locale and currency
+    when it has them. (Takes `bountybot.config.Settings`; typed loosely to keep the rules free
+    of the configuration library.)"""
+    bot = settings.bot
+    provider: PaymentProvider = ManualProvider(confirm=settings.payments.manual_confirm)
+    return Policy(
+        bot_login=bot.login,
+        label=bot.label,
+        currency=currency or bot.currency,
+        locale=locale or bot.locale,
+        min_pledge=bot.min_pledge_minor(),
+        max_pledge=bot.max_pledge_minor(),
+        claim_days=bot.claim_days,
+        release_after_days=bot.release_after_days,
+        fee_bp=bot.fee_basis_points(),
+        provider=provider,
+    )

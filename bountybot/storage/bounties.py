@@ -173,6 +173,7 @@ async def save_decision(session: AsyncSession, repo: t.Repo, issue: IssueRef,
                                   memo=posting.memo or None, created_at=now)
         session.add(txn)
         await session.flush()  # a key already on the books fails here, and so does the whole
+        assert txn.id is not None
         session.add_all(t.LedgerEntry(transaction_id=txn.id, account=account,
                                       amount_minor=minor, currency=cur)
                         for account, minor, cur in entries)
@@ -208,7 +209,8 @@ async def load_books(session: AsyncSession) -> tuple[list[Bounty], list[Any]]:
     for e in (await session.exec(select(t.LedgerEntry).order_by(col(t.LedgerEntry.id)))).all():
         entries.setdefault(e.transaction_id, []).append(
             JournalEntry(e.account, e.amount_minor, e.currency))
-    journal = [JournalTransaction(txn.key, txn.kind, txn.task_id, tuple(entries.get(txn.id, [])))
+    journal = [JournalTransaction(txn.key, txn.kind, txn.task_id,
+                                  tuple(entries.get(txn.id or 0, [])))
                for txn in (await session.exec(
                    select(t.LedgerTransaction).order_by(col(t.LedgerTransaction.id)))).all()]
     return bounties, journal
