@@ -38,7 +38,8 @@ HEALTH_DB_TIMEOUT = 3.0
 
 def default_features() -> list[Feature]:
     """The features `serve` runs with; each later module adds its `setup` here."""
-    return []
+    from bountybot.api import routes as api  # not at the top: features import this module
+    return [api.setup]
 
 
 def create_app(

@@ -114,14 +114,13 @@ def test_bad_amounts(text: str, currency: str, code: str) -> None:
 
 
 @pytest.mark.parametrize(("text", "currency", "code"), BAD)
-@pytest.mark.parametrize(("locale", "example"), [("en", "`/pledge "), ("fr", "`/pledge ")])
-def test_refusals_say_what_and_how(text: str, currency: str, code: str, locale: str,
-                                   example: str) -> None:
+@pytest.mark.parametrize("locale", ["en", "fr"])
+def test_refusals_say_what_and_how(text: str, currency: str, code: str, locale: str) -> None:
     with pytest.raises(AmountError) as refused:
         parse_amount(text, currency)
     sentence = refused.value.message(locale)
     assert sentence.endswith(".")
-    assert example in sentence
+    assert "`/pledge " in sentence  # how to write it
     if text.strip() and code != "amount.too_long":
         assert f"`{text.strip().replace(NBSP, ' ')}`" in sentence
 

@@ -354,6 +354,14 @@ async def test_savepoints_are_allowed(sessionmaker: Sessions) -> None:
     assert await count(sessionmaker, Delivery) == 2
 
 
+async def test_readers_do_not_wait_for_a_unit_of_work(sessionmaker: Sessions) -> None:
+    async with UnitOfWork(sessionmaker) as uow:
+        uow.session.add(delivery_row(0))
+        await uow.session.flush()
+        assert await count(sessionmaker, Delivery) == 0  # not committed yet, and no waiting
+    assert await count(sessionmaker, Delivery) == 1
+
+
 async def test_a_unit_of_work_is_used_once(sessionmaker: Sessions) -> None:
     uow = UnitOfWork(sessionmaker)
     async with uow:

@@ -4,6 +4,8 @@ from bountybot.rules.decide import (
     Comment,
     Event,
     IssueClosed,
+    IssueDeleted,
+    IssueRetitled,
     LabelAdded,
     LabelRemoved,
     LinkClosed,
@@ -14,14 +16,16 @@ from bountybot.rules.decide import (
     Tick,
     decide_comment,
     decide_event,
+    needs_maintainer,
 )
 from bountybot.rules.model import Actor, Bounty, Claim, IssueRef, Link, Payout, Pledge
 from bountybot.rules.policy import Policy
 from bountybot.rules.work import Decision, Message, Refused, Trail
 
 __all__ = [
-    "Actor", "Bounty", "Claim", "Comment", "Decision", "Event", "IssueClosed", "IssueRef",
+    "Actor", "Bounty", "Claim", "Comment", "Decision", "Event", "IssueClosed", "IssueDeleted",
+    "IssueRef", "IssueRetitled",
     "LabelAdded", "LabelRemoved", "Link", "LinkClosed", "LinkOpened", "Message", "Payout",
     "PayoutFailed", "PayoutPaid", "Pledge", "PledgeConfirmed", "Policy", "Refused", "Tick",
-    "Trail", "decide_comment", "decide_event",
+    "Trail", "decide_comment", "decide_event", "needs_maintainer",
 ]

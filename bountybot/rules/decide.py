@@ -24,6 +24,8 @@ class Comment:
     id: str
     author: Actor
     body: str
+    # Set for an edit: the bot answers the commands an edit adds, once per edit.
+    revision: str | None = None
 
 
 # Normalized events, as the forge adapters produce them and the sweeps raise them.
@@ -40,6 +42,16 @@ class LabelRemoved:
 @dataclass(frozen=True, slots=True)
 class IssueClosed:
     not_planned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IssueDeleted:
+    """The issue is gone from the forge: the bounty is cancelled (refunded) unless claimed."""
+
+
+@dataclass(frozen=True, slots=True)
+class IssueRetitled:
+    title: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +91,7 @@ class PayoutFailed:
     error: str
 
 
-Event = (LabelAdded | LabelRemoved | IssueClosed | LinkOpened | LinkClosed | Tick
+Event = (LabelAdded | LabelRemoved | IssueClosed | IssueDeleted | IssueRetitled | LinkOpened | LinkClosed | Tick
          | PledgeConfirmed | PayoutPaid | PayoutFailed)
 
 
@@ -87,6 +99,25 @@ def is_bot(actor: Actor, policy: Policy) -> bool:
     """The bot never acts on its own comments, nor on any other bot's."""
     login = actor.login.lower()
     return actor.is_bot or login == policy.bot_login.lower() or login.endswith("[bot]")
+
+
+MAINTAINER_COMMANDS = frozenset({CommandName.GOAL, CommandName.DEADLINE, CommandName.CANCEL,
+                                 CommandName.AWARD})
+
+
+def needs_maintainer(comment: Comment, policy: Policy) -> bool:
+    """Whether deciding on this comment needs to know if its author maintains the repo, so the
+    adapter asks the forge only then (one API call saved per ordinary /pledge)."""
+    if is_bot(comment.author, policy):
+        return False
+    for item in parse_comment(comment.body, bot_login=policy.bot_login, currency=policy.currency,
+                              min_pledge=policy.min_pledge, max_pledge=policy.max_pledge):
+        if isinstance(item, Command) and (
+                item.name in MAINTAINER_COMMANDS
+                or (item.name == CommandName.UNCLAIM and item.target is not None
+                    and item.target.lower() != comment.author.login.lower())):
+            return True
+    return False
 
 
 def _due(w: Work) -> None:
@@ -162,9 +193,10 @@ def decide_comment(bounty: Bounty | None, issue: IssueRef, comment: Comment, pol
             accepted += 1
             w.trail(f"command.{item.name}", line=item.raw[:200])
     if accepted:
-        w.say(Message("reaction", comment_id=comment.id))
+        w.say(Message("reaction", comment_id=comment.id, revision=comment.revision))
     if w.words:
-        w.say(Message("reply", comment_id=comment.id, text="\n\n".join(w.words)))
+        w.say(Message("reply", comment_id=comment.id, text="\n\n".join(w.words),
+                      revision=comment.revision))
     return _finish(w)
 
 
@@ -188,6 +220,10 @@ def decide_event(bounty: Bounty | None, issue: IssueRef, event: Event, policy: P
             tasks.cancel(w, "closed as not planned", by_command=False)
         case IssueClosed(not_planned=False):
             tasks.issue_closed_completed(w)
+        case IssueDeleted():
+            tasks.cancel(w, "issue deleted", by_command=False)
+        case IssueRetitled(title):
+            tasks.retitle(w, title)
         case LinkOpened(number, author, url):
             claims.link_opened(w, number, author, url)
         case LinkClosed(number, author, True, url):

@@ -157,3 +157,10 @@ def issue_closed_completed(w: Work) -> None:
     task = w.task()
     if task.state in (TaskState.FUNDED, TaskState.CLAIMED, TaskState.IN_REVIEW):
         w.notice("task.closed_unpaid")
+
+
+def retitle(w: Work, title: str) -> None:
+    task = w.task()
+    if title and task.title != title:
+        task.title = title
+        w.trail("task.title", title=title[:200])

@@ -46,6 +46,7 @@ class Message:
     kind: str
     comment_id: str | None = None
     text: str | None = None
+    revision: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

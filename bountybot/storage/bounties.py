@@ -180,7 +180,10 @@ async def save_decision(session: AsyncSession, repo: t.Repo, issue: IssueRef,
     notices = 0
     for message in decision.messages:
         if message.kind in ("reaction", "reply"):
+            # One reaction and one reply per comment (per edit, for commands an edit adds).
             key = f"{message.kind}:{repo.forge}:{message.comment_id}"
+            if message.revision:
+                key += f"@{message.revision}"
         elif message.kind == "summary":
             key = f"summary:{task_id}:{source}"
         else:

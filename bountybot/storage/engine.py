@@ -2,11 +2,14 @@
 
 SQLite (aiosqlite): foreign keys on, WAL journal, a 5 s busy timeout, and real transactions:
 the driver's own implicit BEGIN (which it only emits before a write, so a read-then-write
-was not atomic and DDL ran outside any transaction) is turned off, and every transaction opens
-with `BEGIN IMMEDIATE`. That takes SQLite's single write lock at the start, so two units of
-work never interleave: the second waits (up to the busy timeout) instead of failing with
-"database is locked" when it tries to upgrade a stale read. This is how "the single writer
-serialises" on SQLite, where `FOR UPDATE SKIP LOCKED` does not exist.
+was not atomic and DDL ran outside any transaction) is turned off and SQLAlchemy's begin
+emits ours. A connection carrying the `WRITE_LOCK` execution option, as every `UnitOfWork`
+does, opens with `BEGIN IMMEDIATE`: it takes SQLite's single write lock at the start, so two
+units of work never interleave; the second waits (up to the busy timeout) instead of failing
+with "database is locked" when it tries to upgrade a stale read. This is how "the single
+writer serialises" on SQLite, where `FOR UPDATE SKIP LOCKED` does not exist. Other sessions
+(pages, reports) open with a plain `BEGIN`: in WAL mode they read a snapshot and neither wait
+for writers nor hold them up.
 
 PostgreSQL (asyncpg): a modest pool with pre-ping. A URL may carry `?search_path=<schema>`
 to keep bountybot's tables in a schema of their own (asyncpg has no such URL option, so it is
@@ -24,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+WRITE_LOCK = "bountybot_write_lock"  # execution option: begin with SQLite's write lock
 
 
 def create_engine(
@@ -83,7 +87,8 @@ def _setup_sqlite(engine: AsyncEngine, *, foreign_keys: bool) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        immediate = connection.get_execution_options().get(WRITE_LOCK, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

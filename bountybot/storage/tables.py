@@ -311,6 +311,9 @@ class Delivery(Base, table=True):
     attempts: int = 0
     received_at: datetime = _created()
     handled_at: datetime | None = _when()
+    # When a delivery that failed for a passing reason (the forge was down while asking who
+    # maintains the repo) may be tried again; None means at once.
+    next_attempt_at: datetime | None = _when()
 
 
 class Outbox(Base, table=True):

@@ -8,6 +8,10 @@ A clean exit commits, an exception rolls back (and re-raises); callbacks registe
 `after_commit` run after a successful commit, in order, and are dropped on rollback, so no job
 is ever started for work that did not happen. Calling `session.commit()` inside a unit of work
 is a bug and raises: services never commit. Savepoints (`session.begin_nested()`) are allowed.
+
+The transaction begins on entry. On SQLite that takes the database's single write lock, so
+units of work run one at a time (a second one waits, up to the busy timeout): keep them short,
+and never wait inside one for another. Plain sessions that only read do not take the lock.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
+
+from bountybot.storage.engine import WRITE_LOCK
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,12 @@ class UnitOfWork:
         self._entered = True
         self.session = self._sessionmaker()
         event.listen(self.session.sync_session, "before_commit", _refuse_foreign_commit)
+        try:
+            # Begin now; on SQLite this takes the write lock, so units of work take turns.
+            await self.session.connection(execution_options={WRITE_LOCK: True})
+        except BaseException:
+            await self.session.close()
+            raise
         return self
 
     async def __aexit__(
@@ -110,8 +122,8 @@ def for_update_skip_locked(stmt: S, dialect: Dialect | str, **kwargs: Any) -> S:
     """`stmt` with `FOR UPDATE SKIP LOCKED` on PostgreSQL; unchanged elsewhere.
 
     Lets several workers take different rows (deliveries, outbox messages, due claims) at once
-    on PostgreSQL. SQLite has no row locks: there `BEGIN IMMEDIATE` (see `engine.py`) already
-    lets one writer at a time in, so the rows one worker reads are not taken by another.
+    on PostgreSQL. SQLite has no row locks: there each unit of work begins with the database's
+    write lock (see `engine.py`), so the rows one worker reads are not taken by another.
     `kwargs` go to `with_for_update` (e.g. `of=Delivery`).
     """
     name = dialect if isinstance(dialect, str) else dialect.name

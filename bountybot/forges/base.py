@@ -1,0 +1,60 @@
+"""What the rest of bountybot sees of a forge: one client protocol, one repo reference, one error.
+
+The adapters (`forges/github.py`, `forges/gitlab.py`) implement `ForgeClient` over PyGithub and
+python-gitlab, calling those blocking libraries through `asyncio.to_thread`; nothing else
+imports a forge library. Tests implement it too, or point the real adapter at a local server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class RepoRef:
+    """A repository as the forge knows it: stable id, current path, and the installation
+    (GitHub App) that gives access to it, if any."""
+
+    forge: str
+    forge_repo_id: str
+    full_path: str
+    installation_id: str | None = None
+
+
+class ForgeError(Exception):
+    """A forge call that failed. `retryable` errors (5xx, timeouts, rate limits) are tried again
+    by the outbox after `retry_after` seconds (or its own backoff); the others are not.
+    The message never holds a token."""
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class ForgeClient(Protocol):
+    """The forge operations the bot needs."""
+
+    async def is_maintainer(self, repo: RepoRef, login: str) -> bool:
+        """Write, maintain or admin on GitHub; access level >= 40 on GitLab (cached briefly)."""
+        ...
+
+    async def create_comment(self, repo: RepoRef, number: int, body: str) -> str:
+        """Post a new comment on issue `number`; returns the comment's id."""
+        ...
+
+    async def edit_comment(self, repo: RepoRef, number: int, comment_id: str, body: str) -> None:
+        """Replace the body of one of the bot's comments."""
+        ...
+
+    async def find_comment(self, repo: RepoRef, number: int, marker: str) -> str | None:
+        """The id of the bot's own comment on issue `number` whose body holds `marker`, if
+        any: how a summary created just before a crash is found again instead of doubled."""
+        ...
+
+    async def react(self, repo: RepoRef, number: int, comment_id: str) -> None:
+        """Acknowledge a comment (+1 on GitHub, an award emoji on GitLab)."""
+        ...

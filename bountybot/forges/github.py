@@ -1,0 +1,293 @@
+"""The GitHub adapter: `ForgeClient` over PyGithub's requester, one HTTP request per operation."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+import requests
+from github import Auth, Github, GithubException, GithubIntegration, RateLimitExceededException
+from requests.utils import parse_header_links
+
+from bountybot.forges.base import ForgeError, RepoRef
+
+if TYPE_CHECKING:
+    from bountybot.config import Settings
+
+# A token must outlive the request that carries it: refresh this long before it expires.
+TOKEN_REFRESH_MARGIN = timedelta(minutes=1)
+# GitHub's advice when a rate-limit answer says nothing about when to come back.
+DEFAULT_RATE_LIMIT_WAIT = 60.0
+_MAINTAINER_ROLES = frozenset({"admin", "maintain", "write"})
+_MAX_MESSAGE = 200
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _GrantError(Exception):
+    """GitHub refused an installation token: told apart from the refusal of the call itself
+    (a 404 here means the app was uninstalled, not that a user is no collaborator)."""
+
+    def __init__(self, installation_id: int, cause: GithubException) -> None:
+        super().__init__(installation_id)
+        self.url = f"/app/installations/{installation_id}/access_tokens"
+        self.cause = cause
+
+
+class _InstallationAuth(Auth.Auth):
+    """An installation token, fetched with the app's JWT and refreshed by *our* clock.
+
+    Not PyGithub's AppInstallationAuth: that one checks expiry against the wall clock with a
+    20 s margin (so an injected clock cannot drive it) and has no lock, so worker threads
+    racing on an expired token would each mint a new one."""
+
+    def __init__(self, integration: GithubIntegration, installation_id: int,
+                 clock: Callable[[], datetime]) -> None:
+        self._integration = integration
+        self._installation_id = installation_id
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._expires_at = datetime.min.replace(tzinfo=UTC)
+
+    @property
+    def token_type(self) -> str:
+        return "token"
+
+    @property
+    def token(self) -> str:
+        with self._lock:
+            if self._token is None or self._clock() >= self._expires_at - TOKEN_REFRESH_MARGIN:
+                try:
+                    grant = self._integration.get_access_token(self._installation_id)
+                except GithubException as e:
+                    raise _GrantError(self._installation_id, e) from e
+                self._token, self._expires_at = grant.token, grant.expires_at
+            return self._token
+
+    @property
+    def _masked_token(self) -> str:
+        return "token (installation token removed)"
+
+
+class GitHubClient:
+    """github.com or GitHub Enterprise, with a personal token or as a GitHub App."""
+
+    def __init__(
+        self,
+        api_url: str,
+        *,
+        bot_login: str,
+        token: str | None = None,
+        app_id: int | None = None,
+        private_key: str | None = None,
+        maintainer_ttl: float = 300.0,
+        clock: Callable[[], datetime] = _utcnow,
+        timeout: float = 15.0,
+    ) -> None:
+        if (token is None) == (app_id is None or private_key is None):
+            raise ValueError("GitHubClient needs either token, or app_id with private_key")
+        self._api_url = api_url.rstrip("/")
+        login = bot_login.lower().removesuffix("[bot]")
+        # An app comments as `<slug>[bot]`; the same name may be configured with or without it.
+        self._bot_logins = frozenset({login, f"{login}[bot]"})
+        self._maintainer_ttl = timedelta(seconds=maintainer_ttl)
+        self._clock = clock
+        # PyGithub asserts an int timeout (Github and GithubIntegration), so round up.
+        self._timeout = max(1, math.ceil(timeout))
+        self._maintainers: dict[tuple[str, str], tuple[datetime, bool]] = {}
+        self._token_github = self._new_github(Auth.Token(token)) if token is not None else None
+        self._integration: GithubIntegration | None = None
+        if app_id is not None and private_key is not None:
+            self._integration = GithubIntegration(
+                auth=Auth.AppAuth(app_id, private_key), **self._pygithub_options()
+            )
+        self._installations: dict[int, Github] = {}
+
+    def _pygithub_options(self) -> dict[str, Any]:
+        # No retries, no throttling inside PyGithub: the outbox retries with backoff and a governor
+        # paces writes; PyGithub sleeping in a worker thread would stall it and hide 502s and
+        # rate limits. retry=None gives requests' HTTPAdapter(max_retries=0) instead of the
+        # default GithubRetry; None for the two pauses skips Requester.__deferRequest's sleep.
+        return {
+            "base_url": self._api_url,
+            "timeout": self._timeout,
+            "retry": None,
+            "seconds_between_requests": None,
+            "seconds_between_writes": None,
+            "per_page": 100,
+        }
+
+    def _new_github(self, auth: Auth.Auth) -> Github:
+        return Github(auth=auth, **self._pygithub_options())
+
+    def _github(self, repo: RepoRef) -> Github:
+        if self._token_github is not None:
+            return self._token_github
+        assert self._integration is not None
+        try:
+            installation_id = int(repo.installation_id or "")
+        except ValueError:
+            raise ForgeError(f"GitHub: no app installation known for {repo.full_path}") from None
+        gh = self._installations.get(installation_id)
+        if gh is None:
+            auth = _InstallationAuth(self._integration, installation_id, self._clock)
+            gh = self._installations[installation_id] = self._new_github(auth)
+        return gh
+
+    async def close(self) -> None:
+        """Close the HTTP connections."""
+        for gh in [self._token_github, *self._installations.values()]:
+            if gh is not None:
+                gh.close()
+        if self._integration is not None:
+            self._integration.close()
+
+    async def _request(self, repo: RepoRef, verb: str, url: str, *,
+                       params: dict[str, Any] | None = None, body: dict[str, Any] | None = None,
+                       none_if_missing: bool = False) -> tuple[dict[str, Any], Any]:
+        """(headers, JSON) of one call; ({}, None) for a 404 when `none_if_missing`."""
+        requester = self._github(repo).requester
+        try:
+            return await asyncio.to_thread(
+                requester.requestJsonAndCheck, verb, url, parameters=params, input=body
+            )
+        except GithubException as e:
+            if none_if_missing and e.status == 404:
+                return {}, None
+            raise self._error(verb, url, e) from e
+        except _GrantError as e:
+            raise self._error("POST", e.url, e.cause) from e
+        except (requests.Timeout, requests.ConnectionError) as e:
+            raise ForgeError(f"GitHub {verb} {_path(url)}: {type(e).__name__}",
+                             retryable=True) from e
+        except requests.RequestException as e:
+            raise ForgeError(f"GitHub {verb} {_path(url)}: {type(e).__name__}") from e
+
+    def _error(self, verb: str, url: str, e: GithubException) -> ForgeError:
+        status = e.status
+        headers = {k.lower(): str(v) for k, v in (e.headers or {}).items()}
+        said = e.data.get("message") if isinstance(e.data, dict) else None
+        message = f"GitHub {verb} {_path(url)}: {status}"
+        if said:
+            message += f" {str(said)[:_MAX_MESSAGE]}"
+        now = self._clock()
+        if status >= 500:
+            wait = _parse_retry_after(headers["retry-after"], now) \
+                if "retry-after" in headers else None
+            return ForgeError(message, status=status, retryable=True, retry_after=wait)
+        if status in (403, 429):
+            wait = _rate_limit_wait(status, headers, isinstance(e, RateLimitExceededException), now)
+            if wait is not None:
+                return ForgeError(message, status=status, retryable=True, retry_after=wait)
+        return ForgeError(message, status=status)
+
+    async def create_comment(self, repo: RepoRef, number: int, body: str) -> str:
+        _, data = await self._request(
+            repo, "POST", f"{_repo_path(repo)}/issues/{number}/comments", body={"body": body}
+        )
+        return str(data["id"])
+
+    async def edit_comment(self, repo: RepoRef, number: int, comment_id: str, body: str) -> None:
+        await self._request(repo, "PATCH", f"{_repo_path(repo)}/issues/comments/{int(comment_id)}",
+                            body={"body": body})
+
+    async def react(self, repo: RepoRef, number: int, comment_id: str) -> None:
+        # 201 for a new reaction, 200 when the bot had already reacted: both are success.
+        await self._request(
+            repo, "POST", f"{_repo_path(repo)}/issues/comments/{int(comment_id)}/reactions",
+            body={"content": "+1"},
+        )
+
+    async def find_comment(self, repo: RepoRef, number: int, marker: str) -> str | None:
+        url: str | None = f"{_repo_path(repo)}/issues/{number}/comments"
+        params: dict[str, Any] | None = {"per_page": 100}
+        while url is not None:
+            headers, page = await self._request(repo, "GET", url, params=params)
+            for comment in page:
+                login = str((comment.get("user") or {}).get("login", "")).lower()
+                if login in self._bot_logins and marker in (comment.get("body") or ""):
+                    return str(comment["id"])
+            url, params = _next_link(headers.get("link")), None  # the link carries the query
+        return None
+
+    async def is_maintainer(self, repo: RepoRef, login: str) -> bool:
+        key = (repo.full_path.lower(), login.lower())
+        now = self._clock()
+        cached = self._maintainers.get(key)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        _, data = await self._request(
+            repo, "GET", f"{_repo_path(repo)}/collaborators/{quote(login, safe='')}/permission",
+            none_if_missing=True,  # 404: not a collaborator at all
+        )
+        data = data or {}
+        maintainer = (data.get("permission") in ("admin", "write")
+                      or data.get("role_name") in _MAINTAINER_ROLES)
+        self._maintainers[key] = (now + self._maintainer_ttl, maintainer)
+        return maintainer
+
+
+def _repo_path(repo: RepoRef) -> str:
+    owner, _, name = repo.full_path.partition("/")
+    return f"/repos/{quote(owner, safe='')}/{quote(name, safe='')}"
+
+
+def _path(url: str) -> str:
+    """The path alone, for messages: a Link URL is absolute, and its query is noise."""
+    return urlsplit(url).path
+
+
+def _next_link(link: str | None) -> str | None:
+    for item in parse_header_links(link or ""):
+        if item.get("rel") == "next":
+            return item["url"]
+    return None
+
+
+def _rate_limit_wait(status: int, headers: dict[str, str], said_rate_limit: bool,
+                     now: datetime) -> float | None:
+    """Seconds to wait when a 403/429 is a rate limit (GitHub's documented order:
+    Retry-After, then X-RateLimit-Reset when nothing remains, else a minute); None otherwise."""
+    if "retry-after" in headers:
+        return _parse_retry_after(headers["retry-after"], now)
+    if headers.get("x-ratelimit-remaining", "").strip() == "0":
+        try:
+            return max(float(headers["x-ratelimit-reset"]) - now.timestamp(), 1.0)
+        except (KeyError, ValueError):
+            return DEFAULT_RATE_LIMIT_WAIT
+    if status == 429 or said_rate_limit:
+        return DEFAULT_RATE_LIMIT_WAIT
+    return None
+
+
+def _parse_retry_after(value: str, now: datetime) -> float:
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:  # the other form RFC 9110 allows: an HTTP date
+        return max((email.utils.parsedate_to_datetime(value) - now).total_seconds(), 0.0)
+    except (TypeError, ValueError):
+        return DEFAULT_RATE_LIMIT_WAIT
+
+
+def client_from_settings(settings: Settings) -> GitHubClient | None:
+    """The GitHub client the settings describe, or None when GitHub is off."""
+    gh = settings.github
+    if not gh.enabled():
+        return None
+    if gh.token is not None:
+        return GitHubClient(gh.api_url, bot_login=settings.bot.login,
+                            token=gh.token.get_secret_value())
+    assert gh.private_key_file is not None  # enabled() without a token means an app
+    return GitHubClient(gh.api_url, bot_login=settings.bot.login, app_id=gh.app_id,
+                        private_key=gh.private_key_file.read_text())

@@ -1,0 +1,176 @@
+"""GitHub webhook payloads turned into normalized happenings (pure: no HTTP, no PyGithub)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from bountybot.commands import Command, parse_comment
+from bountybot.forges.base import RepoRef
+from bountybot.forges.events import Happening, Normalized, Transfer
+from bountybot.forges.links import closing_refs
+from bountybot.rules import (
+    Actor,
+    Comment,
+    Event,
+    IssueClosed,
+    IssueDeleted,
+    IssueRetitled,
+    LabelAdded,
+    LabelRemoved,
+    LinkClosed,
+    LinkOpened,
+)
+
+FORGE = "github"
+
+
+def _repo(payload: dict[str, Any], repository: dict[str, Any] | None = None) -> RepoRef:
+    repository = repository if repository is not None else payload["repository"]
+    installation = payload.get("installation") or {}
+    inst = installation.get("id")
+    return RepoRef(FORGE, str(repository["id"]), repository["full_name"],
+                   str(inst) if inst is not None else None)
+
+
+def _actor(user: dict[str, Any]) -> Actor:
+    return Actor(user["login"], is_bot=user.get("type") == "Bot")
+
+
+def _web_host(payload: dict[str, Any]) -> str:
+    return urlsplit(payload["repository"].get("html_url") or "https://github.com").netloc
+
+
+def _has_label(labels: list[dict[str, Any]] | None, label: str) -> bool:
+    return any((item.get("name") or "").lower() == label.lower() for item in labels or [])
+
+
+def added_commands(old: str, new: str, *, bot_login: str) -> str:
+    """The lines of an edited comment that hold commands the old text did not: an edit that
+    fixes a typo in `/pledge 2O` to `/pledge 20` is read; one that only rewords prose is not."""
+    def lines(text: str) -> list[str]:
+        items = parse_comment(text, bot_login=bot_login, currency="EUR")
+        return [item.raw.strip() for item in items]
+
+    before = lines(old)
+    fresh = []
+    for raw in lines(new):
+        if raw in before:
+            before.remove(raw)
+        else:
+            fresh.append(raw)
+    return "\n".join(fresh)
+
+
+def normalize(event: str, payload: dict[str, Any], *, label: str, bot_login: str) -> Normalized:
+    """Read one delivery. Unknown events and actions normalize to nothing (with the reason)."""
+    action = payload.get("action")
+    if event == "ping":
+        return Normalized(ignored="ping")
+    if event == "installation":
+        inst = str(payload["installation"]["id"])
+        if action in ("created", "new_permissions_accepted", "unsuspend"):
+            return Normalized(repos=[RepoRef(FORGE, str(r["id"]), r["full_name"], inst)
+                                     for r in payload.get("repositories") or []])
+        return Normalized(ignored=f"installation {action}")
+    if event == "installation_repositories":
+        inst = str(payload["installation"]["id"])
+        return Normalized(repos=[RepoRef(FORGE, str(r["id"]), r["full_name"], inst)
+                                 for r in payload.get("repositories_added") or []])
+    if event == "issues":
+        return _issues(action, payload, label)
+    if event == "issue_comment":
+        return _issue_comment(action, payload, bot_login)
+    if event == "pull_request":
+        return _pull_request(action, payload)
+    return Normalized(ignored=f"event {event} is not used")
+
+
+def _issues(action: str | None, payload: dict[str, Any], label: str) -> Normalized:
+    issue = payload["issue"]
+    repo = _repo(payload)
+    event: Event | None = None
+    if (action == "labeled" and _has_label([payload.get("label") or {}], label)) or (
+            action == "opened" and _has_label(issue.get("labels"), label)):
+        event = LabelAdded()
+    elif action == "unlabeled" and _has_label([payload.get("label") or {}], label):
+        event = LabelRemoved()
+    elif action == "closed":
+        event = IssueClosed(not_planned=issue.get("state_reason") == "not_planned")
+    elif action == "edited" and "title" in (payload.get("changes") or {}):
+        event = IssueRetitled(issue.get("title") or "")
+    elif action == "deleted":
+        event = IssueDeleted()
+    elif action == "transferred":
+        changes = payload["changes"]
+        new_repo = _repo(payload, changes["new_repository"])
+        new_issue = changes["new_issue"]
+        return Normalized(transfer=Transfer(repo, issue["number"], new_repo,
+                                            new_issue["number"], new_issue.get("html_url", "")))
+    if event is None:
+        return Normalized(ignored=f"issues {action} changes nothing")
+    return Normalized(happenings=[Happening(repo.full_path, repo, issue["number"], event,
+                                            issue.get("title") or "", issue.get("html_url", ""))])
+
+
+def _issue_comment(action: str | None, payload: dict[str, Any], bot_login: str) -> Normalized:
+    issue = payload["issue"]
+    if issue.get("pull_request"):
+        return Normalized(ignored="comment on a pull request")
+    comment = payload["comment"]
+    body = comment.get("body") or ""
+    revision = None
+    if action == "edited":
+        old = ((payload.get("changes") or {}).get("body") or {}).get("from") or ""
+        body = added_commands(old, body, bot_login=bot_login)
+        revision = comment.get("updated_at") or "edit"
+        if not body:
+            return Normalized(ignored="edit adds no command")
+    elif action != "created":
+        return Normalized(ignored=f"issue_comment {action}")
+    repo = _repo(payload)
+    what = Comment(str(comment["id"]), _actor(comment["user"]), body, revision)
+    return Normalized(happenings=[Happening(repo.full_path, repo, issue["number"], what,
+                                            issue.get("title") or "", issue.get("html_url", ""))])
+
+
+def _pull_request(action: str | None, payload: dict[str, Any]) -> Normalized:
+    pr = payload["pull_request"]
+    repo = _repo(payload)
+    host = _web_host(payload)
+    author = pr["user"]["login"]
+    number = pr["number"]
+    url = pr.get("html_url")
+
+    def refs(title: str | None, body: str | None) -> list[tuple[str, int]]:
+        text = f"{title or ''}\n{body or ''}"
+        return closing_refs(text, forge=FORGE, repo_path=repo.full_path, web_host=host)
+
+    now = refs(pr.get("title"), pr.get("body"))
+    events: list[tuple[str, int, Event]] = []
+    if action in ("opened", "reopened", "synchronize", "ready_for_review"):
+        events = [(path, n, LinkOpened(number, author, url)) for path, n in now]
+    elif action == "edited":
+        changes = payload.get("changes") or {}
+        before = refs((changes.get("title") or {}).get("from", pr.get("title")),
+                      (changes.get("body") or {}).get("from", pr.get("body")))
+        gone = [ref for ref in before if ref not in now]
+        events = [(path, n, LinkOpened(number, author, url)) for path, n in now]
+        events += [(path, n, LinkClosed(number, author, merged=False, url=url))
+                   for path, n in gone]
+    elif action == "closed":
+        merged = bool(pr.get("merged"))
+        events = [(path, n, LinkClosed(number, author, merged=merged, url=url))
+                  for path, n in now]
+    if not events:
+        return Normalized(ignored=f"pull_request {action} links no issue")
+    happenings = [
+        Happening(path, repo if path.lower() == repo.full_path.lower() else None, n, ev)
+        for path, n, ev in events
+    ]
+    return Normalized(happenings=happenings)
+
+
+def commands_in(body: str, bot_login: str) -> list[Command]:
+    return [c for c in parse_comment(body, bot_login=bot_login, currency="EUR")
+            if isinstance(c, Command)]

@@ -1,0 +1,229 @@
+"""The delivery worker: takes stored webhook deliveries in order and applies them.
+
+For each delivery: read it, turn the payload into normalized happenings (the forge adapter),
+ask the forge whether a commenter maintains the repo when a command needs it (outside any
+transaction, so no lock is held over HTTP), then in one unit of work: take the delivery again
+(`FOR UPDATE SKIP LOCKED` on PostgreSQL; skipped if another worker handled it meanwhile), load
+each task, decide, write the decision, mark the delivery handled. The outbox sends afterwards.
+
+A delivery that fails for a passing reason (the forge is down) is tried again later; one that
+fails for any other reason is tried a few times, then marked failed with the reason, and the
+worker goes on: one bad delivery never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bountybot.config import Settings
+from bountybot.forges.base import ForgeClient, ForgeError, RepoRef
+from bountybot.forges.events import Happening, Normalized, Transfer
+from bountybot.forges.github_events import normalize as normalize_github
+from bountybot.logs import event
+from bountybot.rules import Comment, IssueRef, decide_comment, decide_event, needs_maintainer
+from bountybot.rules.policy import policy_from_settings
+from bountybot.storage import tables as t
+from bountybot.storage.bounties import ensure_repo, load_bounty, save_decision
+from bountybot.storage.uow import UnitOfWork, for_update_skip_locked
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def normalize(forge: str, kind: str, payload: dict[str, Any], settings: Settings) -> Normalized:
+    if forge == "github":
+        return normalize_github(kind, payload, label=settings.bot.label,
+                                bot_login=settings.bot.login)
+    return Normalized(ignored=f"no adapter for {forge}")
+
+
+class DeliveryWorker:
+    """Applies stored deliveries, oldest first."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings,
+                 clients: Mapping[str, ForgeClient], *, clock: Clock = utc_now,
+                 on_written: Callable[[], None] | None = None, max_attempts: int = 5,
+                 retry_delay: float = 30.0) -> None:
+        self.sessionmaker = sessionmaker
+        self.settings = settings
+        self.clients = clients
+        self.clock = clock
+        self.on_written = on_written
+        self.max_attempts = max_attempts
+        self.retry_delay = retry_delay
+
+    async def due(self, limit: int) -> list[int]:
+        now = self.clock()
+        async with UnitOfWork(self.sessionmaker) as uow:
+            rows = await uow.session.exec(
+                select(t.Delivery.id)
+                .where(t.Delivery.state == t.DeliveryState.PENDING,
+                       or_(col(t.Delivery.next_attempt_at).is_(None),
+                           col(t.Delivery.next_attempt_at) <= now))
+                .order_by(col(t.Delivery.id)).limit(limit))
+            return [i for i in rows.all() if i is not None]
+
+    async def run_once(self, limit: int = 100) -> int:
+        """Handle what is due now, in order; returns how many deliveries were finished."""
+        done = 0
+        for delivery_id in await self.due(limit):
+            if await self.handle(delivery_id):
+                done += 1
+        return done
+
+    async def run_forever(self, wake: asyncio.Event, stop: asyncio.Event,
+                          idle: float = 5.0) -> None:
+        while not stop.is_set():
+            try:
+                handled = await self.run_once()
+            except Exception:  # the loop must survive anything, e.g. the database restarting
+                log.exception("worker.loop_error")
+                handled = 0
+            if handled:
+                continue
+            wake.clear()
+            waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
+            await asyncio.wait(waiters, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def handle(self, delivery_id: int) -> bool:
+        """Apply one delivery; True when it is finished (handled or failed for good)."""
+        async with UnitOfWork(self.sessionmaker) as uow:
+            row = await uow.session.get(t.Delivery, delivery_id)
+            if row is None or row.state != t.DeliveryState.PENDING:
+                return False
+            forge, kind, body, name = row.forge, row.event, row.payload, row.delivery_id
+        try:
+            normalized = normalize(forge, kind, json.loads(body), self.settings)
+            happenings = [await self._who(h) for h in normalized.happenings]
+            await self._apply(delivery_id, forge, name, normalized, happenings)
+        except ForgeError as error:
+            return await self._failed(delivery_id, name, error, passing=error.retryable)
+        except Exception as error:
+            log.exception("delivery.error", extra={"delivery": name})
+            return await self._failed(delivery_id, name, error, passing=False)
+        return True
+
+    async def _who(self, h: Happening) -> Happening:
+        """Ask the forge whether a commenter maintains the repo, only when it matters."""
+        what = h.what
+        if not isinstance(what, Comment) or h.repo is None:
+            return h
+        policy = policy_from_settings(self.settings)
+        if not needs_maintainer(what, policy):
+            return h
+        client = self.clients.get(h.repo.forge)
+        maintainer = client is not None and await client.is_maintainer(h.repo, what.author.login)
+        return replace(h, what=replace(what, author=replace(what.author,
+                                                               is_maintainer=maintainer)))
+
+    async def _apply(self, delivery_id: int, forge: str, name: str, normalized: Normalized,
+                     happenings: list[Happening]) -> None:
+        now = self.clock()
+        source = f"delivery:{forge}:{name}"
+        async with UnitOfWork(self.sessionmaker) as uow:
+            session = uow.session
+            stmt = for_update_skip_locked(
+                select(t.Delivery).where(t.Delivery.id == delivery_id), uow.dialect)
+            row = (await session.exec(stmt)).first()
+            if row is None or row.state != t.DeliveryState.PENDING:
+                return  # taken or finished by another worker meanwhile
+            for ref in normalized.repos:
+                await ensure_repo(session, ref.forge, ref.forge_repo_id, ref.full_path,
+                                  ref.installation_id)
+            if normalized.transfer is not None:
+                await self._transfer(session, normalized.transfer)
+            written = False
+            for h in happenings:
+                written |= await self._decide(session, h, source, now)
+            row.state = t.DeliveryState.HANDLED
+            row.handled_at = now
+            row.error = normalized.ignored
+            if written and self.on_written is not None:
+                uow.after_commit(self.on_written)
+        event(log, "delivery.handled", forge=forge, delivery=name,
+              happenings=len(happenings), note=normalized.ignored or "")
+
+    async def _repo(self, session: AsyncSession, h: Happening) -> t.Repo | None:
+        if h.repo is not None:
+            return await ensure_repo(session, h.repo.forge, h.repo.forge_repo_id,
+                                     h.repo.full_path, h.repo.installation_id)
+        # A reference by path to another repo: only one we already know.
+        stmt = select(t.Repo).where(func.lower(t.Repo.full_path) == h.repo_path.lower())
+        return (await session.exec(stmt)).first()
+
+    async def _decide(self, session: AsyncSession, h: Happening, source: str,
+                      now: datetime) -> bool:
+        repo = await self._repo(session, h)
+        if repo is None:
+            return False
+        policy = policy_from_settings(self.settings, locale=repo.locale, currency=repo.currency)
+        issue = IssueRef(repo.forge, repo.full_path, h.number, h.title, h.url)
+        bounty = await load_bounty(session, repo, h.number, lock=True)
+        if isinstance(h.what, Comment):
+            decision = decide_comment(bounty, issue, h.what, policy, now)
+        else:
+            decision = decide_event(bounty, issue, h.what, policy, now)
+        if decision.bounty is None and not decision.messages:
+            return False
+        await save_decision(session, repo, issue, decision, source=source, now=now)
+        return bool(decision.messages)
+
+    async def _transfer(self, session: AsyncSession, move: Transfer) -> None:
+        """The issue moved: its task (and so its money) follows it to the new repo."""
+        old = await ensure_repo(session, move.old.forge, move.old.forge_repo_id,
+                                move.old.full_path, move.old.installation_id)
+        new = await ensure_repo(session, move.new.forge, move.new.forge_repo_id,
+                                move.new.full_path, move.new.installation_id)
+        task = (await session.exec(select(t.Task).where(
+            t.Task.repo_id == old.id, t.Task.number == move.old_number))).first()
+        if task is None:
+            return
+        task.repo_id = t.id_of(new)
+        task.number = move.new_number
+        task.url = move.new_url or task.url
+        session.add(t.AuditEvent(task_id=task.id, actor="system", action="task.transferred",
+                                 detail={"from": f"{old.full_path}#{move.old_number}",
+                                         "to": f"{new.full_path}#{move.new_number}"}))
+
+    async def _failed(self, delivery_id: int, name: str, error: Exception,
+                      *, passing: bool) -> bool:
+        now = self.clock()
+        async with UnitOfWork(self.sessionmaker) as uow:
+            row = await uow.session.get(t.Delivery, delivery_id)
+            if row is None or row.state != t.DeliveryState.PENDING:
+                return False
+            row.attempts += 1
+            row.error = f"{type(error).__name__}: {error}"[:2000]
+            if row.attempts >= self.max_attempts and not passing:
+                row.state = t.DeliveryState.FAILED
+                finished = True
+            else:
+                delay = (error.retry_after if isinstance(error, ForgeError)
+                         and error.retry_after else self.retry_delay * 2 ** (row.attempts - 1))
+                row.next_attempt_at = now + timedelta(seconds=min(delay, 3600.0))
+                finished = False
+        event(log, "delivery.failed" if finished else "delivery.retry", level=logging.WARNING,
+              delivery=name, attempts=row.attempts, error=row.error)
+        return finished
+
+
+def repo_ref(row: t.Repo) -> RepoRef:
+    return RepoRef(row.forge, row.forge_repo_id, row.full_path, row.installation_id)
