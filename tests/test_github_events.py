@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from fixtures import payload
 
 from bountybot.forges.github_events import added_commands, normalize
 from bountybot.forges.links import closing_refs
@@ -16,7 +17,6 @@ from bountybot.rules import (
     LinkClosed,
     LinkOpened,
 )
-from fixtures import payload
 
 
 def norm(event: str, data: dict, label: str = "bug"):  # type: ignore[no-untyped-def]
@@ -99,10 +99,9 @@ def test_a_pull_request_that_fixes_an_issue_is_a_link():
     assert norm("pull_request", data).happenings == []  # the published body links nothing
     data["pull_request"]["body"] = "Fixes #1, closes Codertocat/Other#4"
     hs = norm("pull_request", data).happenings
+    link = LinkOpened(2, "Codertocat", data["pull_request"]["html_url"])
     assert [(h.repo_path, h.number, h.what) for h in hs] == [
-        ("Codertocat/Hello-World", 1, LinkOpened(2, "Codertocat", data["pull_request"]["html_url"])),
-        ("Codertocat/Other", 4, LinkOpened(2, "Codertocat", data["pull_request"]["html_url"])),
-    ]
+        ("Codertocat/Hello-World", 1, link), ("Codertocat/Other", 4, link)]
     assert hs[0].repo is not None and hs[1].repo is None
 
 

@@ -91,8 +91,8 @@ class PayoutFailed:
     error: str
 
 
-Event = (LabelAdded | LabelRemoved | IssueClosed | IssueDeleted | IssueRetitled | LinkOpened | LinkClosed | Tick
-         | PledgeConfirmed | PayoutPaid | PayoutFailed)
+Event = (LabelAdded | LabelRemoved | IssueClosed | IssueDeleted | IssueRetitled | LinkOpened
+         | LinkClosed | Tick | PledgeConfirmed | PayoutPaid | PayoutFailed)
 
 
 def is_bot(actor: Actor, policy: Policy) -> bool:

@@ -1,0 +1,109 @@
+"""The running service: webhooks in, the delivery worker and the outbox sender in the background.
+
+`setup(app)` adds the webhook routes and, in `cleanup_ctx`, starts the two loops when the
+server starts and stops them (letting the current step finish) when it stops. The forge clients
+come from the settings, or from `app[CLIENTS]` when a test or the demo puts its own there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from bountybot import webhooks
+from bountybot.app import SESSIONMAKER, SETTINGS
+from bountybot.config import Settings
+from bountybot.forges.base import ForgeClient
+from bountybot.governor import Governor
+from bountybot.inbox import DeliveryWorker
+from bountybot.outbox import OutboxSender
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """What the background loops share with the request handlers (and the tests)."""
+
+    clients: dict[str, ForgeClient] = field(default_factory=dict)
+    governor: Governor = field(default_factory=Governor)
+    wake_worker: asyncio.Event = field(default_factory=asyncio.Event)
+    wake_outbox: asyncio.Event = field(default_factory=asyncio.Event)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    worker: DeliveryWorker | None = None
+    sender: OutboxSender | None = None
+    background: bool = True
+    sender_options: dict[str, Any] = field(default_factory=dict)
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+def forge_clients(settings: Settings) -> dict[str, ForgeClient]:
+    """A client for each forge that is on."""
+    from bountybot.forges.github import client_from_settings as github_client
+
+    clients: dict[str, ForgeClient] = {}
+    github = github_client(settings)
+    if github is not None:
+        clients["github"] = github
+    return clients
+
+
+def setup(app: web.Application, *, clients: Mapping[str, ForgeClient] | None = None,
+          governor: Governor | None = None, background: bool = True,
+          sender_options: dict[str, Any] | None = None) -> Runtime:
+    """Webhooks plus the worker and the outbox. `background=False` leaves the loops to the
+    caller (`runtime.worker.run_once()`), for tests that step through a story;
+    `sender_options` go to `OutboxSender` (e.g. a short `base_delay` in tests)."""
+    runtime = Runtime(background=background, sender_options=dict(sender_options or {}))
+    if clients is not None:
+        runtime.clients.update(clients)
+    if governor is not None:
+        runtime.governor = governor
+    app[RUNTIME] = runtime
+    app[webhooks.WAKE_WORKER] = runtime.wake_worker.set
+    webhooks.setup(app)
+    app.cleanup_ctx.append(_loops)
+    return runtime
+
+
+async def _loops(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    settings = app[SETTINGS]
+    sessionmaker = app[SESSIONMAKER]
+    own_clients = not runtime.clients
+    if own_clients:
+        runtime.clients.update(forge_clients(settings))
+    runtime.sender = OutboxSender(sessionmaker, runtime.clients, settings=settings,
+                                  governor=runtime.governor, **runtime.sender_options)
+    runtime.worker = DeliveryWorker(sessionmaker, settings, runtime.clients,
+                                    on_written=runtime.wake_outbox.set)
+    tasks = []
+    if runtime.background:
+        tasks = [asyncio.create_task(runtime.worker.run_forever(runtime.wake_worker,
+                                                                runtime.stop)),
+                 asyncio.create_task(runtime.sender.run_forever(runtime.wake_outbox,
+                                                                runtime.stop))]
+    try:
+        yield
+    finally:
+        runtime.stop.set()
+        for task in tasks:
+            try:
+                await asyncio.wait_for(task, timeout=10)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if own_clients:
+            for client in runtime.clients.values():
+                close = getattr(client, "close", None)
+                if close is not None:
+                    await close()

@@ -1,0 +1,190 @@
+"""Whole bounties on GitHub: published payloads, signed, posted to the real app; the bot answers
+a local GitHub over loopback. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fakes.github import github_server  # noqa: F401
+from github_harness import REPO, SECRET, TOKEN, GitHubBot, sign
+
+from bountybot.app import SESSIONMAKER
+from bountybot.ledger.audit import run_audit
+from bountybot.states import ClaimState, LinkState, PayoutState, PledgeState, TaskState
+from bountybot.storage import tables as t
+
+
+@pytest.fixture
+async def bot(db_url, github_server):  # noqa: F811
+    bot = await GitHubBot.start(db_url, github_server)
+    try:
+        yield bot
+    finally:
+        await bot.close()
+
+
+async def test_the_whole_happy_path(bot: GitHubBot):
+    fake = bot.fake
+    assert (await bot.label(1)).status == 202
+    await bot.comment("maya", "/goal 110.50")
+    for login, amount in (("alice", "60"), ("bob", "30"), ("carol", "20,50 €")):
+        await bot.comment(login, f"/pledge {amount}")
+    await bot.settle()
+    task = await bot.task(1)
+    assert task.state == TaskState.FUNDED and task.held().minor == 11050
+    await bot.comment("dave", "/claim")
+    await bot.comment("erin", "/claim")
+    await bot.comment("alice", "/withdraw")
+    await bot.settle()
+    task = await bot.task(1)
+    assert task.state == TaskState.CLAIMED and task.waiting == ["erin"]
+    assert task.backer_total("alice", frozenset({PledgeState.HELD})).minor == 6000
+    await bot.pull_request("opened", "dave", 77, "Fixes #1\n\nAll done.")
+    await bot.settle()
+    assert (await bot.task(1)).state == TaskState.IN_REVIEW
+    await bot.pull_request("closed", "dave", 77, "Fixes #1\n\nAll done.", merged=True)
+    await bot.settle()
+    task = await bot.task(1)
+    assert task.state == TaskState.DONE
+    assert [(p.developer, p.amount.minor, p.state) for p in task.payouts] == [
+        ("dave", 11050, PayoutState.PENDING)]
+    assert task.claims[0].state == ClaimState.DONE and task.links[0].state == LinkState.MERGED
+    report = await run_audit(bot.app[SESSIONMAKER])
+    assert report.ok, report.render()
+
+    # What GitHub saw: one summary comment, edited in place, showing the final state; one
+    # reply (the refused withdrawal); a +1 on every accepted command.
+    mine = bot.bot_comments(1)
+    summaries = [c for c in mine if "bountybot:summary" in c.body]
+    assert len(summaries) == 1
+    assert "110.50" in summaries[0].body and "done" in summaries[0].body
+    replies = [c for c in mine if c not in summaries]
+    assert len(replies) == 1 and "locked" in replies[0].body
+    accepted = [c for c in fake.comments(REPO, 1) if c.login in {"maya", "alice", "bob", "carol",
+                                                                 "dave", "erin"}]
+    reacted = [c for c in accepted if fake.reactions(c.id)]
+    assert len(reacted) == 6  # all but the refused withdrawal
+    assert all(r.content == "+1" for c in reacted for r in fake.reactions(c.id))
+    assert all(w.headers.get("authorization") == f"token {TOKEN}" for w in fake.writes())
+
+
+async def test_a_non_maintainer_cannot_set_the_goal(bot: GitHubBot):
+    await bot.label(1)
+    await bot.comment("mallory", "/goal 5")
+    await bot.settle()
+    task = await bot.task(1)
+    assert task.goal is None
+    (reply,) = [c for c in bot.bot_comments(1) if "bountybot:summary" not in c.body]
+    assert "maintainer" in reply.body
+    asked = [r for r in bot.fake.requests if r.path.endswith("/collaborators/mallory/permission")]
+    assert len(asked) == 1
+
+
+async def test_a_redelivery_changes_nothing(bot: GitHubBot):
+    await bot.label(1)
+    first = await bot.comment("alice", "/pledge 10", delivery="d-1")
+    await bot.settle()
+    writes = len(bot.fake.writes())
+    data = json.loads((await bot.rows(t.Delivery))[-1].payload)
+    again = await bot.post("issue_comment", data, delivery="d-1")
+    await bot.settle()
+    assert (first.status, again.status) == (202, 200)
+    assert (await again.json())["status"] == "duplicate"
+    assert len((await bot.task(1)).pledges) == 1
+    assert len(bot.fake.writes()) == writes
+    assert len(await bot.rows(t.Delivery)) == 2  # the label and the comment
+
+
+async def test_bad_signature_malformed_and_oversized_bodies_change_nothing(db_url,
+                                                                        github_server):  # noqa: F811
+    bot = await GitHubBot.start(db_url, github_server, max_body=4096)
+    try:
+        body = json.dumps({"zen": "x"}).encode()
+        assert (await bot.post("ping", body, signature="sha256=" + "0" * 64)).status == 401
+        assert (await bot.post("ping", body, signature=sign(body, SECRET + "x"))).status == 401
+        unsigned = await bot.client.post("/webhooks/github", data=body,
+                                         headers={"X-GitHub-Event": "ping",
+                                                  "X-GitHub-Delivery": "u"})
+        assert unsigned.status == 401
+        bad = b"{not json"
+        answer = await bot.post("ping", bad)
+        assert answer.status == 400 and "JSON" in (await answer.json())["error"]
+        assert (await bot.post("ping", b"[1, 2]")).status == 400
+        huge = json.dumps({"zen": "x" * 10_000}).encode()
+        assert (await bot.post("ping", huge)).status == 413
+        text = await (await bot.post("ping", body, signature="sha256=00")).text()
+        assert SECRET not in text
+        assert await bot.rows(t.Delivery) == []
+        assert (await bot.post("ping", body)).status == 202
+    finally:
+        await bot.close()
+
+
+async def test_github_502_then_200_gives_one_comment(bot: GitHubBot):
+    await bot.label(1)
+    await bot.settle()
+    bot.fake.fail_next("POST", r"/issues/1/comments$", 502, times=2)
+    await bot.comment("mallory", "/goal 5")  # refused: a reply must be written
+    await bot.settle()
+    replies = [c for c in bot.bot_comments(1) if "maintainer" in c.body]
+    assert len(replies) == 1
+    posts = [r for r in bot.fake.requests
+             if r.method == "POST" and r.path.endswith("/issues/1/comments")]
+    assert len(posts) >= 3  # two 502s, then the one that worked
+    rows = [o for o in await bot.rows(t.Outbox) if o.kind == "reply"]
+    assert rows[0].state == t.OutboxState.SENT and rows[0].attempts == 3
+
+
+async def test_a_merge_by_someone_else_asks_for_an_award(bot: GitHubBot):
+    await bot.label(1)
+    await bot.comment("maya", "/goal 10")
+    await bot.comment("alice", "/pledge 10")
+    await bot.comment("dave", "/claim")
+    await bot.pull_request("closed", "frank", 80, "fixes #1", merged=True)
+    await bot.settle()
+    task = await bot.task(1)
+    assert task.state == TaskState.CLAIMED and not task.payouts
+    assert any("/award @frank" in c.body for c in bot.bot_comments(1))
+    await bot.comment("maya", "/award @frank 70% @dave 30%")
+    await bot.settle()
+    task = await bot.task(1)
+    assert task.state == TaskState.DONE
+    assert [(p.developer, p.amount.minor) for p in task.payouts] == [("frank", 700),
+                                                                     ("dave", 300)]
+
+
+async def test_closed_as_not_planned_refunds_everyone(bot: GitHubBot):
+    await bot.label(1)
+    await bot.comment("alice", "/pledge 10")
+    await bot.comment("bob", "/pledge 15")
+    await bot.close_issue(1, "not_planned")
+    await bot.settle()
+    task = await bot.task(1)
+    assert task.state == TaskState.CANCELLED
+    assert {p.state for p in task.pledges} == {PledgeState.REFUNDED}
+    assert any("refunded" in c.body for c in bot.bot_comments(1))
+    assert (await run_audit(bot.app[SESSIONMAKER])).ok
+
+
+async def test_a_pull_request_closed_unmerged_returns_the_claim(bot: GitHubBot):
+    await bot.label(1)
+    await bot.comment("alice", "/pledge 10")
+    await bot.comment("dave", "/claim")
+    await bot.pull_request("opened", "dave", 5, "Closes #1")
+    await bot.settle()
+    assert (await bot.task(1)).live_claim().state == ClaimState.IN_REVIEW
+    await bot.pull_request("closed", "dave", 5, "Closes #1", merged=False)
+    await bot.settle()
+    task = await bot.task(1)
+    assert task.state == TaskState.CLAIMED
+    assert task.live_claim().state == ClaimState.ACTIVE and task.live_claim().expires_at
+    assert task.links[0].state == LinkState.CLOSED
+
+
+async def test_bots_are_never_read(bot: GitHubBot):
+    await bot.label(1)
+    await bot.comment("dependabot[bot]", "/pledge 10", user_type="Bot")
+    await bot.comment("bountybot", "/pledge 10")
+    await bot.settle()
+    assert (await bot.task(1)).pledges == []
