@@ -38,8 +38,11 @@ HEALTH_DB_TIMEOUT = 3.0
 
 def default_features() -> list[Feature]:
     """The features `serve` runs with; each later module adds its `setup` here."""
-    from bountybot.api import routes as api  # not at the top: features import this module
-    return [api.setup]
+    # Imported here, not at the top: the features import this module.
+    from bountybot import service
+    from bountybot.api import routes as api
+
+    return [api.setup, service.setup]
 
 
 def create_app(
