@@ -29,7 +29,7 @@ SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONMAKER = web.AppKey("sessionmaker", async_sessionmaker[AsyncSession])
 
-Feature = Callable[[web.Application], None]
+Feature = Callable[[web.Application], object]
 """Adds a feature's routes (and its own cleanup_ctx entries) to the app."""
 
 # A health check must answer before a load balancer gives up on it.

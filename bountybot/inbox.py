@@ -35,7 +35,7 @@ from bountybot.rules import Comment, IssueRef, decide_comment, decide_event, nee
 from bountybot.rules.policy import policy_from_settings
 from bountybot.storage import tables as t
 from bountybot.storage.bounties import ensure_repo, load_bounty, save_decision
-from bountybot.storage.uow import UnitOfWork, for_update_skip_locked
+from bountybot.storage.uow import BACKGROUND, UnitOfWork, for_update_skip_locked
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,10 @@ class DeliveryWorker:
 
     async def due(self, limit: int) -> list[int]:
         now = self.clock()
-        async with UnitOfWork(self.sessionmaker) as uow:
-            rows = await uow.session.exec(
+        # A plain read (no unit of work): on SQLite it takes no write lock, so the webhooks
+        # storing new deliveries are not held up by the worker looking for work.
+        async with self.sessionmaker() as session:
+            rows = await session.exec(
                 select(t.Delivery.id)
                 .where(t.Delivery.state == t.DeliveryState.PENDING,
                        or_(col(t.Delivery.next_attempt_at).is_(None),
@@ -79,13 +81,10 @@ class DeliveryWorker:
                 .order_by(col(t.Delivery.id)).limit(limit))
             return [i for i in rows.all() if i is not None]
 
-    async def run_once(self, limit: int = 100) -> int:
+    async def run_once(self, limit: int = 20) -> int:
         """Handle what is due now, in order; returns how many deliveries were finished."""
-        done = 0
-        for delivery_id in await self.due(limit):
-            if await self.handle(delivery_id):
-                done += 1
-        return done
+        ids = await self.due(limit)
+        return await self.handle_batch(ids) if ids else 0
 
     async def run_forever(self, wake: asyncio.Event, stop: asyncio.Event,
                           idle: float = 5.0) -> None:
@@ -105,21 +104,37 @@ class DeliveryWorker:
 
     async def handle(self, delivery_id: int) -> bool:
         """Apply one delivery; True when it is finished (handled or failed for good)."""
-        async with UnitOfWork(self.sessionmaker) as uow:
-            row = await uow.session.get(t.Delivery, delivery_id)
-            if row is None or row.state != t.DeliveryState.PENDING:
-                return False
-            forge, kind, body, name = row.forge, row.event, row.payload, row.delivery_id
-        try:
-            normalized = normalize(forge, kind, json.loads(body), self.settings)
-            happenings = [await self._who(h) for h in normalized.happenings]
-            await self._apply(delivery_id, forge, name, normalized, happenings)
-        except ForgeError as error:
-            return await self._failed(delivery_id, name, error, passing=error.retryable)
-        except Exception as error:
-            log.exception("delivery.error", extra={"delivery": name})
-            return await self._failed(delivery_id, name, error, passing=False)
-        return True
+        return await self.handle_batch([delivery_id]) == 1
+
+    async def handle_batch(self, ids: list[int]) -> int:
+        """Apply deliveries in id order, in one transaction with a savepoint each: one commit
+        (and on SQLite one turn of the write lock) for a batch, while a delivery that fails
+        rolls back alone. Returns how many were finished (handled, or failed for good)."""
+        async with self.sessionmaker() as session:
+            rows = (await session.exec(select(t.Delivery).where(
+                col(t.Delivery.id).in_(ids), t.Delivery.state == t.DeliveryState.PENDING)
+                .order_by(col(t.Delivery.id)))).all()
+            work = [(r.id, r.forge, r.event, r.payload, r.delivery_id) for r in rows]
+        ready: list[tuple[int, str, str, Normalized, list[Happening]]] = []
+        finished = 0
+        for delivery_id, forge, kind, body, name in work:
+            assert delivery_id is not None
+            try:
+                normalized = normalize(forge, kind, json.loads(body), self.settings)
+                happenings = [await self._who(h) for h in normalized.happenings]
+            except ForgeError as error:  # the forge could not say who maintains the repo
+                finished += await self._failed(delivery_id, name, error,
+                                               passing=error.retryable)
+                # Later deliveries may be about the same task: keep their order.
+                break
+            except Exception as error:
+                log.exception("delivery.unreadable", extra={"delivery": name})
+                finished += await self._failed(delivery_id, name, error, passing=False)
+                continue
+            ready.append((delivery_id, forge, name, normalized, happenings))
+        if ready:
+            finished += await self._apply(ready)
+        return finished
 
     async def _who(self, h: Happening) -> Happening:
         """Ask the forge whether a commenter maintains the repo, only when it matters."""
@@ -134,32 +149,55 @@ class DeliveryWorker:
         return replace(h, what=replace(what, author=replace(what.author,
                                                                is_maintainer=maintainer)))
 
-    async def _apply(self, delivery_id: int, forge: str, name: str, normalized: Normalized,
-                     happenings: list[Happening]) -> None:
+    async def _apply(self, batch: list[tuple[int, str, str, Normalized, list[Happening]]]
+                     ) -> int:
         now = self.clock()
-        source = f"delivery:{forge}:{name}"
-        async with UnitOfWork(self.sessionmaker) as uow:
+        done = 0
+        failures: list[tuple[int, str, Exception]] = []
+        async with UnitOfWork(self.sessionmaker, priority=BACKGROUND) as uow:
             session = uow.session
-            stmt = for_update_skip_locked(
-                select(t.Delivery).where(t.Delivery.id == delivery_id), uow.dialect)
-            row = (await session.exec(stmt)).first()
-            if row is None or row.state != t.DeliveryState.PENDING:
-                return  # taken or finished by another worker meanwhile
-            for ref in normalized.repos:
-                await ensure_repo(session, ref.forge, ref.forge_repo_id, ref.full_path,
-                                  ref.installation_id)
-            if normalized.transfer is not None:
-                await self._transfer(session, normalized.transfer)
+            stmt = for_update_skip_locked(select(t.Delivery).where(
+                col(t.Delivery.id).in_([item[0] for item in batch])), uow.dialect)
+            rows = {r.id: r for r in (await session.exec(stmt)).all()}
             written = False
-            for h in happenings:
-                written |= await self._decide(session, h, source, now)
-            row.state = t.DeliveryState.HANDLED
-            row.handled_at = now
-            row.error = normalized.ignored
+            for delivery_id, forge, name, normalized, happenings in batch:
+                if done and uow.contended:
+                    break  # webhooks wait to store deliveries: commit, do the rest next turn
+                row = rows.get(delivery_id)
+                if row is None or row.state != t.DeliveryState.PENDING:
+                    continue  # taken or finished by another worker meanwhile
+                try:
+                    async with session.begin_nested():
+                        written |= await self._one(session, forge, name, normalized,
+                                                   happenings, now)
+                except Exception as error:
+                    log.exception("delivery.error", extra={"delivery": name})
+                    failures.append((delivery_id, name, error))
+                    continue
+                row.state = t.DeliveryState.HANDLED
+                row.handled_at = now
+                row.error = normalized.ignored
+                done += 1
+                event(log, "delivery.handled", forge=forge, delivery=name,
+                      happenings=len(happenings), note=normalized.ignored or "")
             if written and self.on_written is not None:
                 uow.after_commit(self.on_written)
-        event(log, "delivery.handled", forge=forge, delivery=name,
-              happenings=len(happenings), note=normalized.ignored or "")
+        for delivery_id, name, failure in failures:
+            done += await self._failed(delivery_id, name, failure, passing=False)
+        return done
+
+    async def _one(self, session: AsyncSession, forge: str, name: str, normalized: Normalized,
+                   happenings: list[Happening], now: datetime) -> bool:
+        source = f"delivery:{forge}:{name}"
+        for ref in normalized.repos:
+            await ensure_repo(session, ref.forge, ref.forge_repo_id, ref.full_path,
+                              ref.installation_id)
+        if normalized.transfer is not None:
+            await self._transfer(session, normalized.transfer)
+        written = False
+        for h in happenings:
+            written |= await self._decide(session, h, source, now)
+        return written
 
     async def _repo(self, session: AsyncSession, h: Happening) -> t.Repo | None:
         if h.repo is not None:

@@ -7,24 +7,86 @@ woken after the commit. The answer never says more than it must, and never echoe
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
+from sqlalchemy.dialects import postgresql, sqlite
 
 from bountybot.app import SESSIONMAKER, SETTINGS
 from bountybot.logs import event
 from bountybot.storage import tables as t
-from bountybot.storage.bounties import insert_ignoring_duplicates
 from bountybot.storage.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
 WAKE_WORKER: web.AppKey[Callable[[], None]] = web.AppKey("wake_worker")
+
+
+class InboxWriter:
+    """Stores deliveries with group commit: the requests that arrive while one transaction
+    commits are written together by the next one, so a burst costs one commit (one fsync, one
+    SQLite write lock) per batch instead of one per delivery; no request waits on a timer.
+    Each request is answered only after the commit that holds its delivery."""
+
+    def __init__(self, sessionmaker: Any, wake: Callable[[], None] | None,
+                 max_batch: int = 500) -> None:
+        self.sessionmaker = sessionmaker
+        self.wake = wake
+        self.max_batch = max_batch
+        self.queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[bool]]] = asyncio.Queue()
+
+    async def store(self, values: dict[str, Any]) -> bool:
+        """True when the delivery is new, False when it was already in the inbox."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((values, future))
+        return await future
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.max_batch and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                async with UnitOfWork(self.sessionmaker) as uow:
+                    stored = await insert_new(uow.session, [values for values, _ in batch])
+                    if stored and self.wake is not None:
+                        uow.after_commit(self.wake)
+                # A delivery id twice in one batch: the first is new, the second a repeat.
+                fresh = []
+                for values, _ in batch:
+                    key = (values["forge"], values["delivery_id"])
+                    fresh.append(key in stored)
+                    stored.discard(key)
+            except Exception as error:  # the database is down: every waiting request says so
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), new in zip(batch, fresh, strict=True):
+                if not future.done():
+                    future.set_result(new)
+
+
+INBOX = web.AppKey("inbox", InboxWriter)
+
+
+async def insert_new(session: Any, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """Insert deliveries in one statement, skipping those already stored; returns the
+    (forge, delivery id) of the rows written."""
+    table = t.Delivery.__table__  # type: ignore[attr-defined]
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    stmt = (insert(table).values(rows).on_conflict_do_nothing()
+            .returning(table.c.forge, table.c.delivery_id))
+    result = await session.exec(stmt)
+    return {(forge, delivery) for forge, delivery in result.all()}
 
 
 def _json_error(status: int, message: str) -> web.Response:
@@ -65,14 +127,16 @@ def _parses(body: bytes) -> bool:
 
 async def store_delivery(request: web.Request, forge: str, delivery_id: str, kind: str,
                          body: bytes) -> web.Response:
-    """Write the delivery to the inbox once; 202 when new, 200 when already there."""
-    async with UnitOfWork(request.app[SESSIONMAKER]) as uow:
-        fresh = await insert_ignoring_duplicates(uow.session, t.Delivery, dict(
-            forge=forge, delivery_id=delivery_id[:255], event=kind[:64],
-            payload=body.decode(), state=t.DeliveryState.PENDING, attempts=0,
-            received_at=datetime.now(UTC)))
-        if fresh and WAKE_WORKER in request.app:
-            uow.after_commit(request.app[WAKE_WORKER])
+    """Write the delivery to the inbox once; 202 when new, 200 when already there, 503 when
+    the database cannot take it (the forge delivers it again later)."""
+    values = dict(forge=forge, delivery_id=delivery_id[:255], event=kind[:64],
+                  payload=body.decode(), state=t.DeliveryState.PENDING, attempts=0,
+                  received_at=datetime.now(UTC))
+    try:
+        fresh = await request.app[INBOX].store(values)
+    except Exception:
+        log.exception("webhook.store_failed", extra={"forge": forge, "delivery": delivery_id})
+        return _json_error(503, "the delivery could not be stored; please deliver it again")
     if not fresh:
         event(log, "webhook.duplicate", forge=forge, delivery=delivery_id, kind=kind)
         return web.json_response({"status": "duplicate", "delivery": delivery_id}, status=200)
@@ -105,3 +169,16 @@ async def github_webhook(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     app.router.add_post("/webhooks/github", github_webhook)
+    app.cleanup_ctx.append(_inbox)
+
+
+async def _inbox(app: web.Application) -> AsyncIterator[None]:
+    writer = InboxWriter(app[SESSIONMAKER], app.get(WAKE_WORKER))
+    app[INBOX] = writer
+    task = asyncio.create_task(writer.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

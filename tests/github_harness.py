@@ -25,6 +25,7 @@ from fixtures import payload
 from sqlalchemy import func
 from sqlmodel import select
 
+from bountybot.api.routes import setup as api_setup
 from bountybot.app import SESSIONMAKER, create_app
 from bountybot.config import Settings
 from bountybot.rules import Bounty
@@ -65,7 +66,7 @@ class GitHubBot:
             "bot": bot,
         })
         engine = create_engine(db_url)
-        app = create_app(settings, engine=engine, features=None)
+        app = create_app(settings, engine=engine, features=[api_setup])
         setup(app, sender_options={"base_delay": 0.05, "max_delay": 0.2})
         client = TestClient(TestServer(app))
         await client.start_server()

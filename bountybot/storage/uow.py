@@ -16,8 +16,12 @@ and never wait inside one for another. Plain sessions that only read do not take
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import inspect
+import itertools
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -44,6 +48,62 @@ class CommitOutsideUnitOfWork(RuntimeError):
     """A service called `session.commit()`; only `UnitOfWork` commits."""
 
 
+# SQLite has one write lock per database. Units of work of one process queue for it here, in
+# the event loop, where a turn passes at once; otherwise they would wait inside SQLite, whose
+# busy handler sleeps in growing steps (up to 100 ms) and makes webhook answers slow under load.
+class _Turn:
+    """A lock handed out by priority, then in arrival order: the webhooks storing deliveries
+    (URGENT, a forge waits for the answer) go before the background workers (BACKGROUND)."""
+
+    def __init__(self) -> None:
+        self.held = False
+        self.queue: list[tuple[int, int, asyncio.Future[None]]] = []
+        self.arrivals = itertools.count()
+
+    @property
+    def waiting(self) -> int:
+        return len(self.queue)
+
+    async def acquire(self, priority: int) -> None:
+        if not self.held and not self.queue:
+            self.held = True
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self.queue, (priority, next(self.arrivals), future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # the turn was handed over as we were cancelled: pass it on
+            else:
+                self.queue = [item for item in self.queue if item[2] is not future]
+                heapq.heapify(self.queue)
+            raise
+
+    def release(self) -> None:
+        while self.queue:
+            _, _, future = heapq.heappop(self.queue)
+            if not future.done():
+                future.set_result(None)  # the turn passes directly; `held` stays True
+                return
+        self.held = False
+
+
+URGENT, BACKGROUND = 0, 1
+_SQLITE_TURNS: weakref.WeakKeyDictionary[Any, _Turn] = weakref.WeakKeyDictionary()
+
+
+def _sqlite_turn(sessionmaker: async_sessionmaker[AsyncSession]) -> _Turn | None:
+    bind = sessionmaker.kw.get("bind")
+    engine = getattr(bind, "sync_engine", None)
+    if engine is None or engine.dialect.name != "sqlite":
+        return None
+    turn = _SQLITE_TURNS.get(engine)
+    if turn is None:
+        turn = _SQLITE_TURNS[engine] = _Turn()
+    return turn
+
+
 def _refuse_foreign_commit(session: Session) -> None:
     # before_commit also fires when a savepoint is released; those are fine.
     if not session.info.get(_COMMITTING) and not session.in_nested_transaction():
@@ -55,15 +115,21 @@ class UnitOfWork:
 
     session: AsyncSession
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *,
+                 priority: int = URGENT) -> None:
         self._sessionmaker = sessionmaker
+        self._priority = priority
         self._callbacks: list[AfterCommit] = []
         self._entered = False
+        self._turn: _Turn | None = None
 
     async def __aenter__(self) -> Self:
         if self._entered:
             raise RuntimeError("a UnitOfWork is used once; make a new one")
         self._entered = True
+        self._turn = _sqlite_turn(self._sessionmaker)
+        if self._turn is not None:
+            await self._turn.acquire(self._priority)
         self.session = self._sessionmaker()
         event.listen(self.session.sync_session, "before_commit", _refuse_foreign_commit)
         try:
@@ -71,8 +137,20 @@ class UnitOfWork:
             await self.session.connection(execution_options={WRITE_LOCK: True})
         except BaseException:
             await self.session.close()
+            self._release()
             raise
         return self
+
+    def _release(self) -> None:
+        if self._turn is not None:
+            turn, self._turn = self._turn, None
+            turn.release()
+
+    @property
+    def contended(self) -> bool:
+        """Another unit of work of this process waits for SQLite's write lock: a long batch
+        should commit what it has and let it in (always False on PostgreSQL)."""
+        return self._turn is not None and self._turn.waiting > 0
 
     async def __aexit__(
         self,
@@ -87,10 +165,13 @@ class UnitOfWork:
                 await self.session.commit()
                 committed = True
         finally:
-            if not committed:
-                self._callbacks.clear()
-                await self.session.rollback()
-            await self.session.close()
+            try:
+                if not committed:
+                    self._callbacks.clear()
+                    await self.session.rollback()
+                await self.session.close()
+            finally:
+                self._release()
         if committed:
             await self._run_callbacks()
 

@@ -74,6 +74,7 @@ class Recorded:
     query: dict[str, str]
     json: Any
     headers: dict[str, str]
+    at: float = 0.0  # time.monotonic() on arrival, for rate checks
 
 
 @dataclass
@@ -282,6 +283,7 @@ class FakeGitHub:
         self.requests.append(Recorded(
             request.method, request.path, dict(request.query), request[JSON_BODY],
             {name.lower(): value for name, value in request.headers.items()},
+            time.monotonic(),
         ))
         response: web.StreamResponse
         delay = self._take(self._delays, request)

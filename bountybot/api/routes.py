@@ -1,0 +1,305 @@
+"""The API's routes: list and show tasks, a task's ledger, and the export downloads.
+
+    GET /api/v1/tasks?forge=&repo=&state=&page=1&per_page=50
+        {"tasks": [<task>...], "page", "per_page", "total"} and a `Link` header (as GitHub's)
+    GET /api/v1/tasks/{id}          <task>
+    GET /api/v1/tasks/{id}/ledger   {"task_id", "account", "balance", "transactions": [...]}
+    GET /api/v1/export.json         the whole books (`bountybot.export`), streamed
+    GET /api/v1/export.csv          the ledger, one row per entry, streamed
+
+Everything is public and read-only, so every answer under `/api/` carries
+`Access-Control-Allow-Origin: *` for dashboards hosted elsewhere. Every error is JSON,
+`{"error": "<what was wrong and what is allowed>"}`: a bad parameter is 400, an unknown task or
+route 404, an unreachable database 503, anything else 500 with the details in the log only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from aiohttp import hdrs, web
+from sqlalchemy import func
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from yarl import URL
+
+from bountybot.api.views import (
+    Json,
+    amount,
+    escrow_balance,
+    load_entries,
+    load_tasks,
+    locale_of,
+    reading,
+    task_json,
+    transaction_json,
+)
+from bountybot.app import SESSIONMAKER, SETTINGS
+from bountybot.export import export_csv, export_json
+from bountybot.ledger import ESCROW
+from bountybot.logs import event
+from bountybot.states import TaskState
+from bountybot.storage import tables as t
+from bountybot.storage.tables import id_of
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/"
+DEFAULT_PER_PAGE = 50
+MAX_PER_PAGE = 100
+FORGES = ("github", "gitlab")
+# Task ids are INTEGER columns: a larger number cannot be a task (and PostgreSQL would refuse
+# to compare it), so it is answered 404 like any other unknown id.
+MAX_ID = 2**31 - 1
+
+json_response = partial(web.json_response,
+                        dumps=partial(json.dumps, ensure_ascii=False))
+
+
+class ApiError(Exception):
+    """An answer other than 200, with the sentence that says what was wrong."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ExportInterrupted(Exception):
+    """An export failed after its first bytes were sent: no answer can replace them."""
+
+
+def setup(app: web.Application) -> None:
+    """Add the API's routes, its JSON errors and its CORS header to `app`."""
+    app.router.add_get("/api/v1/tasks", list_tasks)
+    app.router.add_get("/api/v1/tasks/{id}", show_task)
+    app.router.add_get("/api/v1/tasks/{id}/ledger", show_ledger)
+    # No HEAD: it would run the whole export to send nothing.
+    app.router.add_get("/api/v1/export.json", download_json, allow_head=False)
+    app.router.add_get("/api/v1/export.csv", download_csv, allow_head=False)
+    app.middlewares.append(json_errors)
+    app.on_response_prepare.append(allow_any_origin)
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    """A parameter echoed in an error: cut short, as a JSON-safe repr."""
+    return repr(value[:limit] + ("…" if len(value) > limit else ""))
+
+
+def _choice(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | None:
+    value = request.query.get(name)
+    if not value:
+        return None
+    if value not in allowed:
+        raise ApiError(400, f"{name} must be one of: {', '.join(allowed)} (got {_shown(value)})")
+    return value
+
+
+def _positive(request: web.Request, name: str, default: int) -> int:
+    value = request.query.get(name)
+    if not value:
+        return default
+    if not re.fullmatch(r"[0-9]{1,9}", value) or int(value) < 1:
+        raise ApiError(400, f"{name} must be a whole number from 1 (got {_shown(value)})")
+    return int(value)
+
+
+def _task_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not re.fullmatch(r"[0-9]{1,10}", raw) or not 1 <= int(raw) <= MAX_ID:
+        raise ApiError(404, f"no task {_shown(raw)}: task ids are whole numbers like 42")
+    return int(raw)
+
+
+def _locale(request: web.Request) -> str:
+    return request.app[SETTINGS].bot.locale
+
+
+def _page_url(request: web.Request, page: int, per_page: int) -> str:
+    """This request's URL on another page; under `server.public_url` when it is set, since
+    behind a proxy the request's own host and scheme are the proxy's view, not the public one."""
+    public = request.app[SETTINGS].server.public_url
+    url = request.url
+    if public:
+        url = URL(public.rstrip("/") + request.rel_url.raw_path).with_query(request.query)
+    return str(url.update_query(page=page, per_page=per_page))
+
+
+def _link_header(request: web.Request, page: int, per_page: int, total: int) -> str | None:
+    """GitHub's pagination links: `<url>; rel="next"`, `last`, `first`, `prev`."""
+    last = max(1, -(-total // per_page))
+    links = []
+    if page < last:
+        links += [(page + 1, "next"), (last, "last")]
+    if page > 1:
+        links += [(1, "first"), (min(page - 1, last), "prev")]
+    if not links:
+        return None
+    return ", ".join(f'<{_page_url(request, p, per_page)}>; rel="{rel}"' for p, rel in links)
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    """Tasks in id order, filtered by `forge`, `repo` (full path) and `state`, a page at a time."""
+    forge = _choice(request, "forge", FORGES)
+    state = _choice(request, "state", tuple(s.value for s in TaskState))
+    repo = request.query.get("repo", "").strip("/")
+    page = _positive(request, "page", 1)
+    # Like GitHub, a per_page above the maximum is lowered to it rather than refused.
+    per_page = min(_positive(request, "per_page", DEFAULT_PER_PAGE), MAX_PER_PAGE)
+
+    where: list[Any] = []
+    if forge:
+        where.append(col(t.Repo.forge) == forge)
+    if repo:
+        # Forges treat paths case-insensitively (`Octo/Hello` is `octo/hello`).
+        where.append(func.lower(col(t.Repo.full_path)) == repo.lower())
+    if state:
+        where.append(col(t.Task.state) == TaskState(state))
+    joined = col(t.Repo.id) == col(t.Task.repo_id)
+    async with reading(request.app[SESSIONMAKER]) as session:
+        count = select(func.count()).select_from(t.Task).join(t.Repo, joined).where(*where)
+        total = int((await session.exec(count)).one())
+        offset = (page - 1) * per_page
+        tasks: list[Json] = []
+        if offset < total:  # past the end there is nothing to ask for
+            stmt = (select(t.Task, t.Repo).join(t.Repo, joined).where(*where)
+                    .order_by(col(t.Task.id)).offset(offset).limit(per_page))
+            pairs = [(task, r) for task, r in (await session.exec(stmt)).all()]
+            tasks = [task_json(rows, _locale(request))
+                     for rows in await load_tasks(session, pairs)]
+    response = json_response(
+        {"tasks": tasks, "page": page, "per_page": per_page, "total": total})
+    link = _link_header(request, page, per_page, total)
+    if link:
+        response.headers[hdrs.LINK] = link
+    return response
+
+
+async def _task(session: AsyncSession, task_id: int) -> tuple[t.Task, t.Repo]:
+    task = await session.get(t.Task, task_id)
+    if task is None:
+        raise ApiError(404, f"no task {task_id}")
+    repo = await session.get(t.Repo, task.repo_id)
+    assert repo is not None  # a foreign key
+    return task, repo
+
+
+async def show_task(request: web.Request) -> web.Response:
+    task_id = _task_id(request)
+    async with reading(request.app[SESSIONMAKER]) as session:
+        [rows] = await load_tasks(session, [await _task(session, task_id)])
+        return json_response(task_json(rows, _locale(request)))
+
+
+async def show_ledger(request: web.Request) -> web.Response:
+    """The task's ledger transactions in order, and what its escrow holds now."""
+    task_id = _task_id(request)
+    async with reading(request.app[SESSIONMAKER]) as session:
+        task, repo = await _task(session, task_id)
+        locale = locale_of(repo, _locale(request))
+        stmt = (select(t.LedgerTransaction).where(t.LedgerTransaction.task_id == task_id)
+                .order_by(col(t.LedgerTransaction.id)))
+        txns = (await session.exec(stmt)).all()
+        entries = await load_entries(session, [id_of(txn) for txn in txns])
+        balance = await escrow_balance(session, task)
+        return json_response({
+            "task_id": task_id,
+            "account": ESCROW.render(task_id),
+            "balance": amount(balance, task.currency, locale),
+            "transactions": [transaction_json(txn, entries[id_of(txn)], locale)
+                             for txn in txns],
+        })
+
+
+Producer = Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]]
+
+
+async def _download(request: web.Request, suffix: str, content_type: str,
+                    produce: Producer, now: datetime) -> web.StreamResponse:
+    """Stream an export as an attachment. The response starts with the first bytes, which
+    come after the database has answered, so an outage is still a clean JSON 503."""
+    response = web.StreamResponse()
+    response.content_type = content_type
+    response.charset = "utf-8"
+    response.headers[hdrs.CONTENT_DISPOSITION] = (
+        f"attachment; filename=bountybot-export-{now:%Y-%m-%d}.{suffix}")
+    response.enable_chunked_encoding()
+
+    async def write(data: bytes) -> None:
+        if not response.prepared:
+            await response.prepare(request)
+        await response.write(data)
+
+    try:
+        await produce(write)
+    except Exception as e:
+        if not response.prepared:
+            raise
+        # Re-raised, aiohttp closes the connection without the last chunk, so the download
+        # is visibly incomplete (curl and browsers say so), never a file silently cut short.
+        event(log, "api.export_interrupted", logging.ERROR, path=request.path,
+              error=type(e).__name__)
+        raise ExportInterrupted(request.path) from e
+    await response.write_eof()
+    return response
+
+
+async def download_json(request: web.Request) -> web.StreamResponse:
+    now = datetime.now(UTC)
+    return await _download(request, "json", "application/json", lambda write: export_json(
+        request.app[SESSIONMAKER], write, locale=_locale(request), now=now), now)
+
+
+async def download_csv(request: web.Request) -> web.StreamResponse:
+    return await _download(request, "csv", "text/csv", lambda write: export_csv(
+        request.app[SESSIONMAKER], write, locale=_locale(request)), datetime.now(UTC))
+
+
+def _unavailable(error: BaseException) -> bool:
+    """Whether the database could not be reached (as opposed to a bug)."""
+    if isinstance(error, DBAPIError):
+        return error.connection_invalidated or isinstance(error, OperationalError)
+    return isinstance(error, DisconnectionError | OSError | TimeoutError)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Under `/api/`, every error is a JSON `{"error": ...}`; a traceback only goes to the log."""
+    if not request.path.startswith(PREFIX):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return json_response({"error": e.message}, status=e.status)
+    except ExportInterrupted:
+        raise
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        message = {404: f"no such API endpoint: {request.path}",
+                   405: f"{request.method} is not allowed here; the API only answers GET"}
+        headers = {hdrs.ALLOW: e.headers[hdrs.ALLOW]} if hdrs.ALLOW in e.headers else None
+        return json_response({"error": message.get(e.status, e.reason)}, status=e.status,
+                             headers=headers)
+    except Exception as e:
+        if _unavailable(e):
+            event(log, "api.database_unavailable", logging.WARNING, path=request.path,
+                  error=type(e).__name__)
+            return json_response({"error": "the database is unavailable; try again later"},
+                                 status=503)
+        log.exception("api.failed path=%s", request.path)
+        return json_response({"error": "internal error; the details are in the service's log"},
+                             status=500)
+
+
+async def allow_any_origin(request: web.Request, response: web.StreamResponse) -> None:
+    """The API's data is public: let dashboards on other origins read it."""
+    if request.path.startswith(PREFIX):
+        response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = "*"

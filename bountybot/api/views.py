@@ -1,0 +1,234 @@
+"""The public read model of the books: how tasks, amounts and ledger transactions look in JSON,
+and the batched queries that load them. Shared by the HTTP API and the export; no aiohttp here.
+
+Every shape is built from table rows loaded a page at a time: one query for the page's tasks
+(with their repos), then one query per child table for all of the page's task ids, so a page of
+100 tasks costs six queries, not six hundred. The figures a task shows (`pledged`, `backers`,
+the live claim) are computed by the rules' own `Bounty`, so the API and the bot never disagree.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import func
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bountybot.ledger import ESCROW
+from bountybot.money import Money, format_money
+from bountybot.rules.model import Bounty, Claim, Pledge
+from bountybot.storage import tables as t
+from bountybot.storage.tables import id_of
+
+Json = dict[str, Any]
+
+
+@asynccontextmanager
+async def reading(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A read-only session on one consistent snapshot of the books, rolled back at the end.
+
+    Not a `UnitOfWork`: that one begins with SQLite's write lock (`BEGIN IMMEDIATE`), so every
+    page view, and a long export to a slow client, would hold up the webhook workers. A plain
+    `BEGIN` in WAL mode reads a snapshot and blocks no one (see `storage/engine.py`). On
+    PostgreSQL the transaction is REPEATABLE READ and READ ONLY, so the several queries of a
+    page or an export see the same books (an export whose entries do not sum to zero because a
+    payout was committed halfway through would be worse than useless). The connection is
+    taken on entry, so an unreachable database fails before a response is started.
+    """
+    async with sessionmaker() as session:
+        options: dict[str, Any] = {}
+        if session.get_bind().dialect.name == "postgresql":
+            options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+        await session.connection(execution_options=options)
+        try:
+            yield session
+        finally:
+            await session.rollback()
+
+
+def iso(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a `Z` (`2026-11-23T09:00:00Z`), or None."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def amount(minor: int, currency: str, locale: str) -> Json:
+    """`{"amount": 5000, "currency": "EUR", "display": "€50.00"}`; signed in the ledger."""
+    return {"amount": minor, "currency": currency,
+            "display": format_money(Money(minor, currency), locale)}
+
+
+def locale_of(repo: t.Repo | None, default: str) -> str:
+    """The repo's own locale, else the bot's (`bot.locale`)."""
+    return repo.locale if repo is not None and repo.locale else default
+
+
+@dataclass
+class TaskRows:
+    """One task's rows, as loaded for a page: the task, its repo and what hangs from it."""
+
+    task: t.Task
+    repo: t.Repo
+    pledges: list[t.Pledge]
+    claims: list[t.Claim]
+    waiting: list[t.Waiting]
+    links: list[t.Link]
+    payouts: list[t.Payout]
+
+    def bounty(self) -> Bounty:
+        """The rules' view of the task, enough for its figures (held money, backers, claim)."""
+        cur = self.task.currency
+        return Bounty(
+            self.repo.forge, self.repo.full_path, self.task.number, cur, self.task.state,
+            pledges=[Pledge(p.backer, Money(p.amount_minor, cur), p.state, p.created_at)
+                     for p in self.pledges],
+            claims=[Claim(c.developer, c.state, c.created_at, c.expires_at) for c in self.claims],
+            id=self.task.id,
+        )
+
+
+Child = TypeVar("Child", t.Pledge, t.Claim, t.Waiting, t.Link, t.Payout)
+
+
+async def _by_task(session: AsyncSession, table: type[Child], ids: Sequence[int],
+                   order: Any) -> dict[int, list[Child]]:
+    grouped: dict[int, list[Child]] = defaultdict(list)
+    if ids:
+        stmt = select(table).where(col(table.task_id).in_(ids)).order_by(col(order))
+        for row in (await session.exec(stmt)).all():
+            grouped[row.task_id].append(row)
+    return grouped
+
+
+async def load_tasks(session: AsyncSession,
+                     pairs: Sequence[tuple[t.Task, t.Repo]]) -> list[TaskRows]:
+    """The children of these tasks, one query per child table; in the order given."""
+    ids = [id_of(task) for task, _ in pairs]
+    pledges = await _by_task(session, t.Pledge, ids, t.Pledge.id)
+    claims = await _by_task(session, t.Claim, ids, t.Claim.id)
+    waiting = await _by_task(session, t.Waiting, ids, t.Waiting.position)
+    links = await _by_task(session, t.Link, ids, t.Link.id)
+    payouts = await _by_task(session, t.Payout, ids, t.Payout.id)
+    return [TaskRows(task, repo, pledges[i], claims[i], waiting[i], links[i], payouts[i])
+            for (task, repo), i in zip(pairs, ids, strict=True)]
+
+
+def task_json(rows: TaskRows, default_locale: str, *, full: bool = False) -> Json:
+    """A task as DESIGN.md lists it (plus `currency`, `deadline`, `created_at`).
+
+    `backers` is the number of distinct backers with money held in escrow (the logins are in
+    `pledges`). `full` (the export) adds every row's id and bookkeeping columns, and the whole
+    claim history under `claims`.
+    """
+    task, repo = rows.task, rows.repo
+    locale = locale_of(repo, default_locale)
+    b = rows.bounty()
+    live = b.live_claim()
+
+    def money(minor: int) -> Json:
+        return amount(minor, task.currency, locale)
+
+    out: Json = {
+        "id": task.id,
+        "forge": repo.forge,
+        "repo": repo.full_path,
+        "number": task.number,
+        "title": task.title,
+        "url": task.url,
+        "state": task.state.value,
+        "currency": task.currency,
+        "goal": None if task.goal_minor is None else money(task.goal_minor),
+        "pledged": money(b.held().minor),
+        "backers": len(b.backers()),
+        "deadline": task.deadline.isoformat() if task.deadline else None,
+        "created_at": iso(task.created_at),
+        "claim": None if live is None else {
+            "developer": live.developer, "state": live.state.value,
+            "expires_at": iso(live.expires_at),
+        },
+        "waiting": [w.login for w in rows.waiting],
+        "pledges": [{"backer": p.backer, "amount": money(p.amount_minor),
+                     "state": p.state.value, "created_at": iso(p.created_at)}
+                    for p in rows.pledges],
+        "links": [{"number": li.number, "author": li.author, "state": li.state.value,
+                   "url": li.url} for li in rows.links],
+        "payouts": [{"developer": p.developer, "amount": money(p.amount_minor),
+                     "state": p.state.value, "created_at": iso(p.created_at),
+                     "paid_at": iso(p.paid_at)} for p in rows.payouts],
+    }
+    if not full:
+        return out
+    out.update(repo_id=task.repo_id, updated_at=iso(task.updated_at), award=task.award,
+               summary_comment_id=task.summary_comment_id)
+    for item, p in zip(out["pledges"], rows.pledges, strict=True):
+        item.update(id=p.id, comment_id=p.comment_id, provider_ref=p.provider_ref,
+                    updated_at=iso(p.updated_at))
+    out["claims"] = [{"id": c.id, "developer": c.developer, "state": c.state.value,
+                      "created_at": iso(c.created_at), "expires_at": iso(c.expires_at),
+                      "paused_seconds": c.paused_seconds, "ended_at": iso(c.ended_at)}
+                     for c in rows.claims]
+    for item, li in zip(out["links"], rows.links, strict=True):
+        item.update(id=li.id, updated_at=iso(li.updated_at))
+    # `last_error` is left out: it is a provider's message for the operators, not the books.
+    for item, po in zip(out["payouts"], rows.payouts, strict=True):
+        item.update(id=po.id, reference=po.reference, due_at=iso(po.due_at),
+                    attempts=po.attempts)
+    return out
+
+
+async def load_entries(session: AsyncSession,
+                       transaction_ids: Sequence[int]) -> dict[int, list[t.LedgerEntry]]:
+    """The entries of these transactions, in one query, by transaction id."""
+    grouped: dict[int, list[t.LedgerEntry]] = defaultdict(list)
+    if transaction_ids:
+        stmt = (select(t.LedgerEntry)
+                .where(col(t.LedgerEntry.transaction_id).in_(transaction_ids))
+                .order_by(col(t.LedgerEntry.id)))
+        for entry in (await session.exec(stmt)).all():
+            grouped[entry.transaction_id].append(entry)
+    return grouped
+
+
+def transaction_json(txn: t.LedgerTransaction, entries: Sequence[t.LedgerEntry], locale: str,
+                     *, full: bool = False) -> Json:
+    """A ledger transaction: its key, kind, time, memo and signed entries (which sum to zero)."""
+    out: Json = {"id": txn.id, "task_id": txn.task_id} if full else {}
+    out.update({
+        "key": txn.key,
+        "kind": txn.kind,
+        "created_at": iso(txn.created_at),
+        "memo": txn.memo,
+        "entries": [{"account": e.account, "amount": amount(e.amount_minor, e.currency, locale)}
+                    for e in entries],
+    })
+    return out
+
+
+async def escrow_balance(session: AsyncSession, task: t.Task) -> int:
+    """What the task's escrow account holds, summed from its ledger entries (never stored)."""
+    stmt = select(func.coalesce(func.sum(t.LedgerEntry.amount_minor), 0)).where(
+        t.LedgerEntry.account == ESCROW.render(id_of(task)),
+        t.LedgerEntry.currency == task.currency)
+    # PostgreSQL sums a BIGINT column as NUMERIC (a Decimal here): int() of it is exact.
+    return int((await session.exec(stmt)).one())
+
+
+def repo_json(repo: t.Repo) -> Json:
+    """A repo as exported; `installation_id` (a GitHub App detail) is not part of the books."""
+    return {"id": repo.id, "forge": repo.forge, "forge_repo_id": repo.forge_repo_id,
+            "full_path": repo.full_path, "locale": repo.locale, "currency": repo.currency,
+            "created_at": iso(repo.created_at)}
+
+
+def audit_json(item: t.AuditEvent) -> Json:
+    """One line of the audit trail: who did what to which task, and its details."""
+    return {"id": item.id, "task_id": item.task_id, "actor": item.actor, "action": item.action,
+            "detail": item.detail, "created_at": iso(item.created_at)}

@@ -1,0 +1,513 @@
+"""Sends what the decisions queued in the outbox to the forges: once, in order, with retries.
+
+The send protocol, for each message (`OutboxSender.run_once`):
+
+1. **Claim**, in one short unit of work: take the due `pending` messages (`next_attempt_at <=
+   now`, by id, `FOR UPDATE SKIP LOCKED` on PostgreSQL), add one to their `attempts` and lease
+   them (`next_attempt_at = now + lease`), then commit. Another replica does not take a leased
+   message; if this process dies, the message is due again once the lease is over. When a
+   summary is taken, the task's other pending summaries are marked sent (coalesced): the one
+   sent renders the task as it is then, which covers them all.
+2. **Call the forge**, holding no database lock, through the governor's rate limits. What
+   would wait long for them (more than a quarter of the lease), or comes up after half the
+   lease is gone, is given back untried (`attempts` as it was) for later, so that no lease
+   runs out while its message is still being sent.
+3. **Finish**, in another unit of work: `sent` (and the summary's comment id kept on the task);
+   or, on failure, the next try scheduled with backoff, or `dead`.
+
+Nothing is sent twice: a message taken again after its sender died (or after an error that may
+have hidden a success, like a timeout) may already be on the forge, so replies and notices carry
+a hidden marker (`<!-- bountybot:msg:<id> -->`) that is looked for before posting again, and
+the summary is found by its task marker. Reactions are idempotent on the forges.
+
+Order: messages travel in lanes, one per issue (replies, notices and reactions) and one per
+task's summary. A message is taken only when every earlier pending message of its lane is taken
+with it; those of a lane are sent one after another in id order, and when one fails, the rest
+of the lane waits behind it. So at most one summary of a task is in flight at a time (two could
+otherwise both create it, or land out of order), and comments appear in the order decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeVar
+
+from sqlalchemy import ColumnElement, and_, exists, func, or_, update
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import aliased
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bountybot.config import Settings
+from bountybot.forges.base import ForgeClient, ForgeError, RepoRef
+from bountybot.governor import Busy, Governor
+from bountybot.logs import event
+from bountybot.rules.policy import policy_from_settings
+from bountybot.rules.summary import SUMMARY_MARKER, render_summary
+from bountybot.storage.bounties import load_bounty_by_id
+from bountybot.storage.tables import Outbox, OutboxState, Repo, Task, id_of
+from bountybot.storage.uow import UnitOfWork, for_update_skip_locked
+
+log = logging.getLogger(__name__)
+
+SUMMARY, REACTION, REPLY, NOTICE = "summary", "reaction", "reply", "notice"
+PENDING, SENT, DEAD = OutboxState.PENDING, OutboxState.SENT, OutboxState.DEAD
+Sessionmaker = async_sessionmaker[AsyncSession]
+T = TypeVar("T")
+
+
+def message_marker(outbox_id: int) -> str:
+    """The hidden line in a reply or notice that finds it again after a crash."""
+    return f"<!-- bountybot:msg:{outbox_id} -->"
+
+
+def summary_marker(task_id: int) -> str:
+    """What the summary comment of task `task_id`, and only it, holds."""
+    return f"{SUMMARY_MARKER}<!-- task:{task_id} -->"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _lane_of(o: Any) -> ColumnElement[bool]:
+    """`o` is in the same lane as the outbox row being selected (see the module docstring)."""
+    def issue(row: Any) -> tuple[Any, Any]:
+        return row.payload["repo_id"].as_integer(), row.payload["number"].as_integer()
+
+    (repo, number), (o_repo, o_number) = issue(Outbox), issue(o)
+    return or_(
+        and_(col(Outbox.kind) == SUMMARY, o.kind == SUMMARY, o.task_id == Outbox.task_id),
+        and_(col(Outbox.kind) != SUMMARY, o.kind != SUMMARY, o_repo == repo, o_number == number),
+    )
+
+
+def _behind(busy_after: datetime | None) -> ColumnElement[bool]:
+    """An earlier pending message of the lane exists (one not due at `busy_after`, if given:
+    in flight at another sender, or waiting for its retry)."""
+    o = aliased(Outbox)
+    cond: list[Any] = [o.state == PENDING, o.id < col(Outbox.id), _lane_of(o)]
+    if busy_after is not None:
+        cond.append(o.next_attempt_at > busy_after)
+    return exists(select(o.id).where(*cond))
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A claimed message, as read in the claim transaction (no ORM row crosses the HTTP call)."""
+
+    id: int
+    kind: str
+    task_id: int | None
+    number: int
+    comment_id: str | None
+    text: str | None
+    attempts: int
+    look_first: bool  # it may already be on the forge: look for its marker before posting
+    repo: RepoRef | None
+    locale: str | None
+    lane: tuple[Any, ...]
+    leased_until: datetime
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    what: Literal["sent", "retry", "dead", "postponed"]
+    at: datetime | None = None  # retry, postponed: when to try next
+    error: str | None = None
+    summary_id: str | None = None  # sent summary: its comment id
+    found: bool = False  # sent: it was already on the forge
+
+
+class OutboxSender:
+    """Sends due outbox messages through `clients` (by forge name: `github`, `gitlab`)."""
+
+    def __init__(self, sessionmaker: Sessionmaker, clients: Mapping[str, ForgeClient], *,
+                 settings: Settings, governor: Governor,
+                 clock: Callable[[], datetime] = _utcnow, max_attempts: int = 8,
+                 base_delay: float = 5.0, max_delay: float = 3600.0, lease: float = 120.0,
+                 rng: random.Random | None = None) -> None:
+        self.sessionmaker = sessionmaker
+        self.clients = clients
+        self.settings = settings
+        self.governor = governor
+        self.clock = clock
+        self.max_attempts = max_attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.lease = lease
+        self.rng = rng or random.Random()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run_once(self, limit: int = 50) -> int:
+        """Send what is due now (at most `limit` messages); returns how many were finished:
+        sent, coalesced or dead. A lane's later messages are sent in the same call once the
+        earlier ones are done."""
+        finished = taken = 0
+        while taken < limit:
+            jobs, claimed, done = await self._claim(self.clock(), limit - taken)
+            if not claimed:
+                break
+            taken += claimed
+            finished += done
+            lanes: dict[tuple[Any, ...], list[_Job]] = {}
+            for job in jobs:
+                lanes.setdefault(job.lane, []).append(job)
+            results = await asyncio.gather(*(self._run_lane(lane) for lane in lanes.values()),
+                                           return_exceptions=True)
+            for result in results:  # every lane has finished; now fail with the first error
+                if isinstance(result, BaseException):
+                    raise result
+                finished += result
+        return finished
+
+    async def run_forever(self, wake: asyncio.Event, stop: asyncio.Event, *,
+                          poll: float = 5.0) -> None:
+        """`run_once` until `stop` is set; in between, wait for `wake` (new messages), `stop`,
+        or the next message due, at most `poll` seconds (which also catches what another
+        replica unblocked). Errors (the database going away) are logged and the loop goes on."""
+        while not stop.is_set():
+            wake.clear()
+            try:
+                finished = await self.run_once()
+                delay = await self._next_due_in()
+            except Exception:
+                log.exception("outbox.loop_failed")
+                finished, delay = 0, poll
+            if not finished:
+                delay = max(delay, 0.05)  # what is due but was not taken is at another sender
+            await _wait_any((wake, stop), min(delay, poll))
+
+    async def _next_due_in(self) -> float:
+        async with self.sessionmaker() as session:
+            due = (await session.exec(select(func.min(Outbox.next_attempt_at)).where(
+                Outbox.state == PENDING, ~_behind(None)))).first()
+        return float("inf") if due is None else (due - self.clock()).total_seconds()
+
+    # -- 1. claim ---------------------------------------------------------------------------
+
+    async def _claim(self, now: datetime, limit: int) -> tuple[list[_Job], int, int]:
+        """Take and lease due messages; returns the jobs to send, how many rows were taken and
+        how many of those were finished here (coalesced, or dead after too many leases)."""
+        async with UnitOfWork(self.sessionmaker) as uow:
+            s = uow.session
+            stmt = (select(Outbox)
+                    .where(Outbox.state == PENDING, Outbox.next_attempt_at <= now,
+                           ~_behind(now))
+                    .order_by(col(Outbox.id)).limit(limit))
+            rows = await self._in_order(
+                s, list(await s.exec(for_update_skip_locked(stmt, uow.dialect, of=Outbox))))
+            if not rows:
+                return [], 0, 0
+            repo_ids = {r.payload.get("repo_id") for r in rows}
+            repos = {r.id: r for r in (await s.exec(select(Repo).where(
+                col(Repo.id).in_(repo_ids)))).all()}
+            jobs: list[_Job] = []
+            dead: list[Outbox] = []
+            summaries: dict[int | None, int] = {}  # task id -> the summary message sent for it
+            for row in rows:
+                if row.kind == SUMMARY and row.task_id in summaries:
+                    continue  # coalesced below
+                row.attempts += 1
+                if row.attempts > self.max_attempts:
+                    # Leased this often and never finished: its senders keep dying on it.
+                    _die(row, f"gave up after {row.attempts - 1} attempts that never finished")
+                    dead.append(row)
+                    continue
+                row.next_attempt_at = now + timedelta(seconds=self.lease)
+                if row.kind == SUMMARY:
+                    summaries[row.task_id] = id_of(row)
+                jobs.append(self._job(row, repos.get(row.payload.get("repo_id"))))
+            coalesced = await _coalesce(s, summaries, now) if summaries else []
+        for row in dead:
+            _log_dead(row)
+        for row in coalesced:
+            event(log, "outbox.coalesced", id=row.id, task=row.task_id,
+                  into=summaries[row.task_id])
+        return jobs, len(rows), len(dead) + len(coalesced)
+
+    async def _in_order(self, s: AsyncSession, rows: list[Outbox]) -> list[Outbox]:
+        """Drop the rows with an earlier pending lane-mate that is not among `rows` (locked by
+        another sender that is claiming it right now; only on PostgreSQL), and the rows behind
+        them. The claim query already left out those behind a leased or retrying lane-mate."""
+        if not rows:
+            return rows
+        taken = {id_of(r) for r in rows}
+        issues = {(r.payload.get("repo_id"), r.payload.get("number"))
+                  for r in rows if r.kind != SUMMARY}
+        tasks = {r.task_id for r in rows if r.kind == SUMMARY}
+        lanes = []
+        if tasks:
+            lanes.append(and_(col(Outbox.kind) == SUMMARY, col(Outbox.task_id).in_(tasks)))
+        for repo_id, number in issues:
+            lanes.append(and_(col(Outbox.kind) != SUMMARY,
+                              Outbox.payload["repo_id"].as_integer() == repo_id,
+                              Outbox.payload["number"].as_integer() == number))
+        others = (await s.exec(select(Outbox).where(
+            Outbox.state == PENDING, col(Outbox.id) < max(taken), col(Outbox.id).not_in(taken),
+            or_(*lanes)))).all()
+        first_other: dict[tuple[Any, ...], int] = {}
+        for o in others:
+            lane = _row_lane(o)
+            first_other[lane] = min(first_other.get(lane, id_of(o)), id_of(o))
+        return [r for r in rows if id_of(r) < first_other.get(_row_lane(r), id_of(r) + 1)]
+
+    def _job(self, row: Outbox, repo: Repo | None) -> _Job:
+        p = row.payload
+        ref = None if repo is None else RepoRef(repo.forge, repo.forge_repo_id, repo.full_path,
+                                                 repo.installation_id)
+        number = p.get("number")  # never trusted to exist: a bad row must not stop the claim
+        return _Job(id=id_of(row), kind=row.kind, task_id=row.task_id,
+                    number=number if isinstance(number, int) else 0,
+                    comment_id=p.get("comment_id"), text=p.get("text"), attempts=row.attempts,
+                    look_first=row.attempts > 1 or row.last_error is not None, repo=ref,
+                    locale=None if repo is None else repo.locale, lane=_row_lane(row),
+                    leased_until=row.next_attempt_at)
+
+    # -- 2. call the forge ------------------------------------------------------------------
+
+    async def _run_lane(self, jobs: list[_Job]) -> int:
+        finished = 0
+        for i, job in enumerate(jobs):
+            if self.clock() >= job.leased_until - timedelta(seconds=self.lease / 2):
+                # Half the lease is gone (a slow forge, rate limits): give the rest back rather
+                # than send it so late that another sender may take it meanwhile.
+                await self._finish(job, _Outcome("postponed", at=self.clock()), jobs[i + 1:])
+                break
+            outcome = await self._attempt(job)
+            blocked = outcome.what in ("retry", "postponed")
+            # The rest of the lane goes back, untried, to wait behind this one.
+            finished += await self._finish(job, outcome, jobs[i + 1:] if blocked else [])
+            if blocked:
+                break
+        return finished
+
+    async def _attempt(self, job: _Job) -> _Outcome:
+        try:
+            summary_id, found = await self._deliver(job)
+        except Busy as busy:
+            at = self.clock() + timedelta(seconds=busy.retry_in)
+            return _Outcome("postponed", at=at)
+        except ForgeError as error:
+            return self._failed(job, str(error), error.retryable, error.retry_after)
+        except Exception as error:
+            # A bug or an unexpected library error: retried, never allowed to stop the loop.
+            # Its text may quote a URL or a header, so only its type is stored.
+            log.warning("outbox.client_error id=%s kind=%s", job.id, job.kind, exc_info=error)
+            return self._failed(job, f"unexpected {type(error).__name__}", True, None)
+        return _Outcome("sent", summary_id=summary_id, found=found)
+
+    def _failed(self, job: _Job, error: str, retryable: bool,
+                retry_after: float | None) -> _Outcome:
+        if not retryable or job.attempts >= self.max_attempts:
+            return _Outcome("dead", error=error)
+        if retry_after is not None:
+            delay = retry_after
+        else:
+            backoff = min(self.max_delay, self.base_delay * 2 ** (job.attempts - 1))
+            delay = backoff * (0.5 + self.rng.random())
+        return _Outcome("retry", at=self.clock() + timedelta(seconds=delay), error=error)
+
+    async def _call(self, job: _Job, write: bool, call: Callable[[], Awaitable[T]]) -> T:
+        assert job.repo is not None
+        key = job.repo.installation_id or f"{job.repo.forge}:{job.repo.full_path}"
+        # Wait a little for the rate limits, not for long: the lease would run out.
+        async with self.governor.slot(key, write, max_wait=self.lease / 4):
+            return await call()
+
+    async def _deliver(self, job: _Job) -> tuple[str | None, bool]:
+        """Send one message; returns the summary's comment id, and whether it was found already
+        on the forge."""
+        repo = job.repo
+        if repo is None:
+            raise ForgeError("its repo is no longer known")
+        if job.number <= 0:
+            raise ForgeError("no issue number")
+        client = self.clients.get(repo.forge)
+        if client is None:
+            raise ForgeError(f"no client for forge {repo.forge!r} (is it configured?)")
+        if job.kind == SUMMARY:
+            return await self._summary(job, client, repo)
+        if job.kind == REACTION:
+            comment_id = job.comment_id
+            if not comment_id:
+                raise ForgeError("a reaction without a comment id")
+            await self._call(job, True, lambda: client.react(repo, job.number, comment_id))
+            return None, False
+        if job.kind in (REPLY, NOTICE):
+            if not job.text:
+                raise ForgeError(f"a {job.kind} without text")
+            marker = message_marker(job.id)
+            if job.look_first:
+                found = await self._call(
+                    job, False, lambda: client.find_comment(repo, job.number, marker))
+                if found:
+                    return None, True
+            body = f"{job.text}\n\n{marker}"
+            await self._call(job, True, lambda: client.create_comment(repo, job.number, body))
+            return None, False
+        raise ForgeError(f"unknown message kind {job.kind!r}")
+
+    async def _summary(self, job: _Job, client: ForgeClient,
+                       repo: RepoRef) -> tuple[str | None, bool]:
+        """Create or edit the task's summary, rendered from the task as it is now."""
+        if job.task_id is None:
+            raise ForgeError("a summary without a task")
+        async with self.sessionmaker() as session:  # read only: takes no write lock
+            bounty = await load_bounty_by_id(session, job.task_id)
+            task = await session.get(Task, job.task_id)
+        if bounty is None or task is None:
+            raise ForgeError(f"task {job.task_id} is gone")
+        policy = policy_from_settings(self.settings, locale=job.locale)
+        marker = summary_marker(job.task_id)
+        text = render_summary(bounty, policy.locale, policy.fee_bp)
+        body = marker + text.removeprefix(SUMMARY_MARKER)
+        comment_id = task.summary_comment_id
+        if comment_id:
+            try:
+                await self._call(job, True,
+                                 lambda: client.edit_comment(repo, job.number, comment_id, body))
+                return comment_id, False
+            except ForgeError as error:
+                if error.status != 404:
+                    raise
+                # Someone deleted it: look for another, else post it again.
+        found = await self._call(job, False, lambda: client.find_comment(repo, job.number, marker))
+        if found:
+            await self._call(job, True, lambda: client.edit_comment(repo, job.number, found, body))
+            return found, False
+        created = await self._call(job, True,
+                                   lambda: client.create_comment(repo, job.number, body))
+        return created, False
+
+    # -- 3. finish --------------------------------------------------------------------------
+
+    async def _finish(self, job: _Job, outcome: _Outcome, behind: Sequence[_Job]) -> int:
+        """Write what happened to `job` (and give back the untried `behind` it); returns 1 when
+        the message is finished (sent or dead)."""
+        now = self.clock()
+        async with UnitOfWork(self.sessionmaker) as uow:
+            s = uow.session
+            row = await s.get(Outbox, job.id, with_for_update=True)
+            # Ours unless the lease ran out and another sender took it meanwhile.
+            ours = row is not None and row.state == PENDING and row.attempts == job.attempts
+            for other in behind:
+                back = await s.get(Outbox, other.id, with_for_update=True)
+                if back and back.state == PENDING and back.attempts == other.attempts:
+                    back.attempts -= 1
+                    back.next_attempt_at = now  # due, but waits behind `job` (see `_behind`)
+            if outcome.what == "sent":
+                if row is not None and row.state == PENDING:
+                    row.state, row.sent_at = SENT, now
+                if outcome.summary_id and job.task_id is not None:
+                    # Keep updated_at: the summary's id is no change of the task.
+                    await s.exec(update(Task).where(  # type: ignore[call-overload]
+                        col(Task.id) == job.task_id,
+                        or_(col(Task.summary_comment_id).is_(None),
+                            col(Task.summary_comment_id) != outcome.summary_id),
+                    ).values(summary_comment_id=outcome.summary_id, updated_at=Task.updated_at))
+            elif ours and row is not None:
+                if outcome.what == "dead":
+                    _die(row, outcome.error or "")
+                elif outcome.what == "retry":
+                    assert outcome.at is not None
+                    row.next_attempt_at, row.last_error = outcome.at, outcome.error
+                else:  # postponed by the rate limits: this was no attempt
+                    assert outcome.at is not None
+                    row.attempts -= 1
+                    row.next_attempt_at = outcome.at
+        if not ours:
+            event(log, "outbox.lease_lost", logging.WARNING, id=job.id, kind=job.kind,
+                  attempt=job.attempts, outcome=outcome.what)
+        if outcome.what == "sent":
+            event(log, "outbox.sent", id=job.id, kind=job.kind, task=job.task_id,
+                  attempt=job.attempts, **({"found": "marker"} if outcome.found else {}))
+            return 1
+        if not ours:
+            return 0
+        if outcome.what == "dead":
+            assert row is not None
+            _log_dead(row)
+        elif outcome.what == "retry":
+            assert outcome.at is not None
+            event(log, "outbox.retry", logging.WARNING, id=job.id, kind=job.kind,
+                  attempt=job.attempts, next=outcome.at.isoformat(timespec="seconds"),
+                  error=outcome.error)
+        elif outcome.what == "postponed":
+            assert outcome.at is not None
+            event(log, "outbox.postponed", id=job.id, kind=job.kind,
+                  until=outcome.at.isoformat(timespec="seconds"))
+        return 1 if outcome.what == "dead" else 0
+
+
+async def _coalesce(s: AsyncSession, summaries: dict[int | None, int],
+                    now: datetime) -> list[Outbox]:
+    """Mark sent the other pending summaries of the tasks whose summary is being sent."""
+    others = list(await s.exec(select(Outbox).where(
+        Outbox.kind == SUMMARY, Outbox.state == PENDING,
+        col(Outbox.task_id).in_(list(summaries)),
+        col(Outbox.id).not_in(list(summaries.values())))))
+    for row in others:
+        row.state, row.sent_at = SENT, now
+    return others
+
+
+def _die(row: Outbox, error: str) -> None:
+    row.state, row.last_error = DEAD, error[:2000]
+
+
+def _log_dead(row: Outbox) -> None:
+    event(log, "outbox.dead", logging.ERROR, id=row.id, kind=row.kind, task=row.task_id,
+          attempts=row.attempts, error=row.last_error)
+
+
+def _row_lane(row: Outbox) -> tuple[Any, ...]:
+    if row.kind == SUMMARY:
+        return (SUMMARY, row.task_id)
+    return ("issue", row.payload.get("repo_id"), row.payload.get("number"))
+
+
+async def _wait_any(events: Sequence[asyncio.Event], timeout: float) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=max(timeout, 0), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+# -- for the command line ------------------------------------------------------------------
+
+
+async def list_messages(sessionmaker: Sessionmaker, state: str | None = None) -> list[Outbox]:
+    """The outbox, oldest first; only the messages in `state` (`pending`, `sent`, `dead`) if
+    given."""
+    stmt = select(Outbox).order_by(col(Outbox.id))
+    if state is not None:
+        stmt = stmt.where(Outbox.state == OutboxState(state))
+    async with sessionmaker() as session:
+        return list((await session.exec(stmt)).all())
+
+
+async def retry_dead(sessionmaker: Sessionmaker, ids: list[int] | None = None, *,
+                     now: datetime | None = None) -> int:
+    """Give dead messages (all, or those of `ids`) another round of attempts, now; returns how
+    many. Their `last_error` stays, which also makes the sender look for a reply's marker before
+    posting it (the last attempt may have reached the forge)."""
+    now = now or _utcnow()
+    async with UnitOfWork(sessionmaker) as uow:
+        stmt = select(Outbox).where(Outbox.state == DEAD)
+        if ids is not None:
+            stmt = stmt.where(col(Outbox.id).in_(ids))
+        rows = (await uow.session.exec(stmt.with_for_update())).all()
+        for row in rows:
+            row.state, row.attempts, row.next_attempt_at = PENDING, 0, now
+            event(log, "outbox.revived", id=row.id, kind=row.kind)
+    return len(rows)

@@ -1,0 +1,203 @@
+"""The governor keeps writes under 80 a minute and 500 an hour per key, on a virtual clock."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bountybot.governor import Busy, Governor
+
+
+class VirtualTime:
+    """A clock that only moves when every task is asleep: `sleep` waits for the driver, which
+    wakes the sleepers in time order. Nothing really sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._timers, (self.now + max(seconds, 0.0), next(self._seq), future))
+        await future
+
+    async def run(self, main: Awaitable[object]) -> None:
+        task = asyncio.ensure_future(main)
+        while not task.done():
+            for _ in range(50):  # let whatever can run, run (a few hops of wake-ups)
+                await asyncio.sleep(0)
+            if task.done():
+                break
+            assert self._timers, "deadlock: every task waits and no timer is set"
+            self.now = max(self.now, self._timers[0][0])
+            while self._timers and self._timers[0][0] <= self.now:
+                _, _, future = heapq.heappop(self._timers)
+                if not future.done():
+                    future.set_result(None)
+        await task
+
+
+@dataclass
+class Record:
+    """What went through the governor: write start times per key, and calls in flight."""
+
+    starts: dict[str, list[float]] = field(default_factory=dict)
+    in_flight: dict[str, int] = field(default_factory=dict)
+    most_in_flight: dict[str, int] = field(default_factory=dict)
+
+
+def make(vt: VirtualTime, **kw: int) -> Governor:
+    return Governor(clock=vt.clock, sleep=vt.sleep, **kw)
+
+
+async def call(gov: Governor, vt: VirtualTime, rec: Record, key: str, write: bool,
+               hold: float = 0.0) -> float:
+    async with gov.slot(key, write):
+        started = vt.now
+        if write:
+            rec.starts.setdefault(key, []).append(started)
+        rec.in_flight[key] = rec.in_flight.get(key, 0) + 1
+        rec.most_in_flight[key] = max(rec.most_in_flight.get(key, 0), rec.in_flight[key])
+        try:
+            if hold:
+                await vt.sleep(hold)
+            else:
+                await asyncio.sleep(0)
+        finally:
+            rec.in_flight[key] -= 1
+    return started
+
+
+def assert_windows(starts: list[float], per_minute: int, per_hour: int) -> None:
+    """No 60 s window holds more than `per_minute` starts, no 3600 s one more than `per_hour`."""
+    times = sorted(starts)
+    for i in range(len(times) - per_minute):
+        assert times[i + per_minute] - times[i] >= 60, (i, times[i], times[i + per_minute])
+    for i in range(len(times) - per_hour):
+        assert times[i + per_hour] - times[i] >= 3600, (i, times[i], times[i + per_hour])
+
+
+async def test_a_thousand_writes_keep_both_windows_and_lose_no_time() -> None:
+    vt, rec = VirtualTime(), Record()
+    gov = make(vt)
+
+    async def burst() -> None:
+        await asyncio.gather(*(call(gov, vt, rec, "inst-1", True) for _ in range(1000)))
+
+    await vt.run(burst())
+    starts = rec.starts["inst-1"]
+    assert len(starts) == 1000
+    assert_windows(starts, 80, 500)
+    # As fast as the limits allow: 80 a minute to 500 (t=0..360), the hour, again to 1000.
+    assert sorted(starts)[499] == 360 and sorted(starts)[500] == 3600
+    assert max(starts) == 3600 + 360
+
+
+async def test_reads_are_not_rate_limited_but_are_concurrency_limited() -> None:
+    vt, rec = VirtualTime(), Record()
+    gov = make(vt, concurrency=10)
+
+    async def reads() -> None:
+        await asyncio.gather(*(call(gov, vt, rec, "k", False, hold=1.0) for _ in range(1000)))
+
+    await vt.run(reads())
+    assert rec.most_in_flight["k"] == 10
+    assert vt.now == 100  # 1000 reads of 1 s, ten at a time; never a minute's wait
+    assert gov.next_free_in("k", write=False) == 0
+
+
+async def test_writes_are_concurrency_limited_too() -> None:
+    vt, rec = VirtualTime(), Record()
+    gov = make(vt, concurrency=3)
+
+    async def writes() -> None:
+        await asyncio.gather(*(call(gov, vt, rec, "k", True, hold=2.0) for _ in range(30)))
+
+    await vt.run(writes())
+    assert rec.most_in_flight["k"] == 3
+    assert_windows(rec.starts["k"], 80, 500)
+
+
+async def test_keys_are_independent() -> None:
+    vt, rec = VirtualTime(), Record()
+    gov = make(vt, per_minute=5)
+
+    async def scenario() -> None:
+        for _ in range(5):
+            await call(gov, vt, rec, "a", True)
+        assert gov.next_free_in("a") == 60
+        assert gov.next_free_in("b") == 0
+        assert await call(gov, vt, rec, "b", True) == 0  # b goes at once
+        assert await call(gov, vt, rec, "a", False) == 0  # and so do a's reads
+        assert await call(gov, vt, rec, "a", True) == 60  # a's sixth write waits a minute
+
+    await vt.run(scenario())
+
+
+async def test_next_free_in_counts_down_and_max_wait_refuses_to_wait() -> None:
+    vt, rec = VirtualTime(), Record()
+    gov = make(vt, per_minute=2, per_hour=3)
+
+    async def scenario() -> None:
+        await call(gov, vt, rec, "k", True)
+        await vt.sleep(10)
+        await call(gov, vt, rec, "k", True)
+        assert gov.next_free_in("k") == 50  # the first write leaves the minute at t=60
+        with pytest.raises(Busy) as busy:
+            async with gov.slot("k", True, max_wait=30):
+                raise AssertionError("not reached")
+        assert busy.value.retry_in == 50
+        async with gov.slot("k", True, max_wait=50):
+            assert vt.now == 60
+        assert gov.next_free_in("k") == 3600 - 60  # three in the hour: wait for the first
+        await vt.sleep(3600)
+        assert gov.next_free_in("k") == 0
+
+    await vt.run(scenario())
+
+
+def test_limits_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        Governor(per_minute=0)
+
+
+Arrival = tuple[float, str, bool, float]  # at, key, write, hold
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.integers(0, 60).map(float),  # bursts...
+                                    st.floats(0, 5000)),  # ...and writes spread over hours
+                          st.sampled_from("ab"), st.booleans(),
+                          st.sampled_from([0.0, 0.5, 3.0, 20.0])),
+                min_size=8, max_size=150))
+def test_random_arrivals_keep_every_limit(arrivals: list[Arrival]) -> None:
+    per_minute, per_hour, concurrency = 4, 6, 3
+
+    async def scenario() -> Record:
+        vt, rec = VirtualTime(), Record()
+        gov = make(vt, per_minute=per_minute, per_hour=per_hour, concurrency=concurrency)
+
+        async def arrive(at: float, key: str, write: bool, hold: float) -> None:
+            await vt.sleep(at)
+            await call(gov, vt, rec, key, write, hold)
+
+        await vt.run(asyncio.gather(*(arrive(*a) for a in arrivals)))
+        return rec
+
+    rec = asyncio.run(scenario())
+    for key in rec.starts:
+        assert_windows(rec.starts[key], per_minute, per_hour)
+    assert all(n <= concurrency for n in rec.most_in_flight.values())
+    assert sum(len(s) for s in rec.starts.values()) == sum(1 for a in arrivals if a[2])
+
