@@ -148,7 +148,8 @@ class Service:
         self.log = workdir / f"serve-{self.port}.log"
         self.env = {**os.environ, "BOUNTYBOT_DATABASE_URL": db_url,
                     "BOUNTYBOT_GITHUB_API_URL": fake.url, "BOUNTYBOT_GITHUB_TOKEN": TOKEN,
-                    "BOUNTYBOT_GITHUB_WEBHOOK_SECRET": SECRET, "BOUNTYBOT_LOG_LEVEL": "WARNING",
+                    "BOUNTYBOT_GITHUB_WEBHOOK_SECRET": SECRET,
+                    "BOUNTYBOT_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
                     "BOUNTYBOT_SERVER_PORT": str(self.port)}
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
@@ -187,7 +188,7 @@ class Service:
             done, _ = await self.handled()
             if done >= total:
                 return time.monotonic()
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
         raise RuntimeError(f"only {(await self.handled())[0]} of {total} handled")
 
 
@@ -342,7 +343,7 @@ async def main() -> None:
     fake.add_repo(REPO, REPO_ID)
     try:
         with tempfile.TemporaryDirectory(prefix="bountybot-bench-") as tmp:
-            work = Path(tmp)
+            work = Path(os.environ.get("BENCH_KEEP", tmp))
             if args.only in (None, "ingest"):
                 await phase_ingest(fake, work, args.count, args.concurrency)
             if args.only in (None, "e2e"):

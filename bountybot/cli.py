@@ -123,6 +123,10 @@ def _one_line(error: BaseException, settings: Settings) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # The database driver (aiosqlite) and the forge library (PyGithub, via to_thread) work in
+    # threads; every result they hand back waits for the GIL, which a busy thread keeps for
+    # up to the switch interval (5 ms by default). Shorter turns keep the event loop fed.
+    sys.setswitchinterval(0.0005)
     server = {key: value for key in ("host", "port") if (value := getattr(args, key)) is not None}
     settings = load_settings(args, **({"server": server} if server else {}))
     settings.check_for_serve(demo=False)

@@ -108,6 +108,16 @@ class Governor:
             return 0.0
         return self._rate_wait(self._buckets[key], self._clock())
 
+    def headroom(self, key: str) -> int:
+        """How many writes for `key` could start now without waiting for the rate windows."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return min(self.per_minute, self.per_hour)
+        now = self._clock()
+        self._rate_wait(bucket, now)  # forgets what has left the hour
+        last_minute = sum(1 for w in bucket.writes if now - w < MINUTE)
+        return max(0, min(self.per_minute - last_minute, self.per_hour - len(bucket.writes)))
+
     @asynccontextmanager
     async def slot(self, key: str, write: bool, *,
                    max_wait: float | None = None) -> AsyncIterator[None]:

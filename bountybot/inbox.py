@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,7 +31,14 @@ from bountybot.forges.base import ForgeClient, ForgeError, RepoRef
 from bountybot.forges.events import Happening, Normalized, Transfer
 from bountybot.forges.github_events import normalize as normalize_github
 from bountybot.logs import event
-from bountybot.rules import Comment, IssueRef, decide_comment, decide_event, needs_maintainer
+from bountybot.rules import (
+    Bounty,
+    Comment,
+    IssueRef,
+    decide_comment,
+    decide_event,
+    needs_maintainer,
+)
 from bountybot.rules.policy import policy_from_settings
 from bountybot.storage import tables as t
 from bountybot.storage.bounties import ensure_repo, load_bounty, save_decision
@@ -51,6 +58,19 @@ def normalize(forge: str, kind: str, payload: dict[str, Any], settings: Settings
         return normalize_github(kind, payload, label=settings.bot.label,
                                 bot_login=settings.bot.login)
     return Normalized(ignored=f"no adapter for {forge}")
+
+
+@dataclass
+class _Cache:
+    """What one batch has read or written, so the next delivery about the same task starts from
+    the bounty as the last one left it instead of reading it again (the batch holds its lock)."""
+
+    repos: dict[tuple[str, str], t.Repo] = field(default_factory=dict)
+    bounties: dict[tuple[int, int], Bounty | None] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        self.repos.clear()
+        self.bounties.clear()
 
 
 class DeliveryWorker:
@@ -81,7 +101,7 @@ class DeliveryWorker:
                 .order_by(col(t.Delivery.id)).limit(limit))
             return [i for i in rows.all() if i is not None]
 
-    async def run_once(self, limit: int = 20) -> int:
+    async def run_once(self, limit: int = 100) -> int:
         """Handle what is due now, in order; returns how many deliveries were finished."""
         ids = await self.due(limit)
         return await self.handle_batch(ids) if ids else 0
@@ -160,6 +180,7 @@ class DeliveryWorker:
                 col(t.Delivery.id).in_([item[0] for item in batch])), uow.dialect)
             rows = {r.id: r for r in (await session.exec(stmt)).all()}
             written = False
+            cache = _Cache()
             for delivery_id, forge, name, normalized, happenings in batch:
                 if done and uow.contended:
                     break  # webhooks wait to store deliveries: commit, do the rest next turn
@@ -168,9 +189,10 @@ class DeliveryWorker:
                     continue  # taken or finished by another worker meanwhile
                 try:
                     async with session.begin_nested():
-                        written |= await self._one(session, forge, name, normalized,
+                        written |= await self._one(session, cache, forge, name, normalized,
                                                    happenings, now)
                 except Exception as error:
+                    cache.clear()  # what it held may be what was just rolled back
                     log.exception("delivery.error", extra={"delivery": name})
                     failures.append((delivery_id, name, error))
                     continue
@@ -186,42 +208,57 @@ class DeliveryWorker:
             done += await self._failed(delivery_id, name, failure, passing=False)
         return done
 
-    async def _one(self, session: AsyncSession, forge: str, name: str, normalized: Normalized,
-                   happenings: list[Happening], now: datetime) -> bool:
+    async def _one(self, session: AsyncSession, cache: _Cache, forge: str, name: str,
+                   normalized: Normalized, happenings: list[Happening], now: datetime) -> bool:
         source = f"delivery:{forge}:{name}"
         for ref in normalized.repos:
             await ensure_repo(session, ref.forge, ref.forge_repo_id, ref.full_path,
                               ref.installation_id)
         if normalized.transfer is not None:
+            cache.clear()
             await self._transfer(session, normalized.transfer)
         written = False
         for h in happenings:
-            written |= await self._decide(session, h, source, now)
+            written |= await self._decide(session, cache, h, source, now)
         return written
 
-    async def _repo(self, session: AsyncSession, h: Happening) -> t.Repo | None:
+    async def _repo(self, session: AsyncSession, cache: _Cache, h: Happening) -> t.Repo | None:
         if h.repo is not None:
-            return await ensure_repo(session, h.repo.forge, h.repo.forge_repo_id,
+            key = (h.repo.forge, h.repo.forge_repo_id)
+            known = cache.repos.get(key)
+            if known is not None and known.full_path == h.repo.full_path and (
+                    known.installation_id == h.repo.installation_id
+                    or not h.repo.installation_id):
+                return known
+            repo = await ensure_repo(session, h.repo.forge, h.repo.forge_repo_id,
                                      h.repo.full_path, h.repo.installation_id)
+            cache.repos[key] = repo
+            return repo
         # A reference by path to another repo: only one we already know.
         stmt = select(t.Repo).where(func.lower(t.Repo.full_path) == h.repo_path.lower())
         return (await session.exec(stmt)).first()
 
-    async def _decide(self, session: AsyncSession, h: Happening, source: str,
+    async def _decide(self, session: AsyncSession, cache: _Cache, h: Happening, source: str,
                       now: datetime) -> bool:
-        repo = await self._repo(session, h)
+        repo = await self._repo(session, cache, h)
         if repo is None:
             return False
         policy = policy_from_settings(self.settings, locale=repo.locale, currency=repo.currency)
         issue = IssueRef(repo.forge, repo.full_path, h.number, h.title, h.url)
-        bounty = await load_bounty(session, repo, h.number, lock=True)
+        key = (t.id_of(repo), h.number)
+        if key in cache.bounties:
+            bounty = cache.bounties[key]  # as this batch left it: no need to read it again
+        else:
+            bounty = await load_bounty(session, repo, h.number, lock=True)
         if isinstance(h.what, Comment):
             decision = decide_comment(bounty, issue, h.what, policy, now)
         else:
             decision = decide_event(bounty, issue, h.what, policy, now)
         if decision.bounty is None and not decision.messages:
+            cache.bounties[key] = None
             return False
         await save_decision(session, repo, issue, decision, source=source, now=now)
+        cache.bounties[key] = decision.bounty
         return bool(decision.messages)
 
     async def _transfer(self, session: AsyncSession, move: Transfer) -> None:

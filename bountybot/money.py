@@ -42,6 +42,9 @@ class Money:
     minor: int
     currency: str
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Money:
+        return self  # immutable: a copy would be the same value
+
     def __post_init__(self) -> None:
         # `type() is int` and not isinstance: bool is an int, and so is an IntEnum member.
         if type(self.minor) is not int:

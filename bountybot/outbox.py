@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, update
+from sqlalchemy import ColumnElement, exists, func, or_, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
@@ -51,7 +51,7 @@ from bountybot.rules.policy import policy_from_settings
 from bountybot.rules.summary import SUMMARY_MARKER, render_summary
 from bountybot.storage.bounties import load_bounty_by_id
 from bountybot.storage.tables import Outbox, OutboxState, Repo, Task, id_of
-from bountybot.storage.uow import UnitOfWork, for_update_skip_locked
+from bountybot.storage.uow import LATER, UnitOfWork, for_update_skip_locked
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,7 @@ def _utcnow() -> datetime:
 
 def _lane_of(o: Any) -> ColumnElement[bool]:
     """`o` is in the same lane as the outbox row being selected (see the module docstring)."""
-    def issue(row: Any) -> tuple[Any, Any]:
-        return row.payload["repo_id"].as_integer(), row.payload["number"].as_integer()
-
-    (repo, number), (o_repo, o_number) = issue(Outbox), issue(o)
-    return or_(
-        and_(col(Outbox.kind) == SUMMARY, o.kind == SUMMARY, o.task_id == Outbox.task_id),
-        and_(col(Outbox.kind) != SUMMARY, o.kind != SUMMARY, o_repo == repo, o_number == number),
-    )
+    return o.lane == col(Outbox.lane)
 
 
 def _behind(busy_after: datetime | None) -> ColumnElement[bool]:
@@ -115,9 +108,13 @@ class _Job:
     leased_until: datetime
 
 
+class _Skipped(Exception):
+    """A message left unsent on purpose (see `OutboxState.SKIPPED`)."""
+
+
 @dataclass(frozen=True)
 class _Outcome:
-    what: Literal["sent", "retry", "dead", "postponed"]
+    what: Literal["sent", "retry", "dead", "postponed", "skipped"]
     at: datetime | None = None  # retry, postponed: when to try next
     error: str | None = None
     summary_id: str | None = None  # sent summary: its comment id
@@ -131,7 +128,7 @@ class OutboxSender:
                  settings: Settings, governor: Governor,
                  clock: Callable[[], datetime] = _utcnow, max_attempts: int = 8,
                  base_delay: float = 5.0, max_delay: float = 3600.0, lease: float = 120.0,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, reaction_reserve: int | None = None) -> None:
         self.sessionmaker = sessionmaker
         self.clients = clients
         self.settings = settings
@@ -142,6 +139,9 @@ class OutboxSender:
         self.max_delay = max_delay
         self.lease = lease
         self.rng = rng or random.Random()
+        # Writes per minute kept for summaries and replies: reactions are skipped below it.
+        self.reaction_reserve = (governor.per_minute // 4 if reaction_reserve is None
+                                 else reaction_reserve)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -161,19 +161,27 @@ class OutboxSender:
                 lanes.setdefault(job.lane, []).append(job)
             results = await asyncio.gather(*(self._run_lane(lane) for lane in lanes.values()),
                                            return_exceptions=True)
+            # What happened to every message of the round is written in one unit of work:
+            # one commit (one turn of SQLite's write lock) per round, not one per message.
+            outcomes = [item for result in results if not isinstance(result, BaseException)
+                        for item in result]
+            finished += await self._finish_all(outcomes)
             for result in results:  # every lane has finished; now fail with the first error
                 if isinstance(result, BaseException):
                     raise result
-                finished += result
         return finished
 
     async def run_forever(self, wake: asyncio.Event, stop: asyncio.Event, *,
-                          poll: float = 5.0) -> None:
+                          poll: float = 5.0, pace: float = 0.25) -> None:
         """`run_once` until `stop` is set; in between, wait for `wake` (new messages), `stop`,
         or the next message due, at most `poll` seconds (which also catches what another
-        replica unblocked). Errors (the database going away) are logged and the loop goes on."""
+        replica unblocked). Errors (the database going away) are logged and the loop goes on.
+        Rounds are at least `pace` seconds apart: in a burst, what the worker decides in the
+        meantime is sent together (ten pledges, one summary edit) and the sender does not
+        compete with the worker for the database at every message."""
         while not stop.is_set():
             wake.clear()
+            started = asyncio.get_running_loop().time()
             try:
                 finished = await self.run_once()
                 delay = await self._next_due_in()
@@ -183,6 +191,9 @@ class OutboxSender:
             if not finished:
                 delay = max(delay, 0.05)  # what is due but was not taken is at another sender
             await _wait_any((wake, stop), min(delay, poll))
+            rest = pace - (asyncio.get_running_loop().time() - started)
+            if rest > 0 and not stop.is_set():
+                await _wait_any((stop,), rest)
 
     async def _next_due_in(self) -> float:
         async with self.sessionmaker() as session:
@@ -195,7 +206,7 @@ class OutboxSender:
     async def _claim(self, now: datetime, limit: int) -> tuple[list[_Job], int, int]:
         """Take and lease due messages; returns the jobs to send, how many rows were taken and
         how many of those were finished here (coalesced, or dead after too many leases)."""
-        async with UnitOfWork(self.sessionmaker) as uow:
+        async with UnitOfWork(self.sessionmaker, priority=LATER) as uow:
             s = uow.session
             stmt = (select(Outbox)
                     .where(Outbox.state == PENDING, Outbox.next_attempt_at <= now,
@@ -239,19 +250,9 @@ class OutboxSender:
         if not rows:
             return rows
         taken = {id_of(r) for r in rows}
-        issues = {(r.payload.get("repo_id"), r.payload.get("number"))
-                  for r in rows if r.kind != SUMMARY}
-        tasks = {r.task_id for r in rows if r.kind == SUMMARY}
-        lanes = []
-        if tasks:
-            lanes.append(and_(col(Outbox.kind) == SUMMARY, col(Outbox.task_id).in_(tasks)))
-        for repo_id, number in issues:
-            lanes.append(and_(col(Outbox.kind) != SUMMARY,
-                              Outbox.payload["repo_id"].as_integer() == repo_id,
-                              Outbox.payload["number"].as_integer() == number))
         others = (await s.exec(select(Outbox).where(
-            Outbox.state == PENDING, col(Outbox.id) < max(taken), col(Outbox.id).not_in(taken),
-            or_(*lanes)))).all()
+            Outbox.state == PENDING, col(Outbox.lane).in_({r.lane for r in rows}),
+            col(Outbox.id) < max(taken), col(Outbox.id).not_in(taken)))).all()
         first_other: dict[tuple[Any, ...], int] = {}
         for o in others:
             lane = _row_lane(o)
@@ -272,25 +273,27 @@ class OutboxSender:
 
     # -- 2. call the forge ------------------------------------------------------------------
 
-    async def _run_lane(self, jobs: list[_Job]) -> int:
-        finished = 0
+    async def _run_lane(self, jobs: list[_Job]) -> list[tuple[_Job, _Outcome, list[_Job]]]:
+        done: list[tuple[_Job, _Outcome, list[_Job]]] = []
         for i, job in enumerate(jobs):
             if self.clock() >= job.leased_until - timedelta(seconds=self.lease / 2):
                 # Half the lease is gone (a slow forge, rate limits): give the rest back rather
                 # than send it so late that another sender may take it meanwhile.
-                await self._finish(job, _Outcome("postponed", at=self.clock()), jobs[i + 1:])
+                done.append((job, _Outcome("postponed", at=self.clock()), jobs[i + 1:]))
                 break
             outcome = await self._attempt(job)
             blocked = outcome.what in ("retry", "postponed")
             # The rest of the lane goes back, untried, to wait behind this one.
-            finished += await self._finish(job, outcome, jobs[i + 1:] if blocked else [])
+            done.append((job, outcome, jobs[i + 1:] if blocked else []))
             if blocked:
                 break
-        return finished
+        return done
 
     async def _attempt(self, job: _Job) -> _Outcome:
         try:
             summary_id, found = await self._deliver(job)
+        except _Skipped:
+            return _Outcome("skipped")
         except Busy as busy:
             at = self.clock() + timedelta(seconds=busy.retry_in)
             return _Outcome("postponed", at=at)
@@ -314,9 +317,13 @@ class OutboxSender:
             delay = backoff * (0.5 + self.rng.random())
         return _Outcome("retry", at=self.clock() + timedelta(seconds=delay), error=error)
 
+    @staticmethod
+    def _key(repo: RepoRef) -> str:
+        return repo.installation_id or f"{repo.forge}:{repo.full_path}"
+
     async def _call(self, job: _Job, write: bool, call: Callable[[], Awaitable[T]]) -> T:
         assert job.repo is not None
-        key = job.repo.installation_id or f"{job.repo.forge}:{job.repo.full_path}"
+        key = self._key(job.repo)
         # Wait a little for the rate limits, not for long: the lease would run out.
         async with self.governor.slot(key, write, max_wait=self.lease / 4):
             return await call()
@@ -338,6 +345,11 @@ class OutboxSender:
             comment_id = job.comment_id
             if not comment_id:
                 raise ForgeError("a reaction without a comment id")
+            if self.governor.headroom(self._key(repo)) <= self.reaction_reserve:
+                # A reaction only acknowledges; the summary shows the command too. When the
+                # write budget runs short (a burst of pledges), it goes to the summaries and
+                # replies, so one write per command comment is never exceeded.
+                raise _Skipped()
             await self._call(job, True, lambda: client.react(repo, job.number, comment_id))
             return None, False
         if job.kind in (REPLY, NOTICE):
@@ -388,43 +400,67 @@ class OutboxSender:
 
     # -- 3. finish --------------------------------------------------------------------------
 
-    async def _finish(self, job: _Job, outcome: _Outcome, behind: Sequence[_Job]) -> int:
-        """Write what happened to `job` (and give back the untried `behind` it); returns 1 when
-        the message is finished (sent or dead)."""
+    async def _finish_all(self, items: list[tuple[_Job, _Outcome, list[_Job]]]) -> int:
+        """Write what happened to each job (and give back the untried jobs behind it), in one
+        unit of work; returns how many messages are finished (sent, skipped or dead)."""
+        if not items:
+            return 0
         now = self.clock()
-        async with UnitOfWork(self.sessionmaker) as uow:
+        mine: list[bool] = []
+        rows: list[Outbox | None] = []
+        async with UnitOfWork(self.sessionmaker, priority=LATER) as uow:
             s = uow.session
-            row = await s.get(Outbox, job.id, with_for_update=True)
-            # Ours unless the lease ran out and another sender took it meanwhile.
-            ours = row is not None and row.state == PENDING and row.attempts == job.attempts
-            for other in behind:
-                back = await s.get(Outbox, other.id, with_for_update=True)
-                if back and back.state == PENDING and back.attempts == other.attempts:
-                    back.attempts -= 1
-                    back.next_attempt_at = now  # due, but waits behind `job` (see `_behind`)
-            if outcome.what == "sent":
-                if row is not None and row.state == PENDING:
-                    row.state, row.sent_at = SENT, now
-                if outcome.summary_id and job.task_id is not None:
-                    # Keep updated_at: the summary's id is no change of the task.
-                    await s.exec(update(Task).where(  # type: ignore[call-overload]
-                        col(Task.id) == job.task_id,
-                        or_(col(Task.summary_comment_id).is_(None),
-                            col(Task.summary_comment_id) != outcome.summary_id),
-                    ).values(summary_comment_id=outcome.summary_id, updated_at=Task.updated_at))
-            elif ours and row is not None:
-                if outcome.what == "dead":
-                    _die(row, outcome.error or "")
-                elif outcome.what == "retry":
-                    assert outcome.at is not None
-                    row.next_attempt_at, row.last_error = outcome.at, outcome.error
-                else:  # postponed by the rate limits: this was no attempt
-                    assert outcome.at is not None
-                    row.attempts -= 1
-                    row.next_attempt_at = outcome.at
+            for job, outcome, behind in items:
+                row, ours = await self._write_outcome(s, now, job, outcome, behind)
+                rows.append(row)
+                mine.append(ours)
+        return sum(self._log_outcome(job, outcome, row, ours)
+                   for (job, outcome, _), row, ours in zip(items, rows, mine, strict=True))
+
+    async def _write_outcome(self, s: AsyncSession, now: datetime, job: _Job, outcome: _Outcome,
+                             behind: Sequence[_Job]) -> tuple[Outbox | None, bool]:
+        row = await s.get(Outbox, job.id, with_for_update=True)
+        # Ours unless the lease ran out and another sender took it meanwhile.
+        ours = row is not None and row.state == PENDING and row.attempts == job.attempts
+        for other in behind:
+            back = await s.get(Outbox, other.id, with_for_update=True)
+            if back and back.state == PENDING and back.attempts == other.attempts:
+                back.attempts -= 1
+                back.next_attempt_at = now  # due, but waits behind `job` (see `_behind`)
+        if outcome.what == "skipped":
+            if row is not None and row.state == PENDING:
+                row.state, row.sent_at = OutboxState.SKIPPED, now
+                row.last_error = "not sent: the write budget was kept for summaries"
+        elif outcome.what == "sent":
+            if row is not None and row.state == PENDING:
+                row.state, row.sent_at = SENT, now
+            if outcome.summary_id and job.task_id is not None:
+                # Keep updated_at: the summary's id is no change of the task.
+                await s.exec(update(Task).where(  # type: ignore[call-overload]
+                    col(Task.id) == job.task_id,
+                    or_(col(Task.summary_comment_id).is_(None),
+                        col(Task.summary_comment_id) != outcome.summary_id),
+                ).values(summary_comment_id=outcome.summary_id, updated_at=Task.updated_at))
+        elif ours and row is not None:
+            if outcome.what == "dead":
+                _die(row, outcome.error or "")
+            elif outcome.what == "retry":
+                assert outcome.at is not None
+                row.next_attempt_at, row.last_error = outcome.at, outcome.error
+            else:  # postponed by the rate limits: this was no attempt
+                assert outcome.at is not None
+                row.attempts -= 1
+                row.next_attempt_at = outcome.at
+        return row, ours
+
+    def _log_outcome(self, job: _Job, outcome: _Outcome, row: Outbox | None,
+                     ours: bool) -> int:
         if not ours:
             event(log, "outbox.lease_lost", logging.WARNING, id=job.id, kind=job.kind,
                   attempt=job.attempts, outcome=outcome.what)
+        if outcome.what == "skipped":
+            event(log, "outbox.skipped", id=job.id, kind=job.kind)
+            return 1
         if outcome.what == "sent":
             event(log, "outbox.sent", id=job.id, kind=job.kind, task=job.task_id,
                   attempt=job.attempts, **({"found": "marker"} if outcome.found else {}))
@@ -468,9 +504,7 @@ def _log_dead(row: Outbox) -> None:
 
 
 def _row_lane(row: Outbox) -> tuple[Any, ...]:
-    if row.kind == SUMMARY:
-        return (SUMMARY, row.task_id)
-    return ("issue", row.payload.get("repo_id"), row.payload.get("number"))
+    return (row.lane,)
 
 
 async def _wait_any(events: Sequence[asyncio.Event], timeout: float) -> None:

@@ -393,3 +393,18 @@ def test_the_policy_follows_the_settings():
     story.event(LabelAdded())
     d = story.say("alice", "/pledge 50")
     assert story.task.pledges == [] and replies(d)
+
+
+def test_deciding_never_changes_the_bounty_it_was_given():
+    from bountybot.rules import Comment, LinkClosed, decide_comment, decide_event
+
+    story = started("10")
+    story.say("alice", "/pledge 10")
+    story.say("carol", "/claim")
+    task = story.task
+    before = repr(task)
+    decide_comment(task, story.issue, Comment("c1", story.actor("maya"),
+                                              "/pledge 5\n/unclaim @carol\n/cancel"),
+                   story.policy, story.now)
+    decide_event(task, story.issue, LinkClosed(1, "carol", merged=True), story.policy, story.now)
+    assert repr(task) == before

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Any
 
 from bountybot.money import Money, sum_money
 from bountybot.states import (
@@ -40,9 +41,27 @@ class IssueRef:
     url: str = ""
 
 
+def _copy_fields(obj: Any, memo: dict[int, Any]) -> Any:
+    """A fast deep copy for the aggregate's dataclasses: their fields are immutable values
+    (str, int, Money, datetime, enums) or lists of such objects, so copying the lists and the
+    objects is enough; `memo` is kept up to date so callers can map old objects to new."""
+    new = object.__new__(type(obj))
+    memo[id(obj)] = new
+    for name in obj.__dataclass_fields__:
+        value = getattr(obj, name)
+        if isinstance(value, list):
+            value = [v.__deepcopy__(memo) if hasattr(v, "__dataclass_fields__") else v
+                     for v in value]
+        object.__setattr__(new, name, value)
+    return new
+
+
 @dataclass
 class Pledge:
     """Money a backer puts toward a task; `amount` in the task's currency."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return _copy_fields(self, memo)
 
     backer: str
     amount: Money
@@ -55,6 +74,9 @@ class Pledge:
 @dataclass
 class Claim:
     """A developer's exclusive, time-limited right to be paid for the task."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return _copy_fields(self, memo)
 
     developer: str
     state: ClaimState
@@ -69,6 +91,9 @@ class Claim:
 class Link:
     """A pull/merge request that says it closes the task's issue."""
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return _copy_fields(self, memo)
+
     number: int
     author: str
     state: LinkState
@@ -79,6 +104,9 @@ class Link:
 @dataclass
 class Payout:
     """Money released from the task's escrow to one developer."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return _copy_fields(self, memo)
 
     developer: str
     amount: Money
@@ -92,6 +120,9 @@ class Payout:
 @dataclass
 class Bounty:
     """A task and everything that hangs from it."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return _copy_fields(self, memo)
 
     forge: str
     repo: str

@@ -67,6 +67,8 @@ class Decision:
     postings: list[Posting] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     trail: list[Trail] = field(default_factory=list)
+    # The bounty as it was before (untouched), so storage writes only the rows that changed.
+    before: Bounty | None = None
 
     @property
     def changed(self) -> bool:
@@ -84,6 +86,7 @@ class Checkpoint:
     messages: int
     trail: int
     words: int
+    pristine: bool = False
 
 
 class Work:
@@ -158,12 +161,24 @@ class Work:
 
     # Each command runs on its own: a refused one leaves no trace of what it half did.
     def checkpoint(self) -> Checkpoint:
+        if not (self.created or self.postings or self.messages or self.trail_items):
+            # Nothing has happened yet: the untouched original is the checkpoint, and a
+            # refusal copies it again (most comments hold one command; this saves a copy).
+            return Checkpoint(None, {}, False, 0, 0, 0, len(self.words), pristine=True)
         memo: dict[int, Any] = {}
         snapshot = copy.deepcopy(self.bounty, memo)
         return Checkpoint(snapshot, memo, self.created, len(self.postings), len(self.messages),
                           len(self.trail_items), len(self.words))
 
     def restore(self, point: Checkpoint) -> None:
+        if point.pristine:
+            self.bounty = copy.deepcopy(self.original)
+            self.created = False
+            self.postings.clear()
+            self.messages.clear()
+            self.trail_items.clear()
+            del self.words[point.words:]
+            return
         self.bounty, self.created = point.bounty, point.created
         # Postings made before the checkpoint point at objects of the bounty as it was then;
         # make them point at the restored copies, which are now the live ones.
@@ -176,4 +191,4 @@ class Work:
 
     def decision(self) -> Decision:
         return Decision(self.bounty, self.created, self.postings, self.messages,
-                        self.trail_items)
+                        self.trail_items, self.original)

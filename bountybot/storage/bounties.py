@@ -47,7 +47,11 @@ def _money(minor: int | None, currency: str) -> Money | None:
 
 async def _children(session: AsyncSession, row: type[Any], task_id: int) -> list[Any]:
     stmt = select(row).where(row.task_id == task_id).order_by(col(row.id))
-    return list((await session.exec(stmt)).all())
+    rows = list((await session.exec(stmt)).all())
+    # The session's identity map holds rows weakly: keep them for the rest of the transaction,
+    # so writing the decision back finds them there instead of querying each one again.
+    session.sync_session.info.setdefault("bountybot.loaded", []).extend(rows)
+    return rows
 
 
 async def load_bounty(session: AsyncSession, repo: t.Repo, number: int, *,
@@ -93,16 +97,23 @@ async def to_bounty(session: AsyncSession, repo: t.Repo, task: t.Task) -> Bounty
                   pledges, claims, waiting, links, payouts, task.id)
 
 
-async def _upsert(session: AsyncSession, row_type: type[Any], obj: Any,
-                  values: dict[str, Any]) -> None:
-    """Insert a new child row (and give the domain object its id), or update the loaded one."""
+async def _update(session: AsyncSession, row_type: type[Any], obj: Any,
+                  values: dict[str, Any], before: dict[tuple[type, int], Any],
+                  new: list[tuple[Any, Any]]) -> None:
+    """Queue a new child row (its id comes at the next flush), or update the loaded row when
+    the object changed since it was loaded (`before`: the objects as loaded, by type and id)."""
     if obj.id is None:
         row = row_type(**values)
         session.add(row)
-        await session.flush()
-        obj.id = row.id
+        new.append((obj, row))
         return
-    row = await session.get(row_type, obj.id)
+    if before.get((type(obj), obj.id)) == obj:
+        return  # unchanged since it was loaded
+    # The row was loaded with the bounty, so it is in the session's identity map: no query.
+    sync = session.sync_session
+    row = sync.identity_map.get(sync.identity_key(row_type, obj.id))
+    if row is None:
+        row = await session.get(row_type, obj.id)
     if row is None:
         raise LookupError(f"{row_type.__name__} {obj.id} vanished")
     for key, value in values.items():
@@ -110,35 +121,58 @@ async def _upsert(session: AsyncSession, row_type: type[Any], obj: Any,
             setattr(row, key, value)
 
 
-async def _save_task(session: AsyncSession, repo: t.Repo, b: Bounty, now: datetime) -> int:
-    values = dict(repo_id=repo.id, number=b.number, title=b.title, url=b.url, state=b.state,
-                  goal_minor=b.goal.minor if b.goal else None, currency=b.currency,
-                  deadline=b.deadline)
+def _loaded(b: Bounty | None) -> dict[tuple[type, int], Any]:
+    if b is None:
+        return {}
+    objects: list[Any] = [*b.pledges, *b.claims, *b.links, *b.payouts]
+    return {(type(o), o.id): o for o in objects if o.id is not None}
+
+
+async def _save_task(session: AsyncSession, repo: t.Repo, b: Bounty, now: datetime,
+                     original: Bounty | None = None) -> int:
+    values: dict[str, Any] = dict(
+        repo_id=repo.id, number=b.number, title=b.title, url=b.url, state=b.state,
+        goal_minor=b.goal.minor if b.goal else None, currency=b.currency, deadline=b.deadline)
     if b.id is None:
-        values["created_at"] = b.created_at or now
-    await _upsert(session, t.Task, b, values)
+        row = t.Task(**values, created_at=b.created_at or now)
+        session.add(row)
+        await session.flush()
+        b.id = row.id
+    else:
+        task = await session.get(t.Task, b.id)  # in the identity map since it was loaded
+        if task is None:
+            raise LookupError(f"task {b.id} vanished")
+        for key, value in values.items():
+            if getattr(task, key) != value:
+                setattr(task, key, value)
     assert b.id is not None
     task_id = b.id
+    before = _loaded(original)
+    new: list[tuple[Any, Any]] = []
     for p in b.pledges:
-        await _upsert(session, t.Pledge, p, dict(
+        await _update(session, t.Pledge, p, dict(
             task_id=task_id, backer=p.backer, amount_minor=p.amount.minor,
             currency=p.amount.currency, state=p.state, comment_id=p.comment_id,
-            **({"created_at": p.created_at} if p.id is None else {})))
+            **({"created_at": p.created_at} if p.id is None else {})), before, new)
     for c in b.claims:
-        await _upsert(session, t.Claim, c, dict(
+        await _update(session, t.Claim, c, dict(
             task_id=task_id, developer=c.developer, state=c.state, expires_at=c.expires_at,
             paused_seconds=c.paused_seconds, ended_at=c.ended_at,
-            **({"created_at": c.created_at} if c.id is None else {})))
+            **({"created_at": c.created_at} if c.id is None else {})), before, new)
     for li in b.links:
-        await _upsert(session, t.Link, li, dict(task_id=task_id, number=li.number,
-                                               author=li.author, state=li.state, url=li.url))
+        await _update(session, t.Link, li, dict(task_id=task_id, number=li.number, author=li.author,
+                                          state=li.state, url=li.url), before, new)
     for po in b.payouts:
-        await _upsert(session, t.Payout, po, dict(
+        await _update(session, t.Payout, po, dict(
             task_id=task_id, developer=po.developer, amount_minor=po.amount.minor,
             currency=po.amount.currency, state=po.state, reference=po.reference,
-            paid_at=po.paid_at, **({"created_at": po.created_at} if po.id is None else {})))
-    current = [w.login for w in sorted(await _children(session, t.Waiting, task_id),
-                                       key=lambda w: w.position)]
+            paid_at=po.paid_at, **({"created_at": po.created_at} if po.id is None else {})),
+            before, new)
+    if original is not None and original.id == task_id and original.waiting == b.waiting:
+        current = b.waiting
+    else:
+        current = [w.login for w in sorted(await _children(session, t.Waiting, task_id),
+                                           key=lambda w: w.position)]
     if current != b.waiting:
         # Delete first and flush: the unit of work would otherwise insert before it deletes,
         # and (task_id, login) is unique.
@@ -146,8 +180,15 @@ async def _save_task(session: AsyncSession, repo: t.Repo, b: Bounty, now: dateti
         await session.flush()
         session.add_all(t.Waiting(task_id=task_id, login=login, position=i, created_at=now)
                         for i, login in enumerate(b.waiting))
-    await session.flush()
+    await session.flush()  # one flush gives every new row its id
+    for obj, row in new:
+        obj.id = row.id
     return task_id
+
+
+def insert_for(session: AsyncSession) -> Any:
+    """The dialect's INSERT (with `on_conflict_do_nothing`), for multi-row inserts."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 async def insert_ignoring_duplicates(session: AsyncSession, table: Any,
@@ -165,19 +206,23 @@ async def save_decision(session: AsyncSession, repo: t.Repo, issue: IssueRef,
     and keys its outbox messages, so the same cause never queues the same message twice.
     Returns the task id, if there is a task."""
     b = decision.bounty
-    task_id = await _save_task(session, repo, b, now) if b is not None else None
+    task_id = (await _save_task(session, repo, b, now, decision.before)
+               if b is not None else None)
+    books = []
     for posting in decision.postings:
         entries = posting.entries(task_id)
         check_balanced(Money(minor, cur) for _, minor, cur in entries)
         txn = t.LedgerTransaction(key=posting.key(), kind=posting.kind, task_id=task_id,
                                   memo=posting.memo or None, created_at=now)
         session.add(txn)
+        books.append((txn, entries))
+    if books:
         await session.flush()  # a key already on the books fails here, and so does the whole
-        assert txn.id is not None
-        session.add_all(t.LedgerEntry(transaction_id=txn.id, account=account,
-                                      amount_minor=minor, currency=cur)
-                        for account, minor, cur in entries)
+        await session.exec(insert_for(session)(t.LedgerEntry).values([
+            dict(transaction_id=t.id_of(txn), account=account, amount_minor=minor, currency=cur)
+            for txn, entries in books for account, minor, cur in entries]))
     notices = 0
+    queued: list[dict[str, Any]] = []
     for message in decision.messages:
         if message.kind in ("reaction", "reply"):
             # One reaction and one reply per comment (per edit, for commands an edit adds).
@@ -191,13 +236,17 @@ async def save_decision(session: AsyncSession, repo: t.Repo, issue: IssueRef,
             key = f"{message.kind}:{repo.id}:{issue.number}:{source}:{notices}"
         payload = {"repo_id": repo.id, "number": issue.number, "comment_id": message.comment_id,
                    "text": message.text}
-        await insert_ignoring_duplicates(session, t.Outbox, dict(
-            task_id=task_id, kind=message.kind, payload=payload, dedup_key=key[:255],
+        lane = (f"summary:{task_id}" if message.kind == "summary"
+                else f"issue:{repo.id}:{issue.number}")
+        queued.append(dict(
+            task_id=task_id, kind=message.kind, payload=payload, dedup_key=key[:255], lane=lane,
             state=t.OutboxState.PENDING, attempts=0, next_attempt_at=now, created_at=now))
-    session.add_all(t.AuditEvent(task_id=task_id, actor=item.actor, action=item.action[:64],
-                                 detail=item.detail, created_at=now)
-                    for item in decision.trail)
-    await session.flush()
+    if queued:
+        await session.exec(insert_for(session)(t.Outbox).values(queued).on_conflict_do_nothing())
+    if decision.trail:
+        await session.exec(insert_for(session)(t.AuditEvent).values([
+            dict(task_id=task_id, actor=item.actor, action=item.action[:64], detail=item.detail,
+                 created_at=now) for item in decision.trail]))
     return task_id
 
 

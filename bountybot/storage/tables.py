@@ -62,6 +62,9 @@ class OutboxState(StrEnum):
     PENDING = "pending"
     SENT = "sent"
     DEAD = "dead"
+    # Not sent on purpose: a reaction when the write budget is short (the summary shows the
+    # command, and the budget is kept for the words people need).
+    SKIPPED = "skipped"
 
 
 class HasId(Protocol):
@@ -324,11 +327,15 @@ class Outbox(Base, table=True):
     """
 
     __tablename__ = "outbox"
-    __table_args__ = (Index(None, "state", "next_attempt_at"),)
+    __table_args__ = (Index(None, "state", "next_attempt_at"), Index(None, "state", "lane", "id"))
 
     id: int | None = Field(default=None, primary_key=True)
     task_id: int | None = Field(default=None, foreign_key="task.id")
     kind: str = Field(sa_type=String(16))
+    # Messages of one lane are sent one after another, in order: `summary:<task id>` for a
+    # task's summary, `issue:<repo id>:<number>` for the replies, notices and reactions of an
+    # issue. Indexed, so finding what waits ahead of a message costs one lookup.
+    lane: str = Field(default="", sa_type=String(64))
     payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     dedup_key: str = Field(sa_type=String(255), unique=True)
     state: OutboxState = Field(default=OutboxState.PENDING, sa_type=StateString(OutboxState))

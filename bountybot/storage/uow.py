@@ -89,7 +89,9 @@ class _Turn:
         self.held = False
 
 
-URGENT, BACKGROUND = 0, 1
+# Webhooks first (a forge waits for the answer), then the delivery worker, then the outbox
+# (whose summaries coalesce better the later they are sent).
+URGENT, BACKGROUND, LATER = 0, 1, 2
 _SQLITE_TURNS: weakref.WeakKeyDictionary[Any, _Turn] = weakref.WeakKeyDictionary()
 
 
