@@ -350,7 +350,11 @@ class OutboxSender:
                 # write budget runs short (a burst of pledges), it goes to the summaries and
                 # replies, so one write per command comment is never exceeded.
                 raise _Skipped()
-            await self._call(job, True, lambda: client.react(repo, job.number, comment_id))
+            try:
+                async with self.governor.slot(self._key(repo), True, max_wait=0):
+                    await client.react(repo, job.number, comment_id)
+            except Busy:
+                raise _Skipped() from None  # no reaction is worth waiting for
             return None, False
         if job.kind in (REPLY, NOTICE):
             if not job.text:

@@ -28,6 +28,7 @@ from sqlmodel import select
 from bountybot.api.routes import setup as api_setup
 from bountybot.app import SESSIONMAKER, create_app
 from bountybot.config import Settings
+from bountybot.governor import Governor
 from bountybot.rules import Bounty
 from bountybot.service import RUNTIME, setup
 from bountybot.storage import tables as t
@@ -55,7 +56,7 @@ class GitHubBot:
 
     @classmethod
     async def start(cls, db_url: str, fake: FakeGitHub, *, max_body: int = 25 * 1024 * 1024,
-                    **bot: Any) -> GitHubBot:
+                    governor: Governor | None = None, **bot: Any) -> GitHubBot:
         fake.accept_token(TOKEN)
         fake.add_repo(REPO, REPO_ID)
         fake.set_permission(REPO, MAINTAINER, "maintain")
@@ -67,7 +68,7 @@ class GitHubBot:
         })
         engine = create_engine(db_url)
         app = create_app(settings, engine=engine, features=[api_setup])
-        setup(app, sender_options={"base_delay": 0.05, "max_delay": 0.2})
+        setup(app, governor=governor, sender_options={"base_delay": 0.05, "max_delay": 0.2})
         client = TestClient(TestServer(app))
         await client.start_server()
         return cls(client, fake, engine)

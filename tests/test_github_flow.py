@@ -3,6 +3,7 @@ a local GitHub over loopback. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -188,3 +189,38 @@ async def test_bots_are_never_read(bot: GitHubBot):
     await bot.comment("bountybot", "/pledge 10")
     await bot.settle()
     assert (await bot.task(1)).pledges == []
+
+
+async def test_a_burst_of_pledges_stays_inside_the_write_budget(db_url, github_server):  # noqa: F811
+    from sqlalchemy import func
+    from sqlmodel import select
+
+    from bountybot.app import SESSIONMAKER
+    from bountybot.governor import Governor
+
+    bot = await GitHubBot.start(db_url, github_server, governor=Governor(per_minute=12))
+    try:
+        await bot.label(1)
+        await bot.settle()
+        for i in range(20):
+            await bot.comment(f"backer{i}", "/pledge 5")
+        for _ in range(200):  # every delivery handled, then the outbox has had its turns
+            async with bot.app[SESSIONMAKER]() as session:
+                waiting = (await session.exec(select(func.count()).select_from(t.Delivery)
+                                              .where(t.Delivery.state == "pending"))).one()
+            if not waiting:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(2)
+        writes = bot.fake.writes()
+        assert len(writes) <= 12  # the minute's whole budget, and fewer than the comments
+        assert (await bot.task(1)).held().minor == 10000
+        rows = await bot.rows(t.Outbox)
+        reactions = [o for o in rows if o.kind == "reaction"]
+        assert any(o.state == t.OutboxState.SKIPPED for o in reactions)
+        # Nothing is lost: what is not sent yet is a summary waiting for the budget.
+        assert all(o.kind == "summary" for o in rows if o.state == t.OutboxState.PENDING)
+        summaries = [c for c in bot.bot_comments(1) if "bountybot:summary" in c.body]
+        assert len(summaries) == 1
+    finally:
+        await bot.close()

@@ -1,0 +1,66 @@
+"""On SQLite the units of work of one process take SQLite's write lock in turns, by priority."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bountybot.storage.engine import create_engine, create_sessionmaker
+from bountybot.storage.uow import BACKGROUND, LATER, URGENT, UnitOfWork
+
+
+async def test_webhooks_go_before_the_worker_and_the_worker_before_the_outbox(sqlite_url):
+    engine = create_engine(sqlite_url)
+    sessionmaker = create_sessionmaker(engine)
+    order: list[str] = []
+    try:
+        holding = asyncio.Event()
+        release = asyncio.Event()
+
+        async def first() -> None:
+            async with UnitOfWork(sessionmaker, priority=BACKGROUND) as uow:
+                holding.set()
+                assert not uow.contended
+                await release.wait()
+                assert uow.contended  # the others queue behind it
+            order.append("first")
+
+        async def queued(name: str, priority: int) -> None:
+            async with UnitOfWork(sessionmaker, priority=priority):
+                order.append(name)
+
+        holder = asyncio.create_task(first())
+        await holding.wait()
+        waiters = [asyncio.create_task(queued("outbox", LATER)),
+                   asyncio.create_task(queued("worker", BACKGROUND)),
+                   asyncio.create_task(queued("webhook", URGENT))]
+        await asyncio.sleep(0.05)
+        assert order == []  # nobody got in while the first held the lock
+        release.set()
+        await asyncio.gather(holder, *waiters)
+        assert order == ["first", "webhook", "worker", "outbox"]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_cancelled_waiter_passes_its_turn_on(sqlite_url):
+    engine = create_engine(sqlite_url)
+    sessionmaker = create_sessionmaker(engine)
+    try:
+        gate = asyncio.Event()
+
+        async def hold() -> None:
+            async with UnitOfWork(sessionmaker):
+                await gate.wait()
+
+        holder = asyncio.create_task(hold())
+        await asyncio.sleep(0.01)
+        doomed = asyncio.create_task(UnitOfWork(sessionmaker).__aenter__())
+        await asyncio.sleep(0.01)
+        doomed.cancel()
+        gate.set()
+        await holder
+        async with asyncio.timeout(5):
+            async with UnitOfWork(sessionmaker):  # would hang if the turn were lost
+                pass
+    finally:
+        await engine.dispose()
