@@ -38,12 +38,12 @@ from sqlmodel import select
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fakes.github import FakeGitHub  # noqa: E402
-from fixtures import payload  # noqa: E402
-
 from bountybot.money import Money, format_money  # noqa: E402
 from bountybot.storage import tables as t  # noqa: E402
 from bountybot.storage.engine import create_engine, create_sessionmaker  # noqa: E402
+
+from fakes.github import FakeGitHub  # noqa: E402
+from fixtures import payload  # noqa: E402
 
 SECRET = "bench-" + secrets.token_hex(12)
 TOKEN = "ghp_bench" + secrets.token_hex(12)

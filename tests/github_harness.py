@@ -20,8 +20,6 @@ import uuid
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
-from fakes.github import FakeGitHub
-from fixtures import payload
 from sqlalchemy import func
 from sqlmodel import select
 
@@ -34,6 +32,9 @@ from bountybot.service import RUNTIME, setup
 from bountybot.storage import tables as t
 from bountybot.storage.bounties import load_bounty
 from bountybot.storage.engine import create_engine
+
+from fakes.github import FakeGitHub
+from fixtures import payload
 
 SECRET = "whsec-test-0a1b2c3d4e5f"
 TOKEN = "ghp_test0123456789abcdef"

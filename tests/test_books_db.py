@@ -7,7 +7,6 @@ import os
 from datetime import UTC, datetime
 
 import pytest
-from memory_books import ISSUE, Story
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
@@ -31,6 +30,8 @@ from bountybot.states import ClaimState, PayoutState, TaskState
 from bountybot.storage import tables as t
 from bountybot.storage.bounties import ensure_repo, load_bounty, save_decision
 from bountybot.storage.uow import UnitOfWork
+
+from memory_books import ISSUE, Story
 
 
 class DbStory:

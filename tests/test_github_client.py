@@ -14,11 +14,12 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fakes.github import FakeGitHub, github_server  # noqa: F401
 
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeError, RepoRef
 from bountybot.forges.github import GitHubClient, client_from_settings
+
+from fakes.github import FakeGitHub, github_server  # noqa: F401
 
 TOKEN = "ghp_" + "Zq81vXw2LmT4" * 3  # a personal token's shape: ghp_ + 36 characters
 REPO = RepoRef("github", "1296269", "octo/widgets")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from fixtures import payload
 
 from bountybot.forges.github_events import added_commands, normalize
 from bountybot.forges.links import closing_refs
@@ -17,6 +16,8 @@ from bountybot.rules import (
     LinkClosed,
     LinkOpened,
 )
+
+from fixtures import payload
 
 
 def norm(event: str, data: dict, label: str = "bug"):  # type: ignore[no-untyped-def]

@@ -7,13 +7,14 @@ import asyncio
 import json
 
 import pytest
-from fakes.github import github_server  # noqa: F401
-from github_harness import REPO, SECRET, TOKEN, GitHubBot, sign
 
 from bountybot.app import SESSIONMAKER
 from bountybot.ledger.audit import run_audit
 from bountybot.states import ClaimState, LinkState, PayoutState, PledgeState, TaskState
 from bountybot.storage import tables as t
+
+from fakes.github import github_server  # noqa: F401
+from github_harness import REPO, SECRET, TOKEN, GitHubBot, sign
 
 
 @pytest.fixture

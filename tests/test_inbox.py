@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from fixtures import payload
 from sqlmodel import select
 
 from bountybot.config import Settings
@@ -16,6 +15,8 @@ from bountybot.storage import tables as t
 from bountybot.storage.bounties import load_bounty
 from bountybot.storage.uow import UnitOfWork
 from bountybot.webhooks import insert_new
+
+from fixtures import payload
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

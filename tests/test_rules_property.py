@@ -10,7 +10,6 @@ from __future__ import annotations
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from memory_books import Story
 
 from bountybot.payments.manual import ManualProvider
 from bountybot.rules import (
@@ -26,6 +25,8 @@ from bountybot.rules import (
     Tick,
 )
 from bountybot.states import TASK_MOVES, allowed
+
+from memory_books import Story
 
 PEOPLE = ["alice", "bob", "carol", "dave", "maya"]
 people = st.sampled_from(PEOPLE)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-from memory_books import Story, notices, reacted, replies
 
 from bountybot.money import Money
 from bountybot.payments.manual import ManualProvider
@@ -22,6 +21,8 @@ from bountybot.rules import (
     Tick,
 )
 from bountybot.states import ClaimState, LinkState, PayoutState, PledgeState, TaskState
+
+from memory_books import Story, notices, reacted, replies
 
 
 def eur(value: str) -> Money:

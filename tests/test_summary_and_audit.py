@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from memory_books import Story
-
 from bountybot.ledger.audit import JournalEntry, JournalTransaction, audit
 from bountybot.money import Money
 from bountybot.rules import LabelAdded, LinkClosed, LinkOpened, Policy
 from bountybot.rules.summary import SUMMARY_MARKER, progress_bar, render_summary, status_text
 from bountybot.states import PayoutState
+
+from memory_books import Story
 
 
 def told(**policy: object) -> Story:
