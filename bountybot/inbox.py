@@ -79,7 +79,7 @@ class DeliveryWorker:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings,
                  clients: Mapping[str, ForgeClient], *, clock: Clock = utc_now,
                  on_written: Callable[[], None] | None = None, max_attempts: int = 5,
-                 retry_delay: float = 30.0) -> None:
+                 retry_delay: float = 30.0, summary_delay: float = 1.0) -> None:
         self.sessionmaker = sessionmaker
         self.settings = settings
         self.clients = clients
@@ -87,6 +87,8 @@ class DeliveryWorker:
         self.on_written = on_written
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
+        # Summaries are sent this long after a change, so a burst of pledges is one edit.
+        self.summary_delay = summary_delay
 
     async def due(self, limit: int) -> list[int]:
         now = self.clock()
@@ -257,7 +259,8 @@ class DeliveryWorker:
         if decision.bounty is None and not decision.messages:
             cache.bounties[key] = None
             return False
-        await save_decision(session, repo, issue, decision, source=source, now=now)
+        await save_decision(session, repo, issue, decision, source=source, now=now,
+                            summary_delay=self.summary_delay)
         cache.bounties[key] = decision.bounty
         return bool(decision.messages)
 

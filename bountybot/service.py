@@ -40,6 +40,7 @@ class Runtime:
     sender: OutboxSender | None = None
     background: bool = True
     sender_options: dict[str, Any] = field(default_factory=dict)
+    worker_options: dict[str, Any] = field(default_factory=dict)
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -58,11 +59,13 @@ def forge_clients(settings: Settings) -> dict[str, ForgeClient]:
 
 def setup(app: web.Application, *, clients: Mapping[str, ForgeClient] | None = None,
           governor: Governor | None = None, background: bool = True,
-          sender_options: dict[str, Any] | None = None) -> Runtime:
+          sender_options: dict[str, Any] | None = None,
+          worker_options: dict[str, Any] | None = None) -> Runtime:
     """Webhooks plus the worker and the outbox. `background=False` leaves the loops to the
     caller (`runtime.worker.run_once()`), for tests that step through a story;
     `sender_options` go to `OutboxSender` (e.g. a short `base_delay` in tests)."""
-    runtime = Runtime(background=background, sender_options=dict(sender_options or {}))
+    runtime = Runtime(background=background, sender_options=dict(sender_options or {}),
+                      worker_options=dict(worker_options or {}))
     if clients is not None:
         runtime.clients.update(clients)
     if governor is not None:
@@ -84,7 +87,8 @@ async def _loops(app: web.Application) -> AsyncIterator[None]:
     runtime.sender = OutboxSender(sessionmaker, runtime.clients, settings=settings,
                                   governor=runtime.governor, **runtime.sender_options)
     runtime.worker = DeliveryWorker(sessionmaker, settings, runtime.clients,
-                                    on_written=runtime.wake_outbox.set)
+                                    on_written=runtime.wake_outbox.set,
+                                    **runtime.worker_options)
     tasks = []
     if runtime.background:
         tasks = [asyncio.create_task(runtime.worker.run_forever(runtime.wake_worker,

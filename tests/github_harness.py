@@ -69,7 +69,8 @@ class GitHubBot:
         })
         engine = create_engine(db_url)
         app = create_app(settings, engine=engine, features=[api_setup])
-        setup(app, governor=governor, sender_options={"base_delay": 0.05, "max_delay": 0.2})
+        setup(app, governor=governor, sender_options={"base_delay": 0.05, "max_delay": 0.2},
+              worker_options={"summary_delay": 0.0})
         client = TestClient(TestServer(app))
         await client.start_server()
         return cls(client, fake, engine)

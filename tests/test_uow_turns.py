@@ -21,7 +21,7 @@ async def test_webhooks_go_before_the_worker_and_the_worker_before_the_outbox(sq
                 holding.set()
                 assert not uow.contended
                 await release.wait()
-                assert uow.contended  # the others queue behind it
+                assert uow.contended  # a webhook waits: a batch would commit and let it in
             order.append("first")
 
         async def queued(name: str, priority: int) -> None:

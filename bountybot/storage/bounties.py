@@ -8,7 +8,7 @@ replay queues nothing new) and the audit trail. It never commits: the unit of wo
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete
@@ -201,10 +201,12 @@ async def insert_ignoring_duplicates(session: AsyncSession, table: Any,
 
 
 async def save_decision(session: AsyncSession, repo: t.Repo, issue: IssueRef,
-                        decision: Decision, *, source: str, now: datetime) -> int | None:
+                        decision: Decision, *, source: str, now: datetime,
+                        summary_delay: float = 0.0) -> int | None:
     """Write a decision; `source` names what caused it (a delivery, a command line, a sweep)
     and keys its outbox messages, so the same cause never queues the same message twice.
-    Returns the task id, if there is a task."""
+    A summary is due `summary_delay` seconds later: the changes of a burst then coalesce into
+    one edit. Returns the task id, if there is a task."""
     b = decision.bounty
     task_id = (await _save_task(session, repo, b, now, decision.before)
                if b is not None else None)
@@ -238,9 +240,10 @@ async def save_decision(session: AsyncSession, repo: t.Repo, issue: IssueRef,
                    "text": message.text}
         lane = (f"summary:{task_id}" if message.kind == "summary"
                 else f"issue:{repo.id}:{issue.number}")
+        due = now + timedelta(seconds=summary_delay) if message.kind == "summary" else now
         queued.append(dict(
             task_id=task_id, kind=message.kind, payload=payload, dedup_key=key[:255], lane=lane,
-            state=t.OutboxState.PENDING, attempts=0, next_attempt_at=now, created_at=now))
+            state=t.OutboxState.PENDING, attempts=0, next_attempt_at=due, created_at=now))
     if queued:
         await session.exec(insert_for(session)(t.Outbox).values(queued).on_conflict_do_nothing())
     if decision.trail:

@@ -64,6 +64,10 @@ class _Turn:
     def waiting(self) -> int:
         return len(self.queue)
 
+    def waiting_before(self, priority: int) -> int:
+        """How many wait with a more urgent priority than `priority`."""
+        return sum(1 for p, _, _ in self.queue if p < priority)
+
     async def acquire(self, priority: int) -> None:
         if not self.held and not self.queue:
             self.held = True
@@ -150,9 +154,9 @@ class UnitOfWork:
 
     @property
     def contended(self) -> bool:
-        """Another unit of work of this process waits for SQLite's write lock: a long batch
-        should commit what it has and let it in (always False on PostgreSQL)."""
-        return self._turn is not None and self._turn.waiting > 0
+        """A more urgent unit of work of this process waits for SQLite's write lock: a long
+        batch should commit what it has and let it in (always False on PostgreSQL)."""
+        return self._turn is not None and self._turn.waiting_before(self._priority) > 0
 
     async def __aexit__(
         self,
