@@ -24,9 +24,7 @@ log = logging.getLogger("bountybot")
 
 # What each command still waits for, said plainly instead of pretending it works.
 COMING = {
-    "export": "the public API and export issue (GET /api/v1/export.json and .csv)",
-    "sync": "the GitHub and GitLab forge issues (reconciliation with the forges)",
-    "payouts": "the payments issue (listing and marking payouts paid)",
+    "sync": "the scheduling and reconciliation issue",
     "demo": "the demo issue (a local forge, made-up secrets, a scripted story)",
 }
 
@@ -71,10 +69,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.set_defaults(run=cmd_audit)
 
+    export = commands.add_parser(
+        "export", parents=[config], help="export everything: repos, tasks, ledger, audit trail"
+    )
+    export.add_argument("--format", choices=["json", "csv"], default="json")
+    export.add_argument("--output", "-o", metavar="FILE", help="write here (default: stdout)")
+    export.set_defaults(run=cmd_export)
+
+    payouts = commands.add_parser(
+        "payouts", parents=[config], help="list the payouts due; mark one paid"
+    )
+    payouts.set_defaults(run=cmd_payouts, payouts_command=None)
+    payout_commands = payouts.add_subparsers(dest="payouts_command", metavar="PAYOUTS_COMMAND")
+    # `--config` may come before or after `mark-paid`; here it must not reset the first.
+    config_again = argparse.ArgumentParser(add_help=False)
+    config_again.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                              help="TOML configuration file")
+    paid = payout_commands.add_parser(
+        "mark-paid", parents=[config_again], help="record that a payout was paid outside the bot"
+    )
+    paid.add_argument("id", type=int, help="the payout's id (from `bountybot payouts`)")
+    paid.add_argument("--reference", required=True,
+                      help="what identifies the payment (transfer id, receipt...)")
+    paid.set_defaults(run=cmd_payouts)
+
     for name, summary in (
-        ("export", "export everything (tasks, pledges, ledger)"),
         ("sync", "reconcile tasks with the forges"),
-        ("payouts", "list pending payouts and mark them paid"),
         ("demo", "run a local demonstration"),
     ):
         sub = commands.add_parser(name, parents=[config], help=f"{summary} (not available yet)")
@@ -287,6 +307,81 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise _database_error(settings, "audit", e) from None
     print(report.render())
     return 0 if report.ok else 1
+
+
+# export and payouts ----------------------------------------------------------------------------
+
+
+def _with_books(settings: Settings, doing: str, work: Any) -> Any:
+    """Run `work(sessionmaker)` on the configured database, at the current schema."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bountybot.storage.engine import create_engine, create_sessionmaker
+
+    _require_head(settings)
+
+    async def run() -> Any:
+        engine = create_engine(settings.database.url)
+        try:
+            return await work(create_sessionmaker(engine))
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except (SQLAlchemyError, OSError) as e:
+        raise _database_error(settings, doing, e) from None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bountybot.export import export_csv, export_json
+
+    settings = load_settings(args)
+    setup_logging(settings, level=log_level())
+    out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
+
+    async def write(chunk: bytes) -> None:
+        out.write(chunk)
+
+    async def work(sessionmaker: Any) -> None:
+        export = export_json if args.format == "json" else export_csv
+        await export(sessionmaker, write, locale=settings.bot.locale)
+
+    try:
+        _with_books(settings, "export", work)
+    finally:
+        out.flush()
+        if args.output:
+            out.close()
+    if args.output:
+        print(f"exported the books to {args.output} ({args.format})", file=sys.stderr)
+    return 0
+
+
+def cmd_payouts(args: argparse.Namespace) -> int:
+    from bountybot.payouts import PayoutError, due_payouts, mark_paid
+
+    settings = load_settings(args)
+    setup_logging(settings, level=log_level())
+    if args.payouts_command == "mark-paid":
+        try:
+            amount = _with_books(settings, "mark a payout paid", lambda sm: mark_paid(
+                sm, settings, args.id, args.reference))
+        except PayoutError as e:
+            raise CommandError(f"payouts mark-paid: {e}", code=1) from None
+        from bountybot.money import format_money
+
+        print(f"payout {args.id} of {format_money(amount, settings.bot.locale)} marked paid"
+              f" (reference {args.reference})")
+        return 0
+    due = _with_books(settings, "list payouts", due_payouts)
+    if not due:
+        print("no payout is due")
+        return 0
+    print(f"{'id':>6}  {'amount':>14}  {'developer':<21}  task  state")
+    for payout in due:
+        print(payout.line(settings.bot.locale))
+    return 0
 
 
 # not yet -------------------------------------------------------------------------------------

@@ -450,6 +450,13 @@ class Settings(BaseSettings):
         if pk is not None and self.github.app_id is not None and not pk.is_file():
             problems.append(f"github.private_key_file {pk} is not a readable file")
         if self.payments.provider == "stripe":
+            problems.append("payments.provider = stripe is not available in this version yet:"
+                            " use manual")
+        if self.payments.manual_confirm:
+            problems.append("payments.manual_confirm = true would leave every pledge pending:"
+                            " confirming them (bountybot pledges confirm) is not available in"
+                            " this version yet")
+        if self.payments.provider == "stripe":
             for key in ("api_key", "webhook_secret"):
                 if getattr(self.stripe, key) is None:
                     problems.append(

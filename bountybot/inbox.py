@@ -298,7 +298,7 @@ class DeliveryWorker:
                          and error.retry_after else self.retry_delay * 2 ** (row.attempts - 1))
                 row.next_attempt_at = now + timedelta(seconds=min(delay, 3600.0))
                 finished = False
-        event(log, "delivery.failed" if finished else "delivery.retry", level=logging.WARNING,
+        event(log, "delivery.failed" if finished else "delivery.retry", logging.WARNING,
               delivery=name, attempts=row.attempts, error=row.error)
         return finished
 

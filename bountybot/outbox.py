@@ -140,7 +140,7 @@ class OutboxSender:
         self.lease = lease
         self.rng = rng or random.Random()
         # Writes per minute kept for summaries and replies: reactions are skipped below it.
-        self.reaction_reserve = (governor.per_minute // 4 if reaction_reserve is None
+        self.reaction_reserve = (governor.per_minute // 2 if reaction_reserve is None
                                  else reaction_reserve)
 
     # -- the loop ---------------------------------------------------------------------------
@@ -319,7 +319,9 @@ class OutboxSender:
 
     @staticmethod
     def _key(repo: RepoRef) -> str:
-        return repo.installation_id or f"{repo.forge}:{repo.full_path}"
+        # GitHub counts an app's writes per installation, and a token's per token (one token
+        # serves every repo of this service).
+        return repo.installation_id or f"{repo.forge}:token"
 
     async def _call(self, job: _Job, write: bool, call: Callable[[], Awaitable[T]]) -> T:
         assert job.repo is not None

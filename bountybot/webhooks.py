@@ -155,7 +155,7 @@ async def github_webhook(request: web.Request) -> web.Response:
         return body
     if not github_signature_ok(secret.get_secret_value(), body,
                                request.headers.get("X-Hub-Signature-256")):
-        event(log, "webhook.bad_signature", level=logging.WARNING, forge="github",
+        event(log, "webhook.bad_signature", logging.WARNING, forge="github",
               remote=request.remote)
         return _json_error(401, "bad or missing X-Hub-Signature-256")
     delivery_id = request.headers.get("X-GitHub-Delivery")
@@ -167,8 +167,13 @@ async def github_webhook(request: web.Request) -> web.Response:
     return await store_delivery(request, "github", delivery_id, kind, body)
 
 
+async def gitlab_webhook(request: web.Request) -> web.Response:
+    return _json_error(404, "GitLab is not supported by this version of bountybot yet")
+
+
 def setup(app: web.Application) -> None:
     app.router.add_post("/webhooks/github", github_webhook)
+    app.router.add_post("/webhooks/gitlab", gitlab_webhook)
     app.cleanup_ctx.append(_inbox)
 
 

@@ -182,7 +182,7 @@ def test_db_upgrade_then_audit(cli_env: Path, capsys: pytest.CaptureFixture[str]
     assert "all invariants hold" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ["export", "sync", "payouts", "demo"])
+@pytest.mark.parametrize("command", ["sync", "demo"])
 def test_coming_commands_say_so(
     cli_env: Path, capsys: pytest.CaptureFixture[str], command: str
 ) -> None:

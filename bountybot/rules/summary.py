@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
+from babel.numbers import format_decimal
+
 from bountybot.i18n import register, translate
 from bountybot.money import Money, format_money
 from bountybot.rules.model import Bounty
@@ -138,7 +142,10 @@ def render_summary(b: Bounty, locale: str, fee_bp: int) -> str:
         out.append(f"**{t('summary.payouts')}:** {items}")
     out.append("")
     if fee_bp:
-        fee = f"{fee_bp // 100}" + (f".{fee_bp % 100:02d}".rstrip("0") if fee_bp % 100 else "")
+        try:
+            fee = format_decimal(Decimal(fee_bp) / 100, locale=locale.replace("-", "_"))
+        except (ValueError, LookupError):
+            fee = format_decimal(Decimal(fee_bp) / 100, locale="en")
         out.append(t("summary.fee", fee=fee))
     else:
         out.append(t("summary.nofee"))

@@ -1,0 +1,84 @@
+"""Payouts for the operator: what is due, and marking one paid (the manual provider's job)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bountybot.config import Settings
+from bountybot.money import Money, format_money
+from bountybot.rules import IssueRef, PayoutPaid, Refused, decide_event
+from bountybot.rules.policy import policy_from_settings
+from bountybot.storage import tables as t
+from bountybot.storage.bounties import load_bounty, save_decision
+from bountybot.storage.uow import UnitOfWork
+
+
+@dataclass(frozen=True)
+class DuePayout:
+    id: int
+    task_id: int
+    repo: str
+    number: int
+    developer: str
+    amount: Money
+    state: str
+    created_at: datetime
+
+    def line(self, locale: str) -> str:
+        return (f"{self.id:>6}  {format_money(self.amount, locale):>14}  @{self.developer:<20}"
+                f"  {self.repo}#{self.number}  {self.state}  since {self.created_at:%Y-%m-%d}")
+
+
+async def due_payouts(sessionmaker: async_sessionmaker[AsyncSession]) -> list[DuePayout]:
+    """Payouts not paid yet (pending or failed), oldest first."""
+    async with sessionmaker() as session:
+        rows = (await session.exec(
+            select(t.Payout, t.Task, t.Repo)
+            .join(t.Task, col(t.Task.id) == t.Payout.task_id)
+            .join(t.Repo, col(t.Repo.id) == t.Task.repo_id)
+            .where(col(t.Payout.state).in_(["pending", "failed"]))
+            .order_by(col(t.Payout.id)))).all()
+    return [DuePayout(t.id_of(p), t.id_of(task), repo.full_path, task.number, p.developer,
+                      Money(p.amount_minor, p.currency), str(p.state), p.created_at)
+            for p, task, repo in rows]
+
+
+class PayoutError(Exception):
+    """Why a payout cannot be marked paid, in one sentence."""
+
+
+async def mark_paid(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings,
+                    payout_id: int, reference: str, *, who: str = "operator",
+                    now: datetime | None = None) -> Money:
+    """Record that payout `payout_id` was paid outside the bot (a bank transfer, Liberapay…),
+    with the reference people can check. Once only: a second time is refused."""
+    reference = reference.strip()
+    if not reference:
+        raise PayoutError("a reference is needed (the transfer's id, a receipt number...)")
+    now = now or datetime.now(UTC)
+    async with UnitOfWork(sessionmaker) as uow:
+        payout = await uow.session.get(t.Payout, payout_id)
+        if payout is None:
+            raise PayoutError(f"there is no payout {payout_id}")
+        task = await uow.session.get(t.Task, payout.task_id)
+        assert task is not None
+        repo = await uow.session.get(t.Repo, task.repo_id)
+        assert repo is not None
+        bounty = await load_bounty(uow.session, repo, task.number, lock=True)
+        issue = IssueRef(repo.forge, repo.full_path, task.number, task.title, task.url)
+        policy = policy_from_settings(settings, locale=repo.locale, currency=repo.currency)
+        try:
+            decision = decide_event(bounty, issue, PayoutPaid(payout_id, reference[:255]),
+                                    policy, now)
+        except Refused as refusal:
+            raise PayoutError(refusal.message("en")) from None
+        decision.trail[:] = [type(item)(who, item.action, item.detail)
+                             for item in decision.trail]
+        await save_decision(uow.session, repo, issue, decision,
+                            source=f"cli:payout:{payout_id}", now=now)
+        return Money(payout.amount_minor, payout.currency)
