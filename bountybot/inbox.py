@@ -35,6 +35,8 @@ from bountybot.rules import (
     Bounty,
     Comment,
     IssueRef,
+    LinkClosed,
+    LinkOpened,
     decide_comment,
     decide_event,
     needs_maintainer,
@@ -56,6 +58,11 @@ def utc_now() -> datetime:
 def normalize(forge: str, kind: str, payload: dict[str, Any], settings: Settings) -> Normalized:
     if forge == "github":
         return normalize_github(kind, payload, label=settings.bot.label,
+                                bot_login=settings.bot.login)
+    if forge == "gitlab":
+        from bountybot.forges.gitlab_events import normalize as normalize_gitlab
+
+        return normalize_gitlab(kind, payload, label=settings.bot.label,
                                 bot_login=settings.bot.login)
     return Normalized(ignored=f"no adapter for {forge}")
 
@@ -159,7 +166,15 @@ class DeliveryWorker:
         return finished
 
     async def _who(self, h: Happening) -> Happening:
-        """Ask the forge whether a commenter maintains the repo, only when it matters."""
+        """Ask the forge what the payload does not say: a merge request author's name (GitLab
+        gives only an id), and whether a commenter maintains the repo, only when it matters."""
+        if h.author_id is not None and isinstance(h.what, LinkOpened | LinkClosed):
+            ref = h.repo or RepoRef("gitlab", "", h.repo_path)
+            client = self.clients.get(ref.forge)
+            if client is None:
+                raise ForgeError(f"no {ref.forge} client to name user {h.author_id}")
+            login = await client.username(ref, h.author_id)
+            return replace(h, what=replace(h.what, author=login), author_id=None)
         what = h.what
         if not isinstance(what, Comment) or h.repo is None:
             return h

@@ -49,11 +49,15 @@ RUNTIME = web.AppKey("runtime", Runtime)
 def forge_clients(settings: Settings) -> dict[str, ForgeClient]:
     """A client for each forge that is on."""
     from bountybot.forges.github import client_from_settings as github_client
+    from bountybot.forges.gitlab import client_from_settings as gitlab_client
 
     clients: dict[str, ForgeClient] = {}
     github = github_client(settings)
     if github is not None:
         clients["github"] = github
+    gitlab = gitlab_client(settings)
+    if gitlab is not None:
+        clients["gitlab"] = gitlab
     return clients
 
 

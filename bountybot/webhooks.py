@@ -168,7 +168,31 @@ async def github_webhook(request: web.Request) -> web.Response:
 
 
 async def gitlab_webhook(request: web.Request) -> web.Response:
-    return _json_error(404, "GitLab is not supported by this version of bountybot yet")
+    settings = request.app[SETTINGS]
+    secret = settings.gitlab.webhook_secret
+    if secret is None or not settings.gitlab.enabled():
+        return _json_error(404, "GitLab is off on this service: set BOUNTYBOT_GITLAB_WEBHOOK_SECRET"
+                                " and BOUNTYBOT_GITLAB_TOKEN to turn it on")
+    body = await _read_body(request)
+    if isinstance(body, web.Response):
+        return body
+    if not gitlab_token_ok(secret.get_secret_value(), request.headers.get("X-Gitlab-Token")):
+        event(log, "webhook.bad_token", logging.WARNING, forge="gitlab", remote=request.remote)
+        return _json_error(401, "bad or missing X-Gitlab-Token")
+    kind = request.headers.get("X-Gitlab-Event")
+    if not kind:
+        return _json_error(400, "the X-Gitlab-Event header is required")
+    # Idempotency-Key is stable across GitLab's own retries (17.4+); before that, the event
+    # UUID names one delivery of one kind.
+    delivery_id = request.headers.get("Idempotency-Key")
+    if not delivery_id:
+        uuid = request.headers.get("X-Gitlab-Event-UUID")
+        if not uuid:
+            return _json_error(400, "Idempotency-Key or X-Gitlab-Event-UUID is required")
+        delivery_id = f"{uuid}:{kind}"
+    if not _parses(body):
+        return _json_error(400, "the body is not a JSON object")
+    return await store_delivery(request, "gitlab", delivery_id, kind, body)
 
 
 def setup(app: web.Application) -> None:

@@ -35,6 +35,10 @@ from bountybot.storage import migrate
 from bountybot.storage.engine import create_engine, create_sessionmaker
 from bountybot.storage.tables import metadata
 
+# The local forges, as fixtures for every test module (github_server, gitlab_server).
+from fakes.github import github_server  # noqa: F401
+from fakes.gitlab import gitlab_server  # noqa: F401
+
 PG_DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 T = TypeVar("T")

@@ -19,7 +19,7 @@ from bountybot.config import Settings
 from bountybot.forges.base import ForgeError, RepoRef
 from bountybot.forges.github import GitHubClient, client_from_settings
 
-from fakes.github import FakeGitHub, github_server  # noqa: F401
+from fakes.github import FakeGitHub
 
 TOKEN = "ghp_" + "Zq81vXw2LmT4" * 3  # a personal token's shape: ghp_ + 36 characters
 REPO = RepoRef("github", "1296269", "octo/widgets")
@@ -47,7 +47,7 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def fake(github_server: FakeGitHub) -> FakeGitHub:  # noqa: F811
+async def fake(github_server: FakeGitHub) -> FakeGitHub:
     github_server.accept_token(TOKEN)
     github_server.add_repo("octo/widgets", 1296269)
     return github_server

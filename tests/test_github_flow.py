@@ -13,12 +13,11 @@ from bountybot.ledger.audit import run_audit
 from bountybot.states import ClaimState, LinkState, PayoutState, PledgeState, TaskState
 from bountybot.storage import tables as t
 
-from fakes.github import github_server  # noqa: F401
 from github_harness import REPO, SECRET, TOKEN, GitHubBot, sign
 
 
 @pytest.fixture
-async def bot(db_url, github_server):  # noqa: F811
+async def bot(db_url, github_server):
     bot = await GitHubBot.start(db_url, github_server)
     try:
         yield bot
@@ -99,7 +98,7 @@ async def test_a_redelivery_changes_nothing(bot: GitHubBot):
 
 
 async def test_bad_signature_malformed_and_oversized_bodies_change_nothing(db_url,
-                                                                        github_server):  # noqa: F811
+                                                                        github_server):
     bot = await GitHubBot.start(db_url, github_server, max_body=4096)
     try:
         body = json.dumps({"zen": "x"}).encode()
@@ -192,7 +191,7 @@ async def test_bots_are_never_read(bot: GitHubBot):
     assert (await bot.task(1)).pledges == []
 
 
-async def test_a_burst_of_pledges_stays_inside_the_write_budget(db_url, github_server):  # noqa: F811
+async def test_a_burst_of_pledges_stays_inside_the_write_budget(db_url, github_server):
     from sqlalchemy import func
     from sqlmodel import select
 

@@ -58,3 +58,8 @@ class ForgeClient(Protocol):
     async def react(self, repo: RepoRef, number: int, comment_id: str) -> None:
         """Acknowledge a comment (+1 on GitHub, an award emoji on GitLab)."""
         ...
+
+    async def username(self, repo: RepoRef, user_id: int) -> str:
+        """The username of the forge user `user_id` (cached): GitLab's Merge Request Hook
+        names the author only by id. GitHub's payloads always carry logins."""
+        ...

@@ -19,6 +19,9 @@ class Happening:
     what: Comment | Event
     title: str = ""
     url: str = ""
+    # GitLab's Merge Request Hook names the MR's author only by id: the worker asks the forge
+    # for the username (`ForgeClient.username`) and puts it in the LinkOpened/LinkClosed.
+    author_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -200,6 +200,10 @@ class GitHubClient:
         await self._request(repo, "PATCH", f"{_repo_path(repo)}/issues/comments/{int(comment_id)}",
                             body={"body": body})
 
+    async def username(self, repo: RepoRef, user_id: int) -> str:
+        """GitHub payloads always carry logins; nothing asks this of GitHub."""
+        raise ForgeError("GitHub users are named in the payloads, not looked up by id")
+
     async def react(self, repo: RepoRef, number: int, comment_id: str) -> None:
         # 201 for a new reaction, 200 when the bot had already reacted: both are success.
         await self._request(

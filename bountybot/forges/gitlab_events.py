@@ -1,0 +1,203 @@
+"""GitLab webhook payloads turned into normalized happenings (pure: no HTTP, no python-gitlab).
+
+Read by `X-Gitlab-Event` (`Issue Hook`, `Note Hook`, `Merge Request Hook`, their `Confidential`
+variants, or the payload's `object_kind` passed as the event); anything else normalizes to
+nothing, with the reason. Issues and merge requests are numbered by `iid`, the per-project
+number people see, never by the global `id`.
+
+What GitLab's payloads do not say, and what this module does about it:
+
+- Closed as what: an Issue Hook `close` carries no reason like GitHub's `state_reason`
+  (`duplicated_to_id` and `moved_to_id` say where an issue went, not whether its work was
+  wanted), so every close is `IssueClosed(not_planned=False)`: the task stays, and a maintainer
+  who wants the money back removes the label or says `/cancel`.
+- Note edits: a Note Hook `update` (GitLab 16.11+) sends only the new text, with no `changes`
+  and no previous body, and its `user` is whoever edited (a maintainer may edit anyone's note).
+  The commands an edit adds cannot be told from those it repeats, so edits are not read.
+- Merge request authors: a Merge Request Hook names the author only by `object_attributes.
+  author_id` (its `user` is whoever acted, e.g. merged), so links carry `author=""` and the
+  happening carries `author_id` for the worker to resolve.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from bountybot.forges.base import RepoRef
+from bountybot.forges.events import Happening, Normalized
+from bountybot.forges.links import closing_refs, same_repo
+from bountybot.rules import (
+    Actor,
+    Comment,
+    Event,
+    IssueClosed,
+    IssueRetitled,
+    LabelAdded,
+    LabelRemoved,
+    LinkClosed,
+    LinkOpened,
+)
+
+FORGE = "gitlab"
+
+# The X-Gitlab-Event header, and the payload's object_kind, to the kind of hook it is.
+_KINDS = {
+    "Issue Hook": "issue", "Confidential Issue Hook": "issue",
+    "Note Hook": "note", "Confidential Note Hook": "note",
+    "Merge Request Hook": "merge_request",
+    "issue": "issue", "note": "note", "merge_request": "merge_request",
+}
+_APPROVALS = frozenset({"approved", "unapproved", "approval", "unapproval"})
+
+# Bot users GitLab makes for project and group access tokens: `project_<id>_bot_<hex>` and
+# `group_<id>_bot_<hex>` today, `project_<id>_bot` / `project_<id>_bot<n>` in older GitLab.
+_TOKEN_BOT = re.compile(r"(?:project|group)_\d+_bot(?:_[0-9a-f]+)?\d*")
+
+
+def is_bot_user(user: dict[str, Any]) -> bool:
+    """Whether a webhook `user` is a bot. Webhook user objects carry no `bot` flag (only the
+    Users API does), so the username decides: `bot: true` if present; access token bots
+    (`project_<id>_bot_<hex>`, `group_<id>_bot_<hex>`); service accounts
+    (`service_account_...`, e.g. review bots); and any name ending in `-bot` or `_bot`, which
+    covers GitLab's own (`support-bot` posts Service Desk mail, `alert-bot`, ...)."""
+    if user.get("bot") is True:
+        return True
+    name = (user.get("username") or "").lower()
+    return (bool(_TOKEN_BOT.fullmatch(name)) or name.startswith("service_account_")
+            or name.endswith(("-bot", "_bot")))
+
+
+def _repo(project: dict[str, Any]) -> RepoRef:
+    return RepoRef(FORGE, str(project["id"]), project["path_with_namespace"], None)
+
+
+def _titles(labels: list[dict[str, Any]] | None) -> set[str]:
+    return {(item.get("title") or "").lower() for item in labels or []}
+
+
+def normalize(event: str, payload: dict[str, Any], *, label: str, bot_login: str) -> Normalized:
+    """Read one delivery. Unknown events and actions normalize to nothing (with the reason).
+    `bot_login` is unused: GitLab note edits are not read (see the module docstring)."""
+    kind = _KINDS.get(event)
+    if kind is None:
+        return Normalized(ignored=f"event {event} is not used")
+    object_kind = payload.get("object_kind")
+    if object_kind == "work_item" and kind == "issue":
+        kind_of = (payload.get("object_attributes") or {}).get("type") or "work item"
+        return Normalized(ignored=f"a {kind_of} is not an issue")
+    if object_kind is not None and object_kind != kind:
+        return Normalized(ignored=f"event {event} carries a {object_kind} payload")
+    project = payload.get("project")
+    if not isinstance(project, dict):  # a group-level work item (an epic) has no project
+        return Normalized(ignored=f"{kind} outside a project")
+    if kind == "issue":
+        return _issue(payload, _repo(project), label)
+    if kind == "note":
+        return _note(payload, _repo(project), project)
+    return _merge_request(payload, _repo(project), project)
+
+
+def _issue(payload: dict[str, Any], repo: RepoRef, label: str) -> Normalized:
+    attrs = payload["object_attributes"]
+    action = attrs.get("action")
+    if attrs.get("type") not in (None, "Issue"):
+        return Normalized(ignored=f"a {attrs['type']} is not an issue")
+    changes = payload.get("changes") or {}
+    ours = label.lower()
+    events: list[Event] = []
+    if "labels" in changes:
+        before = _titles(changes["labels"].get("previous"))
+        now = _titles(changes["labels"].get("current"))
+        if ours in now - before:
+            events.append(LabelAdded())
+    else:
+        before, now = set(), _titles(payload.get("labels") or attrs.get("labels"))
+        if action == "open" and ours in now:  # opened with the label on
+            events.append(LabelAdded())
+    if "title" in changes:
+        events.append(IssueRetitled(attrs.get("title") or changes["title"].get("current") or ""))
+    # Removing the label before the close: a maintainer who does both wants the task cancelled,
+    # not told that it was closed unpaid.
+    if ours in before - now:
+        events.append(LabelRemoved())
+    if action == "close":
+        events.append(IssueClosed(not_planned=False))
+    if not events:
+        return Normalized(ignored=f"issue {action} changes nothing")
+    number, title, url = attrs["iid"], attrs.get("title") or "", attrs.get("url") or ""
+    return Normalized(happenings=[Happening(repo.full_path, repo, number, ev, title, url)
+                                  for ev in events])
+
+
+def _note(payload: dict[str, Any], repo: RepoRef, project: dict[str, Any]) -> Normalized:
+    attrs = payload["object_attributes"]
+    if attrs.get("noteable_type") != "Issue":
+        return Normalized(ignored=f"note on a {attrs.get('noteable_type')}")
+    action = attrs.get("action", "create")  # before GitLab 16.11 notes were only created
+    if action == "update":
+        return Normalized(ignored="note edits are not read: GitLab does not send the old text")
+    if action != "create":
+        return Normalized(ignored=f"note {action}")
+    if attrs.get("system"):
+        return Normalized(ignored="system note")
+    issue = payload["issue"]
+    if issue.get("type") not in (None, "Issue"):
+        return Normalized(ignored=f"note on a {issue['type']}")
+    user = payload["user"]
+    number = issue["iid"]
+    url = issue.get("url") or f"{project.get('web_url', '').rstrip('/')}/-/issues/{number}"
+    what = Comment(str(attrs["id"]), Actor(user["username"], is_bot=is_bot_user(user)),
+                   attrs.get("note") or "")
+    return Normalized(happenings=[Happening(repo.full_path, repo, number, what,
+                                            issue.get("title") or "", url)])
+
+
+def _merge_request(payload: dict[str, Any], repo: RepoRef,
+                   project: dict[str, Any]) -> Normalized:
+    mr = payload["object_attributes"]
+    action, state = mr.get("action"), mr.get("state")
+    if action in _APPROVALS:
+        return Normalized(ignored=f"merge request {action}")
+    web = urlsplit(project.get("web_url") or "https://gitlab.com")
+    # A self-managed GitLab under a relative URL root (https://host/gitlab/group/project):
+    # issue URLs carry the root, which is no part of a project's path.
+    root = web.path.rstrip("/").removesuffix(repo.full_path).rstrip("/")
+
+    def refs(title: str | None, description: str | None) -> list[tuple[str, int]]:
+        text = f"{title or ''}\n{description or ''}"
+        if root:
+            text = text.replace(f"{web.netloc}{root}/", f"{web.netloc}/")
+        return closing_refs(text, forge=FORGE, repo_path=repo.full_path, web_host=web.netloc)
+
+    number, url = mr["iid"], mr.get("url")
+    now = refs(mr.get("title"), mr.get("description"))
+    events: list[tuple[str, int, Event]] = []
+    if action == "merge" or (action is None and state == "merged"):
+        events = [(path, n, LinkClosed(number, "", merged=True, url=url)) for path, n in now]
+    elif action == "close" or (action is None and state == "closed"):
+        events = [(path, n, LinkClosed(number, "", merged=False, url=url)) for path, n in now]
+    elif action == "update" and state in ("merged", "closed"):
+        # An edit after the fact must not link (or, merged, pay for) an issue the merge
+        # request did not close when it ended.
+        return Normalized(ignored=f"merge request update while {state}")
+    elif action in ("open", "reopen", "update") or (action is None and state == "opened"):
+        events = [(path, n, LinkOpened(number, "", url)) for path, n in now]
+        if action == "update":
+            changes = payload.get("changes") or {}
+            title, description = changes.get("title"), changes.get("description")
+            before = refs(title.get("previous") if title else mr.get("title"),
+                          description.get("previous") if description else mr.get("description"))
+            kept = {(path.lower(), n) for path, n in now}
+            events += [(path, n, LinkClosed(number, "", merged=False, url=url))
+                       for path, n in before if (path.lower(), n) not in kept]
+    if not events:
+        return Normalized(ignored=f"merge request {action} links no issue")
+    author_id = mr.get("author_id")
+    # An issue of another project is named by path only: the worker looks the project up.
+    return Normalized(happenings=[
+        Happening(repo.full_path, repo, n, ev, author_id=author_id)
+        if same_repo(path, repo.full_path) else Happening(path, None, n, ev, author_id=author_id)
+        for path, n, ev in events
+    ])
