@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,10 @@ class Runtime:
     """What the background loops share with the request handlers (and the tests)."""
 
     clients: dict[str, ForgeClient] = field(default_factory=dict)
-    governor: Governor = field(default_factory=Governor)
+    # GitHub allows 80 content-creating requests a minute and 500 an hour. The governor counts
+    # a write when its slot is granted; the request itself leaves a moment later (a worker
+    # thread must pick it up), so a tenth is kept in hand for that drift.
+    governor: Governor = field(default_factory=lambda: Governor(per_minute=72, per_hour=450))
     wake_worker: asyncio.Event = field(default_factory=asyncio.Event)
     wake_outbox: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -85,6 +89,10 @@ async def _loops(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
     settings = app[SETTINGS]
     sessionmaker = app[SESSIONMAKER]
+    # The forge libraries are blocking and run in threads (asyncio.to_thread); enough of them
+    # that a granted write does not wait long in a queue before it leaves.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=32, thread_name_prefix="forge"))
     own_clients = not runtime.clients
     if own_clients:
         runtime.clients.update(forge_clients(settings))
