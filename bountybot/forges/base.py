@@ -7,8 +7,25 @@ imports a forge library. Tests implement it too, or point the real adapter at a 
 
 from __future__ import annotations
 
+import email.utils
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
+
+# How long to wait when a forge says "slow down" without saying for how long.
+DEFAULT_RATE_LIMIT_WAIT = 60.0
+
+
+def parse_retry_after(value: str, now: datetime) -> float:
+    """Seconds to wait from a `Retry-After` header: a number of seconds, or an HTTP date."""
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:  # the other form RFC 9110 allows: an HTTP date
+        return max((email.utils.parsedate_to_datetime(value) - now).total_seconds(), 0.0)
+    except (TypeError, ValueError):
+        return DEFAULT_RATE_LIMIT_WAIT
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import math
 import threading
 from collections.abc import Callable
@@ -15,7 +14,7 @@ import requests
 from github import Auth, Github, GithubException, GithubIntegration, RateLimitExceededException
 from requests.utils import parse_header_links
 
-from bountybot.forges.base import ForgeError, RepoRef
+from bountybot.forges.base import DEFAULT_RATE_LIMIT_WAIT, ForgeError, RepoRef, parse_retry_after
 
 if TYPE_CHECKING:
     from bountybot.config import Settings
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
 # A token must outlive the request that carries it: refresh this long before it expires.
 TOKEN_REFRESH_MARGIN = timedelta(minutes=1)
 # GitHub's advice when a rate-limit answer says nothing about when to come back.
-DEFAULT_RATE_LIMIT_WAIT = 60.0
 _MAINTAINER_ROLES = frozenset({"admin", "maintain", "write"})
 _MAX_MESSAGE = 200
 
@@ -181,7 +179,7 @@ class GitHubClient:
             message += f" {str(said)[:_MAX_MESSAGE]}"
         now = self._clock()
         if status >= 500:
-            wait = _parse_retry_after(headers["retry-after"], now) \
+            wait = parse_retry_after(headers["retry-after"], now) \
                 if "retry-after" in headers else None
             return ForgeError(message, status=status, retryable=True, retry_after=wait)
         if status in (403, 429):
@@ -262,7 +260,7 @@ def _rate_limit_wait(status: int, headers: dict[str, str], said_rate_limit: bool
     """Seconds to wait when a 403/429 is a rate limit (GitHub's documented order:
     Retry-After, then X-RateLimit-Reset when nothing remains, else a minute); None otherwise."""
     if "retry-after" in headers:
-        return _parse_retry_after(headers["retry-after"], now)
+        return parse_retry_after(headers["retry-after"], now)
     if headers.get("x-ratelimit-remaining", "").strip() == "0":
         try:
             return max(float(headers["x-ratelimit-reset"]) - now.timestamp(), 1.0)
@@ -271,17 +269,6 @@ def _rate_limit_wait(status: int, headers: dict[str, str], said_rate_limit: bool
     if status == 429 or said_rate_limit:
         return DEFAULT_RATE_LIMIT_WAIT
     return None
-
-
-def _parse_retry_after(value: str, now: datetime) -> float:
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:  # the other form RFC 9110 allows: an HTTP date
-        return max((email.utils.parsedate_to_datetime(value) - now).total_seconds(), 0.0)
-    except (TypeError, ValueError):
-        return DEFAULT_RATE_LIMIT_WAIT
 
 
 def client_from_settings(settings: Settings) -> GitHubClient | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -12,7 +11,7 @@ import gitlab
 import requests
 from gitlab.exceptions import GitlabError
 
-from bountybot.forges.base import ForgeError, RepoRef
+from bountybot.forges.base import DEFAULT_RATE_LIMIT_WAIT, ForgeError, RepoRef, parse_retry_after
 
 if TYPE_CHECKING:
     from bountybot.config import Settings
@@ -20,7 +19,6 @@ if TYPE_CHECKING:
 # The award emoji that acknowledges a command (👍).
 AWARD = "thumbsup"
 # When a 429 says nothing about when to come back.
-DEFAULT_RATE_LIMIT_WAIT = 60.0
 _MAX_MESSAGE = 200
 T = TypeVar("T")
 
@@ -117,7 +115,7 @@ class GitLabClient:
             return ForgeError(message, status=status, retryable=True,
                               retry_after=self._rate_limit_wait(headers))
         if status >= 500:
-            wait = _parse_retry_after(headers["retry-after"], self._clock()) \
+            wait = parse_retry_after(headers["retry-after"], self._clock()) \
                 if "retry-after" in headers else None
             return ForgeError(message, status=status, retryable=True, retry_after=wait)
         return ForgeError(message, status=status)
@@ -126,7 +124,7 @@ class GitLabClient:
         """GitLab's throttles send `Retry-After` (seconds) and `RateLimit-Reset` (epoch)."""
         now = self._clock()
         if "retry-after" in headers:
-            return _parse_retry_after(headers["retry-after"], now)
+            return parse_retry_after(headers["retry-after"], now)
         try:
             return max(float(headers["ratelimit-reset"]) - now.timestamp(), 1.0)
         except (KeyError, ValueError):
@@ -280,17 +278,6 @@ def _already_awarded(response: requests.Response | None) -> bool:
         return False
     return response.status_code == 409 or (
         response.status_code == 404 and "already been taken" in _said(response))
-
-
-def _parse_retry_after(value: str, now: datetime) -> float:
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:  # the other form RFC 9110 allows: an HTTP date
-        return max((email.utils.parsedate_to_datetime(value) - now).total_seconds(), 0.0)
-    except (TypeError, ValueError):
-        return DEFAULT_RATE_LIMIT_WAIT
 
 
 def client_from_settings(settings: Settings) -> GitLabClient | None:
