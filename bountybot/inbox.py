@@ -131,10 +131,6 @@ class DeliveryWorker:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def handle(self, delivery_id: int) -> bool:
-        """Apply one delivery; True when it is finished (handled or failed for good)."""
-        return await self.handle_batch([delivery_id]) == 1
-
     async def handle_batch(self, ids: list[int]) -> int:
         """Apply deliveries in id order, in one transaction with a savepoint each: one commit
         (and on SQLite one turn of the write lock) for a batch, while a delivery that fails
@@ -316,7 +312,3 @@ class DeliveryWorker:
         event(log, "delivery.failed" if finished else "delivery.retry", logging.WARNING,
               delivery=name, attempts=row.attempts, error=row.error)
         return finished
-
-
-def repo_ref(row: t.Repo) -> RepoRef:
-    return RepoRef(row.forge, row.forge_repo_id, row.full_path, row.installation_id)

@@ -49,7 +49,7 @@ from bountybot.governor import Busy, Governor
 from bountybot.logs import event
 from bountybot.rules.policy import policy_from_settings
 from bountybot.rules.summary import SUMMARY_MARKER, render_summary
-from bountybot.storage.bounties import load_bounty_by_id
+from bountybot.storage.bounties import load_bounty_by_id, repo_ref
 from bountybot.storage.tables import Outbox, OutboxState, Repo, Task, id_of
 from bountybot.storage.uow import LATER, UnitOfWork, for_update_skip_locked
 
@@ -261,8 +261,7 @@ class OutboxSender:
 
     def _job(self, row: Outbox, repo: Repo | None) -> _Job:
         p = row.payload
-        ref = None if repo is None else RepoRef(repo.forge, repo.forge_repo_id, repo.full_path,
-                                                 repo.installation_id)
+        ref = None if repo is None else repo_ref(repo)
         number = p.get("number")  # never trusted to exist: a bad row must not stop the claim
         return _Job(id=id_of(row), kind=row.kind, task_id=row.task_id,
                     number=number if isinstance(number, int) else 0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from bountybot.commands import Command, parse_comment
+from bountybot.commands import parse_comment
 from bountybot.forges.base import RepoRef
 from bountybot.forges.events import Happening, Normalized, Transfer
 from bountybot.forges.links import closing_refs
@@ -170,7 +170,3 @@ def _pull_request(action: str | None, payload: dict[str, Any]) -> Normalized:
     ]
     return Normalized(happenings=happenings)
 
-
-def commands_in(body: str, bot_login: str) -> list[Command]:
-    return [c for c in parse_comment(body, bot_login=bot_login, currency="EUR")
-            if isinstance(c, Command)]

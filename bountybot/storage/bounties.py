@@ -16,11 +16,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bountybot.forges.base import RepoRef
 from bountybot.ledger import check_balanced
 from bountybot.money import Money
 from bountybot.rules import Bounty, Claim, Decision, IssueRef, Link, Payout, Pledge
 from bountybot.storage import tables as t
-from bountybot.storage.uow import for_update_skip_locked
 
 
 async def ensure_repo(session: AsyncSession, forge: str, forge_repo_id: str, full_path: str,
@@ -39,6 +39,11 @@ async def ensure_repo(session: AsyncSession, forge: str, forge_repo_id: str, ful
         if installation_id and row.installation_id != installation_id:
             row.installation_id = installation_id
     return row
+
+
+def repo_ref(row: t.Repo) -> RepoRef:
+    """The forge's view of a stored repo."""
+    return RepoRef(row.forge, row.forge_repo_id, row.full_path, row.installation_id)
 
 
 def _money(minor: int | None, currency: str) -> Money | None:
@@ -191,15 +196,6 @@ def insert_for(session: AsyncSession) -> Any:
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
-async def insert_ignoring_duplicates(session: AsyncSession, table: Any,
-                                     values: dict[str, Any]) -> bool:
-    """INSERT ... ON CONFLICT DO NOTHING on either database; True when a row was written."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    result = await session.exec(insert(table).values(**values).on_conflict_do_nothing())
-    return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
 async def save_decision(session: AsyncSession, repo: t.Repo, issue: IssueRef,
                         decision: Decision, *, source: str, now: datetime,
                         summary_delay: float = 0.0) -> int | None:
@@ -271,5 +267,5 @@ async def load_books(session: AsyncSession) -> tuple[list[Bounty], list[Any]]:
     return bounties, journal
 
 
-__all__ = ["ensure_repo", "for_update_skip_locked", "insert_ignoring_duplicates", "load_books",
+__all__ = ["ensure_repo", "insert_for", "repo_ref", "load_books",
            "load_bounty", "load_bounty_by_id", "save_decision", "to_bounty"]
