@@ -31,6 +31,7 @@ from bountybot.forges.base import ForgeClient, ForgeError, RepoRef
 from bountybot.forges.events import Happening, Normalized, Transfer
 from bountybot.forges.github_events import normalize as normalize_github
 from bountybot.logs import event
+from bountybot.loops import wait_any
 from bountybot.rules import (
     Bounty,
     Comment,
@@ -126,10 +127,7 @@ class DeliveryWorker:
             if handled:
                 continue
             wake.clear()
-            waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waiters, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waiters:
-                waiter.cancel()
+            await wait_any((wake, stop), idle)
 
     async def handle_batch(self, ids: list[int]) -> int:
         """Apply deliveries in id order, in one transaction with a savepoint each: one commit

@@ -47,6 +47,7 @@ from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient, ForgeError, RepoRef
 from bountybot.governor import Busy, Governor
 from bountybot.logs import event
+from bountybot.loops import wait_any
 from bountybot.rules.policy import policy_from_settings
 from bountybot.rules.summary import SUMMARY_MARKER, render_summary
 from bountybot.storage.bounties import load_bounty_by_id, repo_ref
@@ -75,16 +76,11 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _lane_of(o: Any) -> ColumnElement[bool]:
-    """`o` is in the same lane as the outbox row being selected (see the module docstring)."""
-    return o.lane == col(Outbox.lane)
-
-
 def _behind(busy_after: datetime | None) -> ColumnElement[bool]:
     """An earlier pending message of the lane exists (one not due at `busy_after`, if given:
     in flight at another sender, or waiting for its retry)."""
     o = aliased(Outbox)
-    cond: list[Any] = [o.state == PENDING, o.id < col(Outbox.id), _lane_of(o)]
+    cond: list[Any] = [o.state == PENDING, o.id < col(Outbox.id), o.lane == col(Outbox.lane)]
     if busy_after is not None:
         cond.append(o.next_attempt_at > busy_after)
     return exists(select(o.id).where(*cond))
@@ -104,7 +100,7 @@ class _Job:
     look_first: bool  # it may already be on the forge: look for its marker before posting
     repo: RepoRef | None
     locale: str | None
-    lane: tuple[Any, ...]
+    lane: str
     leased_until: datetime
 
 
@@ -156,7 +152,7 @@ class OutboxSender:
                 break
             taken += claimed
             finished += done
-            lanes: dict[tuple[Any, ...], list[_Job]] = {}
+            lanes: dict[str, list[_Job]] = {}
             for job in jobs:
                 lanes.setdefault(job.lane, []).append(job)
             results = await asyncio.gather(*(self._run_lane(lane) for lane in lanes.values()),
@@ -190,10 +186,10 @@ class OutboxSender:
                 finished, delay = 0, poll
             if not finished:
                 delay = max(delay, 0.05)  # what is due but was not taken is at another sender
-            await _wait_any((wake, stop), min(delay, poll))
+            await wait_any((wake, stop), min(delay, poll))
             rest = pace - (asyncio.get_running_loop().time() - started)
             if rest > 0 and not stop.is_set():
-                await _wait_any((stop,), rest)
+                await wait_any((stop,), rest)
 
     async def _next_due_in(self) -> float:
         async with self.sessionmaker() as session:
@@ -253,11 +249,11 @@ class OutboxSender:
         others = (await s.exec(select(Outbox).where(
             Outbox.state == PENDING, col(Outbox.lane).in_({r.lane for r in rows}),
             col(Outbox.id) < max(taken), col(Outbox.id).not_in(taken)))).all()
-        first_other: dict[tuple[Any, ...], int] = {}
+        first_other: dict[str, int] = {}
         for o in others:
-            lane = _row_lane(o)
+            lane = o.lane
             first_other[lane] = min(first_other.get(lane, id_of(o)), id_of(o))
-        return [r for r in rows if id_of(r) < first_other.get(_row_lane(r), id_of(r) + 1)]
+        return [r for r in rows if id_of(r) < first_other.get(r.lane, id_of(r) + 1)]
 
     def _job(self, row: Outbox, repo: Repo | None) -> _Job:
         p = row.payload
@@ -267,7 +263,7 @@ class OutboxSender:
                     number=number if isinstance(number, int) else 0,
                     comment_id=p.get("comment_id"), text=p.get("text"), attempts=row.attempts,
                     look_first=row.attempts > 1 or row.last_error is not None, repo=ref,
-                    locale=None if repo is None else repo.locale, lane=_row_lane(row),
+                    locale=None if repo is None else repo.locale, lane=row.lane,
                     leased_until=row.next_attempt_at)
 
     # -- 2. call the forge ------------------------------------------------------------------
@@ -506,20 +502,6 @@ def _die(row: Outbox, error: str) -> None:
 def _log_dead(row: Outbox) -> None:
     event(log, "outbox.dead", logging.ERROR, id=row.id, kind=row.kind, task=row.task_id,
           attempts=row.attempts, error=row.last_error)
-
-
-def _row_lane(row: Outbox) -> tuple[Any, ...]:
-    return (row.lane,)
-
-
-async def _wait_any(events: Sequence[asyncio.Event], timeout: float) -> None:
-    waits = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waits, timeout=max(timeout, 0), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
-        await asyncio.gather(*waits, return_exceptions=True)
 
 
 # -- for the command line ------------------------------------------------------------------

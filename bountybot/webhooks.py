@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy.dialects import postgresql, sqlite
 
 from bountybot.app import SESSIONMAKER, SETTINGS
 from bountybot.logs import event
 from bountybot.storage import tables as t
+from bountybot.storage.bounties import insert_for
 from bountybot.storage.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,7 @@ async def insert_new(session: Any, rows: list[dict[str, Any]]) -> set[tuple[str,
     """Insert deliveries in one statement, skipping those already stored; returns the
     (forge, delivery id) of the rows written."""
     table = t.Delivery.__table__  # type: ignore[attr-defined]
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    stmt = (insert(table).values(rows).on_conflict_do_nothing()
+    stmt = (insert_for(session)(table).values(rows).on_conflict_do_nothing()
             .returning(table.c.forge, table.c.delivery_id))
     result = await session.exec(stmt)
     return {(forge, delivery) for forge, delivery in result.all()}
