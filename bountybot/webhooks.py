@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -143,60 +145,79 @@ async def store_delivery(request: web.Request, forge: str, delivery_id: str, kin
     return web.json_response({"status": "accepted", "delivery": delivery_id}, status=202)
 
 
-async def github_webhook(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
-    secret = settings.github.webhook_secret
-    if secret is None or not settings.github.enabled():
-        return _json_error(404, "GitHub is off on this service: set BOUNTYBOT_GITHUB_WEBHOOK_SECRET"
-                                " and a token or app to turn it on")
-    body = await _read_body(request)
-    if isinstance(body, web.Response):
-        return body
-    if not github_signature_ok(secret.get_secret_value(), body,
-                               request.headers.get("X-Hub-Signature-256")):
-        event(log, "webhook.bad_signature", logging.WARNING, forge="github",
-              remote=request.remote)
-        return _json_error(401, "bad or missing X-Hub-Signature-256")
-    delivery_id = request.headers.get("X-GitHub-Delivery")
-    kind = request.headers.get("X-GitHub-Event")
+@dataclass(frozen=True)
+class Edge:
+    """What differs between the forges at the door: how a delivery proves who sent it, and
+    how it names itself (its id, for deduplication, and its kind)."""
+
+    forge: str
+    name: str
+    turn_on: str  # what to set when the forge is off
+    authentic: Callable[[str, bytes, Mapping[str, str]], bool]
+    refused: str  # the 401 answer
+    refused_event: str  # the warning logged then
+    # (delivery id, kind), or the sentence of a 400 answer
+    identify: Callable[[Mapping[str, str]], tuple[str, str] | str]
+
+
+def _github_id(headers: Mapping[str, str]) -> tuple[str, str] | str:
+    delivery_id, kind = headers.get("X-GitHub-Delivery"), headers.get("X-GitHub-Event")
     if not delivery_id or not kind:
-        return _json_error(400, "X-GitHub-Delivery and X-GitHub-Event headers are required")
-    if not _parses(body):
-        return _json_error(400, "the body is not a JSON object")
-    return await store_delivery(request, "github", delivery_id, kind, body)
+        return "X-GitHub-Delivery and X-GitHub-Event headers are required"
+    return delivery_id, kind
 
 
-async def gitlab_webhook(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
-    secret = settings.gitlab.webhook_secret
-    if secret is None or not settings.gitlab.enabled():
-        return _json_error(404, "GitLab is off on this service: set BOUNTYBOT_GITLAB_WEBHOOK_SECRET"
-                                " and BOUNTYBOT_GITLAB_TOKEN to turn it on")
-    body = await _read_body(request)
-    if isinstance(body, web.Response):
-        return body
-    if not gitlab_token_ok(secret.get_secret_value(), request.headers.get("X-Gitlab-Token")):
-        event(log, "webhook.bad_token", logging.WARNING, forge="gitlab", remote=request.remote)
-        return _json_error(401, "bad or missing X-Gitlab-Token")
-    kind = request.headers.get("X-Gitlab-Event")
+def _gitlab_id(headers: Mapping[str, str]) -> tuple[str, str] | str:
+    kind = headers.get("X-Gitlab-Event")
     if not kind:
-        return _json_error(400, "the X-Gitlab-Event header is required")
+        return "the X-Gitlab-Event header is required"
     # Idempotency-Key is stable across GitLab's own retries (17.4+); before that, the event
     # UUID names one delivery of one kind.
-    delivery_id = request.headers.get("Idempotency-Key")
-    if not delivery_id:
-        uuid = request.headers.get("X-Gitlab-Event-UUID")
-        if not uuid:
-            return _json_error(400, "Idempotency-Key or X-Gitlab-Event-UUID is required")
-        delivery_id = f"{uuid}:{kind}"
+    delivery_id = headers.get("Idempotency-Key")
+    if delivery_id:
+        return delivery_id, kind
+    uuid = headers.get("X-Gitlab-Event-UUID")
+    if not uuid:
+        return "Idempotency-Key or X-Gitlab-Event-UUID is required"
+    return f"{uuid}:{kind}", kind
+
+
+GITHUB = Edge(
+    "github", "GitHub", "BOUNTYBOT_GITHUB_WEBHOOK_SECRET and a token or app",
+    lambda secret, body, headers: github_signature_ok(
+        secret, body, headers.get("X-Hub-Signature-256")),
+    "bad or missing X-Hub-Signature-256", "webhook.bad_signature", _github_id)
+GITLAB = Edge(
+    "gitlab", "GitLab", "BOUNTYBOT_GITLAB_WEBHOOK_SECRET and BOUNTYBOT_GITLAB_TOKEN",
+    lambda secret, body, headers: gitlab_token_ok(secret, headers.get("X-Gitlab-Token")),
+    "bad or missing X-Gitlab-Token", "webhook.bad_token", _gitlab_id)
+
+
+async def receive(request: web.Request, edge: Edge) -> web.Response:
+    """The door of every forge, in this order: off (404), too large (413), not from the forge
+    (401), unnamed (400), not JSON (400); else stored once (202, or 200 for a repeat)."""
+    forge = getattr(request.app[SETTINGS], edge.forge)
+    secret = forge.webhook_secret
+    if secret is None or not forge.enabled():
+        return _json_error(404, f"{edge.name} is off on this service: set {edge.turn_on}"
+                                " to turn it on")
+    body = await _read_body(request)
+    if isinstance(body, web.Response):
+        return body
+    if not edge.authentic(secret.get_secret_value(), body, request.headers):
+        event(log, edge.refused_event, logging.WARNING, forge=edge.forge, remote=request.remote)
+        return _json_error(401, edge.refused)
+    named = edge.identify(request.headers)
+    if isinstance(named, str):
+        return _json_error(400, named)
     if not _parses(body):
         return _json_error(400, "the body is not a JSON object")
-    return await store_delivery(request, "gitlab", delivery_id, kind, body)
+    return await store_delivery(request, edge.forge, *named, body)
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post("/webhooks/github", github_webhook)
-    app.router.add_post("/webhooks/gitlab", gitlab_webhook)
+    for edge in (GITHUB, GITLAB):
+        app.router.add_post(f"/webhooks/{edge.forge}", functools.partial(receive, edge=edge))
     app.cleanup_ctx.append(_inbox)
 
 

@@ -224,3 +224,11 @@ async def test_a_burst_of_pledges_stays_inside_the_write_budget(db_url, github_s
         assert len(summaries) == 1
     finally:
         await bot.close()
+
+
+async def test_a_forge_that_is_off_answers_404_saying_so(bot: GitHubBot):
+    answer = await bot.client.post("/webhooks/gitlab", data=b"{}",
+                                   headers={"X-Gitlab-Token": "x", "X-Gitlab-Event": "Note Hook"})
+    assert answer.status == 404
+    assert "GitLab is off" in (await answer.json())["error"]
+    assert await bot.rows(t.Delivery) == []
