@@ -144,7 +144,7 @@ class DeliveryWorker:
             assert delivery_id is not None
             try:
                 normalized = normalize(forge, kind, json.loads(body), self.settings)
-                happenings = [await self._who(h) for h in normalized.happenings]
+                happenings = [await self._who(forge, h) for h in normalized.happenings]
             except ForgeError as error:  # the forge could not say who maintains the repo
                 finished += await self._failed(delivery_id, name, error,
                                                passing=error.retryable)
@@ -159,11 +159,11 @@ class DeliveryWorker:
             finished += await self._apply(ready)
         return finished
 
-    async def _who(self, h: Happening) -> Happening:
+    async def _who(self, forge: str, h: Happening) -> Happening:
         """Ask the forge what the payload does not say: a merge request author's name (GitLab
         gives only an id), and whether a commenter maintains the repo, only when it matters."""
         if h.author_id is not None and isinstance(h.what, LinkOpened | LinkClosed):
-            ref = h.repo or RepoRef("gitlab", "", h.repo_path)
+            ref = h.repo or RepoRef(forge, "", h.repo_path)
             client = self.clients.get(ref.forge)
             if client is None:
                 raise ForgeError(f"no {ref.forge} client to name user {h.author_id}")

@@ -11,7 +11,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.config import Settings
 from bountybot.money import Money, format_money
-from bountybot.rules import IssueRef, PayoutPaid, Refused, decide_event
+from bountybot.rules import Actor, IssueRef, PayoutPaid, Refused, decide_event
 from bountybot.rules.policy import policy_from_settings
 from bountybot.storage import tables as t
 from bountybot.storage.bounties import load_bounty, save_decision
@@ -74,11 +74,9 @@ async def mark_paid(sessionmaker: async_sessionmaker[AsyncSession], settings: Se
         policy = policy_from_settings(settings, locale=repo.locale, currency=repo.currency)
         try:
             decision = decide_event(bounty, issue, PayoutPaid(payout_id, reference[:255]),
-                                    policy, now)
+                                    policy, now, Actor(who))
         except Refused as refusal:
             raise PayoutError(refusal.message("en")) from None
-        decision.trail[:] = [type(item)(who, item.action, item.detail)
-                             for item in decision.trail]
         await save_decision(uow.session, repo, issue, decision,
                             source=f"cli:payout:{payout_id}", now=now)
         return Money(payout.amount_minor, payout.currency)

@@ -7,12 +7,14 @@ import csv
 import io
 import json
 
+from sqlmodel import select
 from test_books_db import DbStory
 
 from bountybot.cli import main
 from bountybot.ledger.audit import run_audit
 from bountybot.rules import LabelAdded, LinkClosed
 from bountybot.states import PayoutState
+from bountybot.storage import tables as t
 
 
 async def cli(*argv: str) -> int:
@@ -41,6 +43,10 @@ async def test_payouts_are_listed_and_marked_paid_once(db_url, sessionmaker, mon
     assert "marked paid" in capsys.readouterr().out
     stored = (await db.bounty()).payouts[0]
     assert stored.state == PayoutState.PAID and stored.reference == "SEPA 2026-42"
+    async with sessionmaker() as session:
+        who = (await session.exec(select(t.AuditEvent.actor).where(
+            t.AuditEvent.action == "payout.paid"))).all()
+    assert who == ["operator"]
     assert await cli("payouts", "mark-paid", str(payout.id), "--reference", "again") == 1
     assert "paid" in capsys.readouterr().err
     assert await cli("payouts", "mark-paid", "999", "--reference", "x") == 1
