@@ -38,7 +38,7 @@ from sqlmodel import select
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bountybot.money import Money, format_money  # noqa: E402
+from bountybot.money import Money, format_money, parse_amount  # noqa: E402
 from bountybot.storage import tables as t  # noqa: E402
 from bountybot.storage.engine import create_engine, create_sessionmaker  # noqa: E402
 
@@ -292,7 +292,7 @@ async def phase_burst(fake: FakeGitHub, work: Path, burst: int, tasks: int, conc
             for _, body in items:
                 data = json.loads(body)
                 amount = data["comment"]["body"].split()[1]
-                minor = int(round(float(amount) * 100))  # bench bookkeeping only, not money code
+                minor = parse_amount(amount, "EUR").minor
                 totals[data["issue"]["number"]] = totals.get(data["issue"]["number"], 0) + minor
             want = {n: format_money(Money(m, "EUR"), "en") for n, m in totals.items()}
             shown_at = None

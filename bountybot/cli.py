@@ -285,31 +285,16 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from bountybot.ledger.audit import run_audit
+
     settings = load_settings(args)
     setup_logging(settings, level=log_level())
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from bountybot.ledger.audit import AuditReport, run_audit
-    from bountybot.storage.engine import create_engine, create_sessionmaker
-
-    _require_head(settings)
-
-    async def audit() -> AuditReport:
-        engine = create_engine(settings.database.url)
-        try:
-            return await run_audit(create_sessionmaker(engine))
-        finally:
-            await engine.dispose()
-
-    try:
-        report = asyncio.run(audit())
-    except (SQLAlchemyError, OSError) as e:
-        raise _database_error(settings, "audit", e) from None
+    report = _with_books(settings, "audit", run_audit)
     print(report.render())
     return 0 if report.ok else 1
 
 
-# export and payouts ----------------------------------------------------------------------------
+# commands on the books ------------------------------------------------------------------------
 
 
 def _with_books(settings: Settings, doing: str, work: Any) -> Any:
