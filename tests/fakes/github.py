@@ -16,18 +16,15 @@ lists are paginated with a `Link` header pointing at `/repositories/{id}/...` as
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import copy
 import itertools
 import json
 import math
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http import HTTPStatus
@@ -39,9 +36,10 @@ import jwt
 import pytest
 from aiohttp import web
 
+from fakes.recording import JSON_BODY, RecordingServer
+
 RECORDED = Path(__file__).resolve().parent.parent / "fixtures/github/api/paginate-issues.json"
 DOCS = "https://docs.github.com/rest"
-WRITE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 ROLES = ("read", "triage", "write", "maintain", "admin")
 # The `permission` field predates roles: maintain reads as write, triage as read.
 LEGACY_PERMISSION = {"admin": "admin", "maintain": "write", "write": "write", "triage": "read",
@@ -61,20 +59,7 @@ class _Identity:
 
 
 # What the middleware learnt about a request, for its handler.
-JSON_BODY = web.RequestKey("json_body", object)
 IDENTITY = web.RequestKey("identity", _Identity)
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """One request as the fake received it; header names are lower-case."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    json: Any
-    headers: dict[str, str]
-    at: float = 0.0  # time.monotonic() on arrival, for rate checks
 
 
 @dataclass
@@ -112,20 +97,6 @@ class _App:
     slug: str
 
 
-@dataclass
-class _Rule:
-    method: str
-    pattern: re.Pattern[str]
-    times: int
-    status: int = 0
-    headers: dict[str, str] = field(default_factory=dict)
-    body: Any = None
-    seconds: float = 0.0
-
-    def matches(self, request: web.Request) -> bool:
-        return self.method in ("*", request.method) and bool(self.pattern.search(request.path))
-
-
 class _Refused(Exception):
     """Raised by a handler to answer with a GitHub-style error."""
 
@@ -153,14 +124,13 @@ def _recorded_shapes() -> tuple[dict[str, str], dict[str, Any]]:
     return headers, exchange["response"][0]["user"]
 
 
-class FakeGitHub:
+class FakeGitHub(RecordingServer):
     """A GitHub API at `url`: repos, issue comments, reactions, collaborator permissions,
     personal and installation tokens, GitHub Apps verified by their RSA public key."""
 
     def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
+        super().__init__()
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.url = ""
-        self.requests: list[Recorded] = []
         self.minted: list[str] = []  # installation tokens handed out, oldest first
         self.token_lifetime = timedelta(hours=1)  # GitHub's installation tokens last an hour
         self._headers, self._user_template = _recorded_shapes()
@@ -173,11 +143,7 @@ class FakeGitHub:
         self._installations: dict[int, int] = {}
         self._user_ids: dict[str, int] = {}
         self._ids = itertools.count(1_000_001)
-        self._failures: list[_Rule] = []
-        self._delays: list[_Rule] = []
-        self._closing = asyncio.Event()
         self._rate_reset = int(time.time()) + 3600
-        self._runner: web.AppRunner | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -200,18 +166,8 @@ class FakeGitHub:
         app.router.add_patch(repo + "/issues/comments/{comment:\\d+}", fake._edit_comment)
         app.router.add_post(repo + "/issues/comments/{comment:\\d+}/reactions", fake._react)
         app.router.add_get(repo + "/collaborators/{login}/permission", fake._permission)
-        # A delayed request is abandoned at close, so shutting down never waits long.
-        fake._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await fake._runner.setup()
-        await web.TCPSite(fake._runner, "127.0.0.1", 0).start()
-        port = fake._runner.addresses[0][1]
-        fake.url = f"http://127.0.0.1:{port}"
+        await fake._listen(app)
         return fake
-
-    async def close(self) -> None:
-        self._closing.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     # -- state ----------------------------------------------------------------------------
 
@@ -250,9 +206,6 @@ class FakeGitHub:
     def reactions(self, comment_id: int) -> list[FakeReaction]:
         return [r for r in self._reactions if r.comment_id == comment_id]
 
-    def writes(self) -> list[Recorded]:
-        return [r for r in self.requests if r.method in WRITE_METHODS]
-
     # -- failure injection ----------------------------------------------------------------
 
     def fail_next(self, method: str, path_regex: str, status: int, *, times: int = 1,
@@ -261,41 +214,22 @@ class FakeGitHub:
         is JSON, or a str sent as it is (a proxy's HTML 502 page), default GitHub's shape."""
         if body is None:
             body = {"message": HTTPStatus(status).phrase, "documentation_url": DOCS}
-        self._failures.append(_Rule(method.upper(), re.compile(path_regex), times, status,
-                                    dict(headers or {}), body))
-
-    def delay_next(self, method: str, path_regex: str, seconds: float, *,
-                   times: int = 1) -> None:
-        """Hold the next `times` matching requests for `seconds` before answering them."""
-        self._delays.append(_Rule(method.upper(), re.compile(path_regex), times, seconds=seconds))
+        self._fail(method, path_regex, status, times, dict(headers or {}), body)
 
     # -- serving --------------------------------------------------------------------------
 
     async def _serve(self, request: web.Request,
                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                      ) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            request[JSON_BODY] = json.loads(raw) if raw else None
-            parsed = True
-        except ValueError:
-            request[JSON_BODY], parsed = None, False
-        self.requests.append(Recorded(
-            request.method, request.path, dict(request.query), request[JSON_BODY],
-            {name.lower(): value for name, value in request.headers.items()},
-            time.monotonic(),
-        ))
+        parsed = await self._record(request)
         response: web.StreamResponse
-        delay = self._take(self._delays, request)
-        if delay is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), delay.seconds)
-            if self._closing.is_set():
-                return web.Response(status=503)
-        failure = self._take(self._failures, request)
+        held = await self._hold(request)
+        if held is not None:
+            return held
+        failure = self._failure(request)
         if failure is not None:
             response = self._answer(failure.body, failure.status)
-            response.headers.update(failure.headers)
+            response.headers.update(failure.headers or {})
         else:
             try:
                 if not parsed:
@@ -312,16 +246,6 @@ class FakeGitHub:
         for name, value in self._standard_headers().items():
             response.headers.setdefault(name, value)
         return response
-
-    @staticmethod
-    def _take(rules: list[_Rule], request: web.Request) -> _Rule | None:
-        for rule in rules:
-            if rule.matches(request):
-                rule.times -= 1
-                if rule.times <= 0:
-                    rules.remove(rule)
-                return rule
-        return None
 
     def _standard_headers(self) -> dict[str, str]:
         used = len(self.requests)

@@ -20,14 +20,11 @@ are offset-paginated with `X-Page`, `X-Per-Page`, `X-Next-Page`, `X-Prev-Page`, 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import json
 import math
 import re
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,25 +36,13 @@ from urllib.parse import quote, unquote, urlencode
 import pytest
 from aiohttp import web
 
-WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+from fakes.recording import JSON_BODY, RecordingServer
+
 ACCESS_LEVELS = (5, 10, 15, 20, 30, 40, 50)  # minimal, guest, planner, reporter, developer, ...
 RATE_LIMIT = 600  # requests a minute, gitlab.com's documented authenticated API limit
 _EMOJI_NAME = re.compile(r"^[a-z0-9_+-]+$")
 
-JSON_BODY = web.RequestKey("json_body", object)
 LOGIN = web.RequestKey("login", str)
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """One request as the fake received it; header names are lower-case."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    json: Any
-    headers: dict[str, str]
-    at: float = 0.0  # time.monotonic() on arrival, for rate checks
 
 
 @dataclass
@@ -86,20 +71,6 @@ class _Project:
     project_id: int
 
 
-@dataclass
-class _Rule:
-    method: str
-    pattern: re.Pattern[str]
-    times: int
-    status: int = 0
-    headers: dict[str, str] | None = None
-    body: Any = None
-    seconds: float = 0.0
-
-    def matches(self, request: web.Request) -> bool:
-        return self.method in ("*", request.method) and bool(self.pattern.search(request.path))
-
-
 class _Refused(Exception):
     """Raised by a handler to answer with a GitLab-style error."""
 
@@ -113,14 +84,13 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-class FakeGitLab:
+class FakeGitLab(RecordingServer):
     """A GitLab at `url`: users, projects (in groups and subgroups), issue notes, award emoji
     on notes, direct and inherited members, personal access tokens."""
 
     def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
+        super().__init__()
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.url = ""
-        self.requests: list[Recorded] = []
         # What a second identical award gets: 404 (GitLab's API) or 409.
         self.duplicate_award_status = 404
         self._tokens: dict[str, str] = {}
@@ -134,10 +104,6 @@ class FakeGitLab:
         self._awards: list[FakeAward] = []
         self._ids = itertools.count(1_500_001)
         self._new_user_ids = itertools.count(9_000_001)
-        self._failures: list[_Rule] = []
-        self._delays: list[_Rule] = []
-        self._closing = asyncio.Event()
-        self._runner: web.AppRunner | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -165,17 +131,8 @@ class FakeGitLab:
         app.router.add_get("/api/v4/users", fake._find_users)
         app.router.add_get("/api/v4/users/{user_id:\\d+}", fake._get_user)
         app.router.add_get("/api/v4/user", fake._current_user)
-        # A delayed request is abandoned at close, so shutting down never waits long.
-        fake._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await fake._runner.setup()
-        await web.TCPSite(fake._runner, "127.0.0.1", 0).start()
-        fake.url = f"http://127.0.0.1:{fake._runner.addresses[0][1]}"
+        await fake._listen(app)
         return fake
-
-    async def close(self) -> None:
-        self._closing.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     # -- state ----------------------------------------------------------------------------
 
@@ -224,9 +181,6 @@ class FakeGitLab:
     def awards(self, note_id: int) -> list[FakeAward]:
         return [a for a in self._awards if a.note_id == note_id]
 
-    def writes(self) -> list[Recorded]:
-        return [r for r in self.requests if r.method in WRITE_METHODS]
-
     # -- failure injection ----------------------------------------------------------------
 
     def fail_next(self, method: str, path_regex: str, status: int, *, times: int = 1,
@@ -238,37 +192,20 @@ class FakeGitLab:
         if body is None:
             phrase = HTTPStatus(status).phrase
             body = "Retry later\n" if status == 429 else {"message": f"{status} {phrase}"}
-        self._failures.append(_Rule(method.upper(), re.compile(path_regex), times, status,
-                                    None if headers is None else dict(headers), body))
-
-    def delay_next(self, method: str, path_regex: str, seconds: float, *,
-                   times: int = 1) -> None:
-        """Hold the next `times` matching requests for `seconds` before answering them."""
-        self._delays.append(_Rule(method.upper(), re.compile(path_regex), times, seconds=seconds))
+        self._fail(method, path_regex, status, times,
+                   None if headers is None else dict(headers), body)
 
     # -- serving --------------------------------------------------------------------------
 
     async def _serve(self, request: web.Request,
                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                      ) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            request[JSON_BODY] = json.loads(raw) if raw else None
-            parsed = True
-        except ValueError:
-            request[JSON_BODY], parsed = None, False
-        self.requests.append(Recorded(
-            request.method, request.path, dict(request.query), request[JSON_BODY],
-            {name.lower(): value for name, value in request.headers.items()}, time.monotonic(),
-        ))
-        delay = self._take(self._delays, request)
-        if delay is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), delay.seconds)
-            if self._closing.is_set():
-                return web.Response(status=503)
+        parsed = await self._record(request)
+        held = await self._hold(request)
+        if held is not None:
+            return held
         response: web.StreamResponse
-        failure = self._take(self._failures, request)
+        failure = self._failure(request)
         if failure is not None:
             response = self._answer(failure.body, failure.status)
             extra = failure.headers
@@ -295,16 +232,6 @@ class FakeGitLab:
             "X-Gitlab-Meta", json.dumps({"correlation_id": request_id, "version": "1"}))
         response.headers.setdefault("X-Runtime", "0.012345")
         return response
-
-    @staticmethod
-    def _take(rules: list[_Rule], request: web.Request) -> _Rule | None:
-        for rule in rules:
-            if rule.matches(request):
-                rule.times -= 1
-                if rule.times <= 0:
-                    rules.remove(rule)
-                return rule
-        return None
 
     def _throttled_headers(self) -> dict[str, str]:
         reset = self.clock().replace(microsecond=0) + timedelta(seconds=60)
