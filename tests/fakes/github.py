@@ -36,7 +36,7 @@ import jwt
 import pytest
 from aiohttp import web
 
-from fakes.recording import JSON_BODY, RecordingServer
+from fakes.recording import JSON_BODY, RecordingServer, Refused
 
 RECORDED = Path(__file__).resolve().parent.parent / "fixtures/github/api/paginate-issues.json"
 DOCS = "https://docs.github.com/rest"
@@ -95,15 +95,6 @@ class _App:
     app_id: int
     public_key: str
     slug: str
-
-
-class _Refused(Exception):
-    """Raised by a handler to answer with a GitHub-style error."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _iso(moment: datetime) -> str:
@@ -233,11 +224,11 @@ class FakeGitHub(RecordingServer):
         else:
             try:
                 if not parsed:
-                    raise _Refused(400, "Problems parsing JSON")
+                    raise Refused(400, "Problems parsing JSON")
                 if not request.path.startswith("/app/"):  # /app/ takes a JWT, checked there
                     request[IDENTITY] = self._authenticate(request)
                 response = await handler(request)
-            except _Refused as e:
+            except Refused as e:
                 response = self._answer({"message": e.message, "documentation_url": DOCS},
                                         e.status)
             except web.HTTPException as e:  # no such route, or method not allowed
@@ -271,14 +262,14 @@ class FakeGitHub(RecordingServer):
         scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
         identity = self._tokens.get(credential) if scheme.lower() in ("token", "bearer") else None
         if identity is None or (identity.expires_at and self.clock() >= identity.expires_at):
-            raise _Refused(401, "Bad credentials")
+            raise Refused(401, "Bad credentials")
         return identity
 
     def _repo(self, full_path: str) -> _Repo:
         try:
             return self._repos[full_path.lower()]
         except KeyError:
-            raise _Refused(404, "Not Found") from None
+            raise Refused(404, "Not Found") from None
 
     def _request_repo(self, request: web.Request) -> _Repo:
         info = request.match_info
@@ -286,21 +277,21 @@ class FakeGitHub(RecordingServer):
             for repo in self._repos.values():
                 if repo.repo_id == int(info["repo_id"]):
                     return repo
-            raise _Refused(404, "Not Found")
+            raise Refused(404, "Not Found")
         return self._repo(f"{info['owner']}/{info['name']}")
 
     def _comment(self, request: web.Request) -> FakeComment:
         repo = self._request_repo(request)
         comment = self._comments.get(int(request.match_info["comment"]))
         if comment is None or comment.repo != repo.full_path:
-            raise _Refused(404, "Not Found")
+            raise Refused(404, "Not Found")
         return comment
 
     @staticmethod
     def _body_text(request: web.Request, key: str) -> str:
         payload = request[JSON_BODY]
         if not isinstance(payload, dict) or not isinstance(payload.get(key), str):
-            raise _Refused(422, f'Invalid request.\n\n"{key}" wasn\'t supplied.')
+            raise Refused(422, f'Invalid request.\n\n"{key}" wasn\'t supplied.')
         return str(payload[key])
 
     # -- JSON shapes ----------------------------------------------------------------------
@@ -353,22 +344,22 @@ class FakeGitHub(RecordingServer):
     async def _mint_token(self, request: web.Request) -> web.Response:
         scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer":
-            raise _Refused(401, "A JSON web token could not be decoded")
+            raise Refused(401, "A JSON web token could not be decoded")
         try:
             claimed = jwt.decode(credential, options={"verify_signature": False})
             app = self._apps[int(claimed["iss"])]
             claims = jwt.decode(credential, app.public_key, algorithms=["RS256"],
                                 options={"require": ["iat", "exp", "iss"]})
         except jwt.ExpiredSignatureError:
-            raise _Refused(401, "'Expiration time' claim ('exp') must be a numeric value "
+            raise Refused(401, "'Expiration time' claim ('exp') must be a numeric value "
                                 "representing the future time at which the assertion expires"
                            ) from None
         except (jwt.PyJWTError, KeyError, ValueError, TypeError):
-            raise _Refused(401, "A JSON web token could not be decoded") from None
+            raise Refused(401, "A JSON web token could not be decoded") from None
         if claims["exp"] - time.time() > 600 + 30:  # GitHub takes at most 10 minutes (+ skew)
-            raise _Refused(401, "'Expiration time' claim ('exp') is too far in the future")
+            raise Refused(401, "'Expiration time' claim ('exp') is too far in the future")
         if self._installations.get(int(request.match_info["installation"])) != app.app_id:
-            raise _Refused(404, "Not Found")
+            raise Refused(404, "Not Found")
         token = "ghs_" + secrets.token_urlsafe(27)[:36]
         expires_at = self.clock().replace(microsecond=0) + self.token_lifetime
         self._tokens[token] = _Identity(f"{app.slug}[bot]", "Bot", expires_at)
@@ -398,7 +389,7 @@ class FakeGitHub(RecordingServer):
             per_page = min(max(int(request.query.get("per_page", 30)), 1), 100)
             page = max(int(request.query.get("page", 1)), 1)
         except ValueError:
-            raise _Refused(422, "Invalid request.") from None
+            raise Refused(422, "Invalid request.") from None
         found = sorted(self.comments(repo.full_path, number), key=lambda c: c.id)
         last = max(1, math.ceil(len(found) / per_page))
         response = self._answer(
@@ -424,7 +415,7 @@ class FakeGitHub(RecordingServer):
         identity = request[IDENTITY]
         role = self._roles.get((comment.repo, identity.login.lower()), "read")
         if comment.login.lower() != identity.login.lower() and ROLES.index(role) < 2:
-            raise _Refused(403, "Resource not accessible by integration")
+            raise Refused(403, "Resource not accessible by integration")
         comment.body = self._body_text(request, "body")
         comment.updated_at = self.clock()
         return self._answer(self._comment_json(comment))
@@ -433,7 +424,7 @@ class FakeGitHub(RecordingServer):
         comment = self._comment(request)
         content = self._body_text(request, "content")
         if content not in REACTIONS:
-            raise _Refused(422, "Validation Failed")
+            raise Refused(422, "Validation Failed")
         identity = request[IDENTITY]
         for reaction in self.reactions(comment.id):  # GitHub answers 200 with the one it has
             if reaction.login == identity.login and reaction.content == content:
@@ -453,7 +444,7 @@ class FakeGitHub(RecordingServer):
         login = request.match_info["login"]
         role = self._roles.get((repo.full_path, login.lower()))
         if role is None:
-            raise _Refused(404, "Not Found")
+            raise Refused(404, "Not Found")
         rank = ROLES.index(role)
         user = self._user(login)
         user["permissions"] = {"admin": rank >= 4, "maintain": rank >= 3, "push": rank >= 2,

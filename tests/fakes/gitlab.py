@@ -36,7 +36,7 @@ from urllib.parse import quote, unquote, urlencode
 import pytest
 from aiohttp import web
 
-from fakes.recording import JSON_BODY, RecordingServer
+from fakes.recording import JSON_BODY, RecordingServer, Refused
 
 ACCESS_LEVELS = (5, 10, 15, 20, 30, 40, 50)  # minimal, guest, planner, reporter, developer, ...
 RATE_LIMIT = 600  # requests a minute, gitlab.com's documented authenticated API limit
@@ -69,15 +69,6 @@ class FakeAward:
 class _Project:
     path: str
     project_id: int
-
-
-class _Refused(Exception):
-    """Raised by a handler to answer with a GitLab-style error."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _iso(moment: datetime) -> str:
@@ -216,9 +207,9 @@ class FakeGitLab(RecordingServer):
             try:
                 request[LOGIN] = self._authenticate(request)
                 if not parsed:
-                    raise _Refused(400, "400 Bad request - JSON body is invalid")
+                    raise Refused(400, "400 Bad request - JSON body is invalid")
                 response = await handler(request)
-            except _Refused as e:
+            except Refused as e:
                 response = self._answer({"message": e.message}, e.status)
             except web.HTTPException as e:  # no such route: Grape's catch-all answers this
                 response = self._answer({"error": f"{e.status} {e.reason}"}, e.status)
@@ -260,7 +251,7 @@ class FakeGitLab(RecordingServer):
             token = bearer
         login = self._tokens.get(token or "")
         if login is None:
-            raise _Refused(401, "401 Unauthorized")
+            raise Refused(401, "401 Unauthorized")
         return login
 
     def _user(self, username: str) -> tuple[str, int]:
@@ -279,14 +270,14 @@ class FakeGitLab(RecordingServer):
         for project in self._projects.values():
             if project.path.lower() == path:
                 return project
-        raise _Refused(404, "404 Project Not Found")
+        raise Refused(404, "404 Project Not Found")
 
     def _note(self, request: web.Request) -> FakeNote:
         project = self._project(request.match_info["project"])
         note = self._notes.get(int(request.match_info["note"]))
         if note is None or (note.project_id, note.iid) != (
                 project.project_id, int(request.match_info["iid"])):
-            raise _Refused(404, "404 Not found")
+            raise Refused(404, "404 Not found")
         return note
 
     def _level(self, project: _Project, user_id: int) -> tuple[int, str] | None:
@@ -302,7 +293,7 @@ class FakeGitLab(RecordingServer):
     def _text(request: web.Request, key: str) -> str:
         payload = request[JSON_BODY]
         if not isinstance(payload, dict) or not isinstance(payload.get(key), str):
-            raise _Refused(400, f"400 Bad request - {key} is missing")
+            raise Refused(400, f"400 Bad request - {key} is missing")
         return str(payload[key])
 
     # -- JSON shapes ----------------------------------------------------------------------
@@ -351,7 +342,7 @@ class FakeGitLab(RecordingServer):
             per_page = min(max(int(request.query.get("per_page", 20)), 1), 100)
             page = max(int(request.query.get("page", 1)), 1)
         except ValueError:
-            raise _Refused(400, "400 Bad request - page is invalid") from None
+            raise Refused(400, "400 Bad request - page is invalid") from None
         key = "updated_at" if request.query.get("order_by") == "updated_at" else "created_at"
         found = sorted(self.notes(project.project_id, iid),
                        key=lambda n: (getattr(n, key), n.id),
@@ -394,7 +385,7 @@ class FakeGitLab(RecordingServer):
         # Authors edit their notes; Maintainers and up may edit anyone's.
         level = self._level(self._projects[note.project_id], self._user(login)[1])
         if note.username.lower() != login.lower() and (level is None or level[0] < 40):
-            raise _Refused(403, "403 Forbidden")
+            raise Refused(403, "403 Forbidden")
         note.body = self._text(request, "body")
         note.updated_at = self.clock()
         return self._answer(self._note_json(note))
@@ -403,13 +394,13 @@ class FakeGitLab(RecordingServer):
         note = self._note(request)
         name = self._text(request, "name")
         if not _EMOJI_NAME.match(name):
-            raise _Refused(404, "404 Award Emoji Name is not a valid emoji name Not Found")
+            raise Refused(404, "404 Award Emoji Name is not a valid emoji name Not Found")
         login = request[LOGIN]
         for award in self.awards(note.id):
             if award.name == name and award.username.lower() == login.lower():
                 if self.duplicate_award_status == 409:
-                    raise _Refused(409, "409 Award Emoji Name has already been taken")
-                raise _Refused(404, "404 Award Emoji Name has already been taken Not Found")
+                    raise Refused(409, "409 Award Emoji Name has already been taken")
+                raise Refused(404, "404 Award Emoji Name has already been taken Not Found")
         award = FakeAward(next(self._ids), note.id, name, self._user(login)[0], self.clock())
         self._awards.append(award)
         return self._answer(self._award_json(award), 201)
@@ -427,7 +418,7 @@ class FakeGitLab(RecordingServer):
         if found is not None and user_id in self._names:
             return self._answer(self._member_json(user_id, *found))
         # members/all uses find_by!, the direct route not_found!('Member').
-        raise _Refused(404, "404 Not found" if inherited else "404 Member Not Found")
+        raise Refused(404, "404 Not found" if inherited else "404 Member Not Found")
 
     async def _direct_member(self, request: web.Request) -> web.Response:
         return self._member_of(request, inherited=False)
@@ -448,7 +439,7 @@ class FakeGitLab(RecordingServer):
     async def _get_user(self, request: web.Request) -> web.Response:
         user_id = int(request.match_info["user_id"])
         if user_id not in self._names:
-            raise _Refused(404, "404 User Not Found")
+            raise Refused(404, "404 User Not Found")
         return self._answer(self._full_user_json(user_id))
 
     async def _current_user(self, request: web.Request) -> web.Response:

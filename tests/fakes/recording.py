@@ -45,6 +45,15 @@ class Rule:
         return self.method in ("*", request.method) and bool(self.pattern.search(request.path))
 
 
+class Refused(Exception):
+    """Raised by a handler to answer with an error in the forge's own shape."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
 class RecordingServer:
     """The shared half of a fake forge."""
 
