@@ -19,7 +19,7 @@ from bountybot.storage.tables import metadata
 
 TABLES = {
     "repo", "task", "pledge", "claim", "waiting", "link", "payout", "ledger_transaction",
-    "ledger_entry", "delivery", "outbox", "audit_event",
+    "ledger_entry", "delivery", "outbox", "audit_event", "handled_comment", "sync_cursor",
 }
 
 

@@ -85,6 +85,8 @@ class Claim:
     paused_seconds: int | None = None
     ended_at: datetime | None = None
     id: int | None = None
+    # When to remind the claimant (half of `claim_days`); None once reminded, or in review.
+    remind_at: datetime | None = None
 
 
 @dataclass
@@ -115,6 +117,19 @@ class Payout:
     reference: str | None = None
     paid_at: datetime | None = None
     id: int | None = None
+    # The merge plus `release_after_days`: until then a backer or maintainer may /dispute.
+    due_at: datetime | None = None
+    # Set once the release time passed with no dispute: from then on the payout is due.
+    released_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dispute:
+    """A backer's or maintainer's objection to paying out, raised before the release."""
+
+    by: str
+    reason: str
+    at: datetime
 
 
 @dataclass
@@ -140,6 +155,7 @@ class Bounty:
     links: list[Link] = field(default_factory=list)
     payouts: list[Payout] = field(default_factory=list)
     id: int | None = None
+    dispute: Dispute | None = None
 
     def held(self) -> Money:
         """The sum of held pledges: what the escrow must hold."""

@@ -20,6 +20,7 @@ from bountybot.forges.base import RepoRef
 from bountybot.ledger import check_balanced
 from bountybot.money import Money
 from bountybot.rules import Bounty, Claim, Decision, IssueRef, Link, Payout, Pledge
+from bountybot.rules.model import Dispute
 from bountybot.storage import tables as t
 
 
@@ -88,18 +89,20 @@ async def to_bounty(session: AsyncSession, repo: t.Repo, task: t.Task) -> Bounty
                       p.comment_id, p.id)
                for p in await _children(session, t.Pledge, task.id)]
     claims = [Claim(c.developer, c.state, c.created_at, c.expires_at, c.paused_seconds,
-                    c.ended_at, c.id)
+                    c.ended_at, c.id, c.remind_at)
               for c in await _children(session, t.Claim, task.id)]
     waiting = [w.login for w in sorted(await _children(session, t.Waiting, task.id),
                                        key=lambda w: w.position)]
     links = [Link(li.number, li.author, li.state, li.url, li.id)
              for li in await _children(session, t.Link, task.id)]
     payouts = [Payout(p.developer, Money(p.amount_minor, cur), p.state, p.created_at,
-                      p.reference, p.paid_at, p.id)
+                      p.reference, p.paid_at, p.id, p.due_at, p.released_at)
                for p in await _children(session, t.Payout, task.id)]
     return Bounty(repo.forge, repo.full_path, task.number, cur, task.state, task.title,
                   task.url, _money(task.goal_minor, cur), task.deadline, task.created_at,
-                  pledges, claims, waiting, links, payouts, task.id)
+                  pledges, claims, waiting, links, payouts, task.id,
+                  Dispute(task.disputed_by, task.dispute_reason or "", task.disputed_at)
+                  if task.disputed_by and task.disputed_at else None)
 
 
 async def _update(session: AsyncSession, row_type: type[Any], obj: Any,
@@ -137,7 +140,10 @@ async def _save_task(session: AsyncSession, repo: t.Repo, b: Bounty, now: dateti
                      original: Bounty | None = None) -> int:
     values: dict[str, Any] = dict(
         repo_id=repo.id, number=b.number, title=b.title, url=b.url, state=b.state,
-        goal_minor=b.goal.minor if b.goal else None, currency=b.currency, deadline=b.deadline)
+        goal_minor=b.goal.minor if b.goal else None, currency=b.currency, deadline=b.deadline,
+        disputed_by=b.dispute.by if b.dispute else None,
+        dispute_reason=b.dispute.reason if b.dispute else None,
+        disputed_at=b.dispute.at if b.dispute else None)
     if b.id is None:
         row = t.Task(**values, created_at=b.created_at or now)
         session.add(row)
@@ -162,7 +168,7 @@ async def _save_task(session: AsyncSession, repo: t.Repo, b: Bounty, now: dateti
     for c in b.claims:
         await _update(session, t.Claim, c, dict(
             task_id=task_id, developer=c.developer, state=c.state, expires_at=c.expires_at,
-            paused_seconds=c.paused_seconds, ended_at=c.ended_at,
+            paused_seconds=c.paused_seconds, ended_at=c.ended_at, remind_at=c.remind_at,
             **({"created_at": c.created_at} if c.id is None else {})), before, new)
     for li in b.links:
         await _update(session, t.Link, li, dict(task_id=task_id, number=li.number, author=li.author,
@@ -171,7 +177,8 @@ async def _save_task(session: AsyncSession, repo: t.Repo, b: Bounty, now: dateti
         await _update(session, t.Payout, po, dict(
             task_id=task_id, developer=po.developer, amount_minor=po.amount.minor,
             currency=po.amount.currency, state=po.state, reference=po.reference,
-            paid_at=po.paid_at, **({"created_at": po.created_at} if po.id is None else {})),
+            paid_at=po.paid_at, due_at=po.due_at, released_at=po.released_at,
+            **({"created_at": po.created_at} if po.id is None else {})),
             before, new)
     if original is not None and original.id == task_id and original.waiting == b.waiting:
         current = b.waiting

@@ -162,6 +162,11 @@ class Task(Base, table=True):
     deadline: date | None = Field(default=None, sa_type=Date)
     summary_comment_id: str | None = Field(default=None, sa_type=String(FORGE_ID))
     award: list[dict[str, Any]] | None = Field(default=None, sa_type=JSON)
+    # A backer's or maintainer's /dispute during the release window holds the payouts until a
+    # maintainer decides (/award or /cancel).
+    disputed_by: str | None = Field(default=None, sa_type=String(LOGIN))
+    dispute_reason: str | None = Field(default=None, sa_type=Text)
+    disputed_at: datetime | None = _when()
     created_at: datetime = _created()
     updated_at: datetime = _updated()
 
@@ -192,7 +197,7 @@ class Claim(Base, table=True):
     """
 
     __tablename__ = "claim"
-    __table_args__ = (Index(None, "task_id", "state"),)
+    __table_args__ = (Index(None, "task_id", "state"), Index(None, "state", "expires_at"))
 
     id: int | None = Field(default=None, primary_key=True)
     task_id: int = Field(foreign_key="task.id")
@@ -202,6 +207,8 @@ class Claim(Base, table=True):
     expires_at: datetime | None = _when()
     paused_seconds: int | None = None
     ended_at: datetime | None = _when()
+    # When the claimant is reminded (half of `claim_days`); cleared once reminded.
+    remind_at: datetime | None = _when()
 
 
 class Waiting(Base, table=True):
@@ -240,7 +247,8 @@ class Payout(Base, table=True):
     """
 
     __tablename__ = "payout"
-    __table_args__ = (CheckConstraint("amount_minor > 0", name="amount_positive"),)
+    __table_args__ = (CheckConstraint("amount_minor > 0", name="amount_positive"),
+                      Index(None, "state", "released_at"))
 
     id: int | None = Field(default=None, primary_key=True)
     task_id: int = Field(foreign_key="task.id", index=True)
@@ -251,9 +259,12 @@ class Payout(Base, table=True):
     reference: str | None = Field(default=None, sa_type=String(255))
     attempts: int = 0
     last_error: str | None = Field(default=None, sa_type=Text)
+    # When the payout may be paid: the merge plus `release_after_days`; a dispute on the task
+    # holds it past that. `released_at` is set by the sweep that finds it due.
     due_at: datetime | None = _when()
     created_at: datetime = _created()
     paid_at: datetime | None = _when()
+    released_at: datetime | None = _when()
 
 
 class LedgerTransaction(Base, table=True):
@@ -359,6 +370,36 @@ class AuditEvent(Base, table=True):
     created_at: datetime = _created()
 
 
+class HandledComment(Base, table=True):
+    """A comment (or an edit of it) whose commands were applied: the same comment arriving
+    again, by a redelivery or by reconciliation, is then a no-op."""
+
+    __tablename__ = "handled_comment"
+    __table_args__ = (UniqueConstraint("forge", "comment_id", "revision"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    forge: str = Field(sa_type=String(16))
+    comment_id: str = Field(sa_type=String(FORGE_ID))
+    revision: str = Field(default="", sa_type=String(255), sa_column_kwargs={"server_default": ""})
+    task_id: int | None = Field(default=None, foreign_key="task.id")
+    handled_at: datetime = _created()
+
+
+class SyncCursor(Base, table=True):
+    """Where reconciliation left off for a repo: the time it read up to, the ETags of its list
+    requests (an unchanged list costs no rate limit), and a lease so one replica syncs it."""
+
+    __tablename__ = "sync_cursor"
+
+    repo_id: int = Field(foreign_key="repo.id", primary_key=True)
+    since: datetime | None = _when()
+    etags: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    leased_until: datetime | None = _when()
+    lease_owner: str | None = Field(default=None, sa_type=String(64))
+    synced_at: datetime | None = _when()
+    last_error: str | None = Field(default=None, sa_type=Text)
+
+
 TABLES = (
     Repo,
     Task,
@@ -372,4 +413,6 @@ TABLES = (
     Delivery,
     Outbox,
     AuditEvent,
+    HandledComment,
+    SyncCursor,
 )
