@@ -286,6 +286,20 @@ class StripeSettings(_Section):
     _api_base_is_http = field_validator("api_base")(_check_http_url)
 
 
+class SchedulerSettings(_Section):
+    """The sweeps: how often time-driven work (claim reminders and expiry, funding deadlines,
+    payout release, retries) is looked for, and how often each repo is reconciled."""
+
+    sweep_seconds: int = Field(default=60, ge=1)
+    sync_minutes: int = Field(default=10, ge=0)
+    # Forge writes (comments, edits, reactions) per installation or token. GitHub allows 80 a
+    # minute and 500 an hour for content; the defaults keep a tenth in hand.
+    writes_per_minute: int = Field(default=72, ge=1)
+    writes_per_hour: int = Field(default=450, ge=1)
+    # A forge write is parked as dead after this many tries (see `bountybot outbox`).
+    outbox_max_attempts: int = Field(default=8, ge=1)
+
+
 class _EnvSource(PydanticBaseSettingsSource):
     """`BOUNTYBOT_<SECTION>_<KEY>` for every known key, and `BOUNTYBOT_CONFIG` for the file."""
 
@@ -355,9 +369,10 @@ class Settings(BaseSettings):
     gitlab: GitLabSettings = Field(default_factory=GitLabSettings)
     payments: PaymentsSettings = Field(default_factory=PaymentsSettings)
     stripe: StripeSettings = Field(default_factory=StripeSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
 
     SECTIONS: ClassVar[tuple[str, ...]] = (
-        "server", "database", "bot", "github", "gitlab", "payments", "stripe",
+        "server", "database", "bot", "github", "gitlab", "payments", "stripe", "scheduler",
     )
 
     def __init__(self, **values: Any) -> None:

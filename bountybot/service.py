@@ -78,6 +78,11 @@ def setup(app: web.Application, *, clients: Mapping[str, ForgeClient] | None = N
         runtime.clients.update(clients)
     if governor is not None:
         runtime.governor = governor
+    else:
+        limits = app[SETTINGS].scheduler
+        runtime.governor = Governor(per_minute=limits.writes_per_minute,
+                                    per_hour=limits.writes_per_hour)
+    runtime.sender_options.setdefault("max_attempts", app[SETTINGS].scheduler.outbox_max_attempts)
     app[RUNTIME] = runtime
     app[webhooks.WAKE_WORKER] = runtime.wake_worker.set
     webhooks.setup(app)
