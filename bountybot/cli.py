@@ -24,7 +24,6 @@ log = logging.getLogger("bountybot")
 
 # What each command still waits for, said plainly instead of pretending it works.
 COMING = {
-    "sync": "the scheduling and reconciliation issue",
     "demo": "the demo issue (a local forge, made-up secrets, a scripted story)",
 }
 
@@ -93,8 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="what identifies the payment (transfer id, receipt...)")
     paid.set_defaults(run=cmd_payouts)
 
+    sync = commands.add_parser(
+        "sync", parents=[config],
+        help="read what changed on the forges and apply what the webhooks missed",
+    )
+    sync.add_argument("--repo", metavar="PATH",
+                      help="only this repo (owner/name, or a GitLab project's full path)")
+    sync.set_defaults(run=cmd_sync)
+
     for name, summary in (
-        ("sync", "reconcile tasks with the forges"),
         ("demo", "run a local demonstration"),
     ):
         sub = commands.add_parser(name, parents=[config], help=f"{summary} (not available yet)")
@@ -367,6 +373,59 @@ def cmd_payouts(args: argparse.Namespace) -> int:
     for payout in due:
         print(payout.line(settings.bot.locale))
     return 0
+
+
+# sync ----------------------------------------------------------------------------------------
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Reconcile now: each repo's changes are queued in the inbox, then handled here."""
+    from bountybot.reconcile import UnknownRepo
+
+    settings = load_settings(args)
+    setup_logging(settings, level=log_level())
+    if not settings.forges_enabled():
+        raise CommandError(
+            f"sync: no forge is on: set {env_name('github', 'webhook_secret')} and "
+            f"{env_name('github', 'token')}, or {env_name('gitlab', 'webhook_secret')} and "
+            f"{env_name('gitlab', 'token')}", code=2)
+    redact = RedactSecrets(settings.secrets().values()).redact
+    try:
+        report, handled = _with_books(settings, "sync", lambda sm: _sync(sm, settings, args.repo,
+                                                                          redact))
+    except UnknownRepo as e:
+        raise CommandError(f"sync: {e}") from None
+    print(redact(f"synced {report.total()}; {handled} deliveries handled"
+                 " (the service sends the forge writes they queued)"))
+    return 1 if report.failed else 0
+
+
+async def _sync(sessionmaker: Any, settings: Settings, repo: str | None,
+                redact: Any) -> tuple[Any, int]:
+    from bountybot.inbox import DeliveryWorker
+    from bountybot.reconcile import Reconciler, RepoSync
+    from bountybot.service import forge_clients
+
+    def progress(result: RepoSync) -> None:
+        print(redact(result.line()), file=sys.stderr if result.error else sys.stdout,
+              flush=True)
+
+    clients = forge_clients(settings)
+    try:
+        report = await Reconciler(sessionmaker, settings, clients).run_once(repo,
+                                                                            progress=progress)
+        # What was queued is handled here, in order with anything else waiting; a running
+        # service's workers may take part of it (the inbox hands each delivery to one).
+        worker = DeliveryWorker(sessionmaker, settings, clients)
+        handled = 0
+        while done := await worker.run_once():
+            handled += done
+    finally:
+        for client in clients.values():
+            close = getattr(client, "close", None)
+            if close is not None:
+                await close()
+    return report, handled
 
 
 # not yet -------------------------------------------------------------------------------------

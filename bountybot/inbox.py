@@ -21,14 +21,20 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_
+from sqlalchemy import func, or_, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient, ForgeError, RepoRef
-from bountybot.forges.events import Happening, Normalized, Transfer
+from bountybot.forges.events import (
+    SYNC_EVENT,
+    Happening,
+    Normalized,
+    Transfer,
+    happenings_from_payload,
+)
 from bountybot.forges.github_events import normalize as normalize_github
 from bountybot.logs import event
 from bountybot.loops import wait_any
@@ -44,7 +50,7 @@ from bountybot.rules import (
 )
 from bountybot.rules.policy import policy_from_settings
 from bountybot.storage import tables as t
-from bountybot.storage.bounties import ensure_repo, load_bounty, save_decision
+from bountybot.storage.bounties import ensure_repo, insert_for, load_bounty, save_decision
 from bountybot.storage.uow import BACKGROUND, UnitOfWork, for_update_skip_locked
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,8 @@ def utc_now() -> datetime:
 
 
 def normalize(forge: str, kind: str, payload: dict[str, Any], settings: Settings) -> Normalized:
+    if kind == SYNC_EVENT:  # stored by reconciliation, already normalized
+        return Normalized(happenings=happenings_from_payload(payload))
     if forge == "github":
         return normalize_github(kind, payload, label=settings.bot.label,
                                 bot_login=settings.bot.login)
@@ -261,6 +269,7 @@ class DeliveryWorker:
             bounty = cache.bounties[key]  # as this batch left it: no need to read it again
         else:
             bounty = await load_bounty(session, repo, h.number, lock=True)
+        handled: int | None = None
         if isinstance(h.what, Comment):
             decision = decide_comment(bounty, issue, h.what, policy, now)
         else:
@@ -268,8 +277,18 @@ class DeliveryWorker:
         if decision.bounty is None and not decision.messages:
             cache.bounties[key] = None
             return False
-        await save_decision(session, repo, issue, decision, source=source, now=now,
-                            summary_delay=self.summary_delay)
+        if isinstance(h.what, Comment) and (decision.messages or decision.changed):
+            handled = await _first_time(session, repo.forge, h.what, bounty, now)
+            if handled is None:  # applied before (a webhook and a sync, or a redelivery)
+                event(log, "comment.repeat", forge=repo.forge, comment=h.what.id,
+                      source=source)
+                return False
+        task_id = await save_decision(session, repo, issue, decision, source=source, now=now,
+                                      summary_delay=self.summary_delay)
+        if handled is not None and bounty is None and task_id is not None:
+            await session.exec(update(t.HandledComment)  # type: ignore[call-overload]
+                               .where(col(t.HandledComment.id) == handled)
+                               .values(task_id=task_id))
         cache.bounties[key] = decision.bounty
         return bool(decision.messages)
 
@@ -310,3 +329,16 @@ class DeliveryWorker:
         event(log, "delivery.failed" if finished else "delivery.retry", logging.WARNING,
               delivery=name, attempts=row.attempts, error=row.error)
         return finished
+
+async def _first_time(session: AsyncSession, forge: str, comment: Comment,
+                      bounty: Bounty | None, now: datetime) -> int | None:
+    """Record that this comment (this edit of it) is applied; None when it already was. In
+    the deciding transaction: the record and what the comment did commit together, and a
+    second worker applying the same comment at once waits on the unique key, then finds it."""
+    table = t.HandledComment.__table__  # type: ignore[attr-defined]
+    stmt = (insert_for(session)(table)
+            .values(forge=forge, comment_id=comment.id[:t.FORGE_ID],
+                    revision=(comment.revision or "")[:255],
+                    task_id=bounty.id if bounty is not None else None, handled_at=now)
+            .on_conflict_do_nothing().returning(table.c.id))
+    return (await session.exec(stmt)).scalar()

@@ -182,7 +182,17 @@ def test_db_upgrade_then_audit(cli_env: Path, capsys: pytest.CaptureFixture[str]
     assert "all invariants hold" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ["sync", "demo"])
+def test_sync_with_no_forge_on_says_what_to_set(
+    cli_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bountybot.cli import main
+
+    assert main(["sync"]) == 2
+    err = capsys.readouterr().err
+    assert "no forge is on" in err and "BOUNTYBOT_GITHUB_TOKEN" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["demo"])
 def test_coming_commands_say_so(
     cli_env: Path, capsys: pytest.CaptureFixture[str], command: str
 ) -> None:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import email.utils
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from bountybot.forges.events import Changes
 
 # How long to wait when a forge says "slow down" without saying for how long.
 DEFAULT_RATE_LIMIT_WAIT = 60.0
@@ -79,4 +82,12 @@ class ForgeClient(Protocol):
     async def username(self, repo: RepoRef, user_id: int) -> str:
         """The username of the forge user `user_id` (cached): GitLab's Merge Request Hook
         names the author only by id. GitHub's payloads always carry logins."""
+        ...
+
+    async def changes(self, repo: RepoRef, *, label: str, since: datetime | None,
+                      etags: dict[str, str]) -> Changes:
+        """What changed in `repo` since `since` (everything when None), for reconciliation:
+        labelled open issues, new comments that carry commands, pull/merge requests merged,
+        each as the webhook would have said it. Lists are asked with `If-None-Match: etags[..]`
+        and one answered 304 is skipped; the new ETags come back in `Changes.etags`."""
         ...

@@ -1,11 +1,28 @@
-"""The normalized shape of a forge delivery: what happened, to which issue of which repo."""
+"""The normalized shape of a forge delivery: what happened, to which issue of which repo; and
+what reconciliation reads of a repo, stored in the inbox as happenings (`SYNC_EVENT`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
 
+from bountybot.commands import parse_comment
 from bountybot.forges.base import RepoRef
-from bountybot.rules import Comment, Event
+from bountybot.rules import (
+    Actor,
+    Comment,
+    Event,
+    IssueClosed,
+    IssueDeleted,
+    IssueRetitled,
+    LabelAdded,
+    LabelRemoved,
+    LinkClosed,
+    LinkOpened,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,3 +60,98 @@ class Normalized:
     happenings: list[Happening] = field(default_factory=list)
     transfer: Transfer | None = None
     ignored: str | None = None  # why nothing came of it, for the delivery's record
+
+
+# -- reconciliation ------------------------------------------------------------------------
+
+# The inbox kind of what reconciliation stores: its payload is `happenings_to_json`'s.
+SYNC_EVENT = "bountybot.sync"
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """Something reconciliation read on a forge, named for good by `key` (`label:<issue id>`,
+    `comment:<id>:<updated_at>`, `merge:<pull request id>`), so reading it again stores
+    nothing new. `at` is when it happened on the forge; labels go first, then the rest in
+    time order, so a task exists before the comments that fund it are applied."""
+
+    kind: str  # label, comment or merge
+    key: str
+    at: datetime
+    happenings: tuple[Happening, ...]
+
+
+@dataclass
+class Changes:
+    """What `ForgeClient.changes` read of one repo: what it found, the ETags to send next time,
+    and how many requests it took (and how many of them the forge answered 304)."""
+
+    etags: dict[str, str] = field(default_factory=dict)
+    found: list[Found] = field(default_factory=list)
+    requests: int = 0
+    not_modified: int = 0
+
+
+def carries_commands(body: str, *, bot_login: str) -> bool:
+    """Whether a comment holds anything the bot answers (a command, or a refused one): the
+    comments reconciliation passes on. The currency does not change what is a command."""
+    return bool(parse_comment(body, bot_login=bot_login, currency="EUR"))
+
+
+def since_or_later(stamp: str | None, since: datetime | None) -> bool:
+    """Whether a forge timestamp (ISO 8601, `Z` or an offset) is at or after `since`."""
+    if since is None:
+        return True
+    return stamp is not None and parse_time(stamp) >= since
+
+
+def parse_time(stamp: str) -> datetime:
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# The events a sync delivery may carry, by name: nothing else is read back.
+_EVENTS: dict[str, type[Any]] = {cls.__name__: cls for cls in (
+    LabelAdded, LabelRemoved, IssueClosed, IssueDeleted, IssueRetitled, LinkOpened, LinkClosed)}
+
+
+def _what_to_dict(what: Comment | Event) -> dict[str, Any]:
+    if isinstance(what, Comment):
+        # Only what the forge said: whether the author maintains the repo is asked again.
+        return {"type": "Comment", "id": what.id, "body": what.body, "revision": what.revision,
+                "author": {"login": what.author.login, "is_bot": what.author.is_bot}}
+    if type(what).__name__ not in _EVENTS:
+        raise TypeError(f"{type(what).__name__} is not a forge event")
+    return {"type": type(what).__name__, **{f.name: getattr(what, f.name) for f in fields(what)}}
+
+
+def _what_from_dict(data: dict[str, Any]) -> Comment | Event:
+    kind = data.pop("type")
+    if kind == "Comment":
+        author = data.pop("author")
+        return Comment(author=Actor(str(author["login"]), is_bot=bool(author["is_bot"])),
+                       **data)
+    event: Comment | Event = _EVENTS[kind](**data)
+    return event
+
+
+def happening_to_dict(h: Happening) -> dict[str, Any]:
+    return {"repo_path": h.repo_path, "repo": asdict(h.repo) if h.repo else None,
+            "number": h.number, "what": _what_to_dict(h.what), "title": h.title, "url": h.url,
+            "author_id": h.author_id}
+
+
+def happening_from_dict(data: dict[str, Any]) -> Happening:
+    repo = data.get("repo")
+    return Happening(str(data["repo_path"]), RepoRef(**repo) if repo else None,
+                     int(data["number"]), _what_from_dict(dict(data["what"])),
+                     str(data.get("title") or ""), str(data.get("url") or ""),
+                     data.get("author_id"))
+
+
+def happenings_to_json(happenings: Iterable[Happening]) -> str:
+    return json.dumps({"happenings": [happening_to_dict(h) for h in happenings]})
+
+
+def happenings_from_payload(payload: dict[str, Any]) -> list[Happening]:
+    return [happening_from_dict(item) for item in payload["happenings"]]

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import requests
 from github import Auth, Github, GithubException, GithubIntegration, RateLimitExceededException
+from github.Requester import Requester
 from requests.utils import parse_header_links
 
 from bountybot.forges.base import DEFAULT_RATE_LIMIT_WAIT, ForgeError, RepoRef, parse_retry_after
+from bountybot.forges.events import Changes, since_or_later
+from bountybot.forges.github_events import synced_comment, synced_label, synced_merge
 
 if TYPE_CHECKING:
     from bountybot.config import Settings
@@ -24,6 +28,7 @@ TOKEN_REFRESH_MARGIN = timedelta(minutes=1)
 # GitHub's advice when a rate-limit answer says nothing about when to come back.
 _MAINTAINER_ROLES = frozenset({"admin", "maintain", "write"})
 _MAX_MESSAGE = 200
+T = TypeVar("T")
 
 
 def _utcnow() -> datetime:
@@ -97,6 +102,7 @@ class GitHubClient:
         login = bot_login.lower().removesuffix("[bot]")
         # An app comments as `<slug>[bot]`; the same name may be configured with or without it.
         self._bot_logins = frozenset({login, f"{login}[bot]"})
+        self._bot_login = login
         self._maintainer_ttl = timedelta(seconds=maintainer_ttl)
         self._clock = clock
         # PyGithub asserts an int timeout (Github and GithubIntegration), so round up.
@@ -154,13 +160,19 @@ class GitHubClient:
                        none_if_missing: bool = False) -> tuple[dict[str, Any], Any]:
         """(headers, JSON) of one call; ({}, None) for a 404 when `none_if_missing`."""
         requester = self._github(repo).requester
+        answer = await self._guarded(verb, url, lambda: requester.requestJsonAndCheck(
+            verb, url, parameters=params, input=body), none_if_missing=none_if_missing)
+        return answer if answer is not None else ({}, None)
+
+    async def _guarded(self, verb: str, url: str, call: Callable[[], T], *,
+                       none_if_missing: bool = False) -> T | None:
+        """Run one blocking PyGithub call in a worker thread, its failure as ForgeError; None
+        for a 404 when `none_if_missing`."""
         try:
-            return await asyncio.to_thread(
-                requester.requestJsonAndCheck, verb, url, parameters=params, input=body
-            )
+            return await asyncio.to_thread(call)
         except GithubException as e:
             if none_if_missing and e.status == 404:
-                return {}, None
+                return None
             raise self._error(verb, url, e) from e
         except _GrantError as e:
             raise self._error("POST", e.url, e.cause) from e
@@ -237,10 +249,86 @@ class GitHubClient:
         self._maintainers[key] = (now + self._maintainer_ttl, maintainer)
         return maintainer
 
+    async def changes(self, repo: RepoRef, *, label: str, since: datetime | None,
+                      etags: dict[str, str]) -> Changes:
+        """Three lists, newest first, each read down to `since`: the labelled open issues, the
+        repo's issue comments (one list for all its issues) and its closed pull requests. Their
+        URLs do not move with the cursor, so the ETag of an unchanged list still matches: an
+        unchanged repo costs three 304s, which GitHub does not count against the rate limit."""
+        out = Changes(etags=dict(etags))
+        base = _repo_path(repo)
+        newest: dict[str, Any] = {"sort": "updated", "direction": "desc", "per_page": 100}
+        issues = await self._list(repo, out, "issues", f"{base}/issues",
+                                  {"labels": label, "state": "open", **newest}, since)
+        comments = await self._list(repo, out, "comments", f"{base}/issues/comments", newest,
+                                    since)
+        pulls = await self._list(repo, out, "pulls", f"{base}/pulls",
+                                 {"state": "closed", **newest}, since)
+        by_number = {issue["number"]: issue for issue in issues}
+        found = [synced_label(issue, repo, label) for issue in issues]
+        found += [synced_comment(c, repo, by_number, bot_login=self._bot_login, since=since)
+                  for c in comments]
+        found += [synced_merge(pull, repo, since) for pull in pulls]
+        out.found = [f for f in found if f is not None]
+        return out
+
+    async def _list(self, repo: RepoRef, out: Changes, key: str, url: str,
+                    params: dict[str, Any], since: datetime | None) -> list[dict[str, Any]]:
+        """The items of a list sorted newest first, page by page down to `since`; none when
+        the first page is unchanged since the ETag kept under `key` (a 304)."""
+        requester = self._github(repo).requester
+        items: list[dict[str, Any]] = []
+        page_url: str | None = url
+        query: dict[str, Any] | None = params
+        etag = out.etags.get(key)
+        conditional = {"If-None-Match": etag} if etag else None  # the first page only
+        while page_url is not None:
+
+            def get(at: str = page_url, q: dict[str, Any] | None = query,
+                    headers: dict[str, str] | None = conditional) -> tuple[int, Any, Any]:
+                return _conditional_get(requester, at, q, headers)
+
+            answer = await self._guarded("GET", page_url, get)
+            assert answer is not None
+            status, headers, page = answer
+            out.requests += 1
+            if status == 304:
+                out.not_modified += 1
+                return []
+            if page_url == url and headers.get("etag"):
+                out.etags[key] = str(headers["etag"])
+            page = page or []
+            fresh = [item for item in page if since_or_later(item.get("updated_at"), since)]
+            items += fresh
+            if len(fresh) < len(page):
+                break  # the rest is older than the cursor
+            # The next link is absolute and carries the query.
+            page_url, query, conditional = _next_link(headers.get("link")), None, None
+        return items
+
 
 def _repo_path(repo: RepoRef) -> str:
     owner, _, name = repo.full_path.partition("/")
     return f"/repos/{quote(owner, safe='')}/{quote(name, safe='')}"
+
+
+def _conditional_get(requester: Requester, url: str, params: dict[str, Any] | None,
+                     headers: dict[str, str] | None) -> tuple[int, dict[str, Any], Any]:
+    """(status, headers, JSON) of a GET that may be answered 304 (no body). Made as PyGithub's
+    own `GithubObject.update()` makes its conditional requests: `requestJson`, the status
+    looked at before the error check, which would take a 304 for a success with no body."""
+    status, answered, body = requester.requestJson(
+        "GET", url, parameters=dict(params or {}), headers=dict(headers or {}))
+    if status == 304:
+        return status, answered, None
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:  # a proxy's HTML error page
+        data = {"message": body[:_MAX_MESSAGE]}
+    if status >= 400:
+        said = data if isinstance(data, dict) else {"message": str(data)[:_MAX_MESSAGE]}
+        raise requester.createException(status, answered, said)
+    return status, answered, data
 
 
 def _path(url: str) -> str:

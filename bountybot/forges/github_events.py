@@ -1,13 +1,24 @@
-"""GitHub webhook payloads turned into normalized happenings (pure: no HTTP, no PyGithub)."""
+"""GitHub webhook payloads, and the REST objects reconciliation reads, turned into normalized
+happenings (pure: no HTTP, no PyGithub)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from bountybot.commands import parse_comment
 from bountybot.forges.base import RepoRef
-from bountybot.forges.events import Happening, Normalized, Transfer
+from bountybot.forges.events import (
+    Found,
+    Happening,
+    Normalized,
+    Transfer,
+    carries_commands,
+    parse_time,
+    since_or_later,
+)
 from bountybot.forges.links import closing_refs
 from bountybot.rules import (
     Actor,
@@ -170,3 +181,69 @@ def _pull_request(action: str | None, payload: dict[str, Any]) -> Normalized:
     ]
     return Normalized(happenings=happenings)
 
+
+
+# -- the REST API, read by reconciliation ---------------------------------------------------
+# GitHub's REST issue, comment and pull request objects are the webhook's own, so the readers
+# above serve: each object goes in as the delivery that was missed would have carried it.
+
+
+def _rest_payload(repo: RepoRef, repository: dict[str, Any] | None = None,
+                  **objects: Any) -> dict[str, Any]:
+    repository = repository or {"id": repo.forge_repo_id, "full_name": repo.full_path}
+    installation = {"id": repo.installation_id} if repo.installation_id else None
+    return {"repository": repository, "installation": installation, **objects}
+
+
+def synced_label(issue: dict[str, Any], repo: RepoRef, label: str) -> Found | None:
+    """An open issue (not a pull request) that carries the label, from `GET .../issues`."""
+    if issue.get("pull_request") or issue.get("state") != "open" \
+            or not _has_label(issue.get("labels"), label):
+        return None
+    h = Happening(repo.full_path, repo, issue["number"], LabelAdded(), issue.get("title") or "",
+                  issue.get("html_url", ""))
+    return Found("label", f"label:{issue['id']}", parse_time(issue["updated_at"]), (h,))
+
+
+def synced_comment(comment: dict[str, Any], repo: RepoRef,
+                   issues: Mapping[int, dict[str, Any]], *, bot_login: str,
+                   since: datetime | None) -> Found | None:
+    """A comment from `GET .../issues/comments`, when it is new since `since`, on an issue (not
+    a pull request), written by someone other than a bot, and carries commands. An older
+    comment edited since is not read: the text before the edit, which tells which commands
+    the edit added, is gone (GitLab's note edits are not read for the same reason)."""
+    html = comment.get("html_url") or ""
+    if "/pull/" in urlsplit(html).path or not since_or_later(comment.get("created_at"), since):
+        return None
+    if not carries_commands(comment.get("body") or "", bot_login=bot_login):
+        return None
+    number = int(str(comment["issue_url"]).rstrip("/").rsplit("/", 1)[1])
+    # The issue as the labelled list gave it, else all a comment says of it (no title).
+    issue = issues.get(number) or {"number": number, "title": "", "html_url": html.split("#")[0]}
+    normalized = _issue_comment("created", _rest_payload(repo, comment=comment, issue=issue),
+                                bot_login)
+    bot = bot_login.lower().removesuffix("[bot]")
+    happenings = [h for h in normalized.happenings if isinstance(h.what, Comment)
+                  and not h.what.author.is_bot
+                  and h.what.author.login.lower().removesuffix("[bot]") != bot
+                  and not h.what.author.login.lower().endswith("[bot]")]
+    if not happenings:
+        return None
+    return Found("comment", f"comment:{comment['id']}:{comment.get('updated_at')}",
+                 parse_time(comment["created_at"]), tuple(happenings))
+
+
+def synced_merge(pull: dict[str, Any], repo: RepoRef, since: datetime | None) -> Found | None:
+    """A pull request from `GET .../pulls?state=closed`, merged since `since`, that closes
+    issues. One merged earlier and only touched since (a late comment) is not a new merge."""
+    merged_at = pull.get("merged_at")
+    if not merged_at or not since_or_later(merged_at, since):
+        return None
+    # The list's pull requests have no `merged` flag, only `merged_at`.
+    payload = _rest_payload(repo, (pull.get("base") or {}).get("repo"),
+                            pull_request={**pull, "merged": True})
+    normalized = _pull_request("closed", payload)
+    if not normalized.happenings:
+        return None
+    return Found("merge", f"merge:{pull['id']}", parse_time(merged_at),
+                 tuple(normalized.happenings))

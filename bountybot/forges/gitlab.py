@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import gitlab
 import requests
-from gitlab.exceptions import GitlabError
+from gitlab.exceptions import GitlabError, GitlabHttpError
 
 from bountybot.forges.base import DEFAULT_RATE_LIMIT_WAIT, ForgeError, RepoRef, parse_retry_after
+from bountybot.forges.events import Changes, since_or_later
+from bountybot.forges.gitlab_events import synced_label, synced_merge, synced_note
 
 if TYPE_CHECKING:
     from bountybot.config import Settings
@@ -242,6 +244,72 @@ class GitLabClient:
         username = str(user["username"])
         self._remember(int(user_id), username)
         return username
+
+    async def changes(self, repo: RepoRef, *, label: str, since: datetime | None,
+                      etags: dict[str, str]) -> Changes:
+        """Two lists, newest first, each read down to `since` with If-None-Match on its first
+        page: the project's issues (any label: a `/goal` note creates a task on an unlabelled
+        one) and its merged merge requests; then the notes of each issue updated since (a new
+        note touches its issue). Their URLs do not move with the cursor, so an unchanged
+        project costs two requests, each a 304 if this GitLab honours If-None-Match on its API
+        (GitLab counts those against its throttles all the same)."""
+        pid = _project_id(repo)
+        out = Changes(etags=dict(etags))
+        newest: dict[str, Any] = {"order_by": "updated_at", "sort": "desc", "per_page": 100}
+        issues = await self._list(out, "issues", f"/projects/{pid}/issues", newest, since)
+        merged = await self._list(out, "merge_requests", f"/projects/{pid}/merge_requests",
+                                  {"state": "merged", **newest}, since)
+        found = [synced_label(issue, repo, label) for issue in issues]
+        for issue in issues:
+            if issue.get("user_notes_count") == 0:
+                continue
+            notes = await self._list(out, None, f"/projects/{pid}/issues/{issue['iid']}/notes",
+                                     newest, since)
+            found += [synced_note(note, repo, issue, bot_login=self._bot_login, since=since)
+                      for note in notes]
+        found += [synced_merge(mr, repo, since) for mr in merged]
+        out.found = [f for f in found if f is not None]
+        return out
+
+    async def _list(self, out: Changes, key: str | None, path: str, params: dict[str, Any],
+                    since: datetime | None) -> list[dict[str, Any]]:
+        """The items of a list sorted newest first, page by page down to `since`; none when
+        the first page is unchanged since the ETag kept under `key` (a 304)."""
+        etag = out.etags.get(key) if key else None
+
+        def read() -> tuple[list[dict[str, Any]], int, str | None]:
+            """(items, requests, new ETag); the ETag is None for a 304."""
+            items: list[dict[str, Any]] = []
+            page, requests = 1, 0
+            headers = {"If-None-Match": etag} if etag else None  # the first page only
+            new_etag: str | None = None
+            while True:
+                requests += 1
+                try:
+                    response = self._gl.http_request(
+                        "get", path, query_data={**params, "page": page}, extra_headers=headers)
+                except GitlabHttpError as e:  # python-gitlab raises for anything but a 2xx
+                    if e.response_code == 304:
+                        return [], requests, None
+                    raise
+                if page == 1:
+                    new_etag = response.headers.get("ETag") or ""
+                batch = response.json()
+                fresh = [item for item in batch
+                         if since_or_later(item.get("updated_at"), since)]
+                items += fresh
+                following = response.headers.get("X-Next-Page")
+                if len(fresh) < len(batch) or not following:
+                    return items, requests, new_etag
+                page, headers = int(following), None
+
+        items, requests, new_etag = await self._run("GET", path, read)
+        out.requests += requests
+        if new_etag is None:
+            out.not_modified += 1
+        elif key is not None and new_etag:
+            out.etags[key] = new_etag
+        return items
 
 
 def _project_id(repo: RepoRef) -> int:

@@ -1,4 +1,5 @@
-"""GitLab webhook payloads turned into normalized happenings (pure: no HTTP, no python-gitlab).
+"""GitLab webhook payloads, and the REST objects reconciliation reads, turned into normalized
+happenings (pure: no HTTP, no python-gitlab).
 
 Read by `X-Gitlab-Event` (`Issue Hook`, `Note Hook`, `Merge Request Hook`, their `Confidential`
 variants, or the payload's `object_kind` passed as the event); anything else normalizes to
@@ -21,12 +22,21 @@ What GitLab's payloads do not say, and what this module does about it:
 
 from __future__ import annotations
 
+import functools
 import re
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from bountybot.forges.base import RepoRef
-from bountybot.forges.events import Happening, Normalized
+from bountybot.forges.events import (
+    Found,
+    Happening,
+    Normalized,
+    carries_commands,
+    parse_time,
+    since_or_later,
+)
 from bountybot.forges.links import closing_refs, same_repo
 from bountybot.rules import (
     Actor,
@@ -154,23 +164,26 @@ def _note(payload: dict[str, Any], repo: RepoRef, project: dict[str, Any]) -> No
                                             issue.get("title") or "", url)])
 
 
+def _refs(repo: RepoRef, web_url: str | None, title: str | None,
+          description: str | None) -> list[tuple[str, int]]:
+    """The issues a merge request's title and description say it closes."""
+    web = urlsplit(web_url or "https://gitlab.com")
+    # A self-managed GitLab under a relative URL root (https://host/gitlab/group/project):
+    # issue URLs carry the root, which is no part of a project's path.
+    root = web.path.rstrip("/").removesuffix(repo.full_path).rstrip("/")
+    text = f"{title or ''}\n{description or ''}"
+    if root:
+        text = text.replace(f"{web.netloc}{root}/", f"{web.netloc}/")
+    return closing_refs(text, forge=FORGE, repo_path=repo.full_path, web_host=web.netloc)
+
+
 def _merge_request(payload: dict[str, Any], repo: RepoRef,
                    project: dict[str, Any]) -> Normalized:
     mr = payload["object_attributes"]
     action, state = mr.get("action"), mr.get("state")
     if action in _APPROVALS:
         return Normalized(ignored=f"merge request {action}")
-    web = urlsplit(project.get("web_url") or "https://gitlab.com")
-    # A self-managed GitLab under a relative URL root (https://host/gitlab/group/project):
-    # issue URLs carry the root, which is no part of a project's path.
-    root = web.path.rstrip("/").removesuffix(repo.full_path).rstrip("/")
-
-    def refs(title: str | None, description: str | None) -> list[tuple[str, int]]:
-        text = f"{title or ''}\n{description or ''}"
-        if root:
-            text = text.replace(f"{web.netloc}{root}/", f"{web.netloc}/")
-        return closing_refs(text, forge=FORGE, repo_path=repo.full_path, web_host=web.netloc)
-
+    refs = functools.partial(_refs, repo, project.get("web_url"))
     number, url = mr["iid"], mr.get("url")
     now = refs(mr.get("title"), mr.get("description"))
     events: list[tuple[str, int, Event]] = []
@@ -201,3 +214,61 @@ def _merge_request(payload: dict[str, Any], repo: RepoRef,
         if same_repo(path, repo.full_path) else Happening(path, None, n, ev, author_id=author_id)
         for path, n, ev in events
     ])
+
+
+# -- the REST API, read by reconciliation ---------------------------------------------------
+# GitLab's REST objects are not its hooks' (`labels` are names, a note's author is `author`,
+# a merge request names its author), so each is mapped here field by field.
+
+
+def synced_label(issue: dict[str, Any], repo: RepoRef, label: str) -> Found | None:
+    """An open issue carrying the label, from `GET /projects/:id/issues`."""
+    if issue.get("state") != "opened" or (issue.get("issue_type") or "issue") != "issue":
+        return None
+    names = {str(item if isinstance(item, str) else item.get("name", "")).lower()
+             for item in issue.get("labels") or []}  # names, or objects with_labels_details
+    if label.lower() not in names:
+        return None
+    h = Happening(repo.full_path, repo, issue["iid"], LabelAdded(), issue.get("title") or "",
+                  issue.get("web_url") or "")
+    return Found("label", f"label:{issue['id']}", parse_time(issue["updated_at"]), (h,))
+
+
+def synced_note(note: dict[str, Any], repo: RepoRef, issue: dict[str, Any], *,
+                bot_login: str, since: datetime | None) -> Found | None:
+    """A note from `GET /projects/:id/issues/:iid/notes`, when it is new since `since`, written
+    by a person (not a system note, not a bot) and carries commands. Edits are not read, as
+    on the hooks (see the module docstring)."""
+    if note.get("system") or note.get("noteable_type", "Issue") != "Issue" \
+            or not since_or_later(note.get("created_at"), since):
+        return None
+    author = note.get("author") or {}
+    login = str(author.get("username") or "")
+    body = note.get("body") or ""
+    if not login or is_bot_user(author) or login.lower() == bot_login.lower() \
+            or not carries_commands(body, bot_login=bot_login):
+        return None
+    what = Comment(str(note["id"]), Actor(login), body)
+    h = Happening(repo.full_path, repo, issue["iid"], what, issue.get("title") or "",
+                  issue.get("web_url") or "")
+    return Found("comment", f"comment:{note['id']}:{note.get('updated_at')}",
+                 parse_time(note["created_at"]), (h,))
+
+
+def synced_merge(mr: dict[str, Any], repo: RepoRef, since: datetime | None) -> Found | None:
+    """A merge request from `GET /projects/:id/merge_requests?state=merged`, merged since
+    `since`, that closes issues. The REST object names its author, so no lookup is needed."""
+    merged_at = mr.get("merged_at")
+    if mr.get("state") != "merged" or not merged_at or not since_or_later(merged_at, since):
+        return None
+    url = mr.get("web_url") or ""
+    project_url = url.split("/-/merge_requests/")[0] if "/-/merge_requests/" in url else None
+    author = str((mr.get("author") or {}).get("username") or "")
+    merged = LinkClosed(mr["iid"], author, merged=True, url=url or None)
+    happenings = tuple(
+        Happening(repo.full_path, repo, n, merged) if same_repo(path, repo.full_path)
+        else Happening(path, None, n, merged)
+        for path, n in _refs(repo, project_url, mr.get("title"), mr.get("description")))
+    if not happenings:
+        return None
+    return Found("merge", f"merge:{mr['id']}", parse_time(merged_at), happenings)

@@ -4,11 +4,16 @@ Shapes come from GitHub: the standard response headers and the user object are t
 recorded exchange (`tests/fixtures/github/api/paginate-issues.json`, octokit/fixtures), comment,
 reaction, permission and installation-token answers follow GitHub's REST reference, and comment
 lists are paginated with a `Link` header pointing at `/repositories/{id}/...` as GitHub's does.
+The lists reconciliation reads (a repo's issues, issue comments, pull requests) are served from
+the same state; every GET answer carries an ETag (a hash of its body) and is a 304, not counted
+against the rate limit, when the client sends that ETag back in `If-None-Match`.
 
     fake = await FakeGitHub.start()           # or the `github_server` fixture
     fake.accept_token("ghp_...")              # a personal token, acting as `bountybot`
     fake.add_repo("octo/widgets", 1296269)
     fake.set_permission("octo/widgets", "alice", "maintain")
+    fake.label_issue("octo/widgets", 7, "bounty"); fake.add_comment(...)  # no webhook sent
+    fake.add_pull("octo/widgets", 9, "Fixes #7", login="dave"); fake.merge_pull(...)
     fake.fail_next("POST", r"/comments$", 502)
     ... point GitHubClient at fake.url ...
     fake.requests, fake.writes(), fake.comments("octo/widgets", 7)
@@ -74,6 +79,33 @@ class FakeComment:
     updated_at: datetime
 
 
+@dataclass
+class FakeIssue:
+    id: int
+    repo: str
+    number: int
+    title: str
+    labels: list[str]
+    login: str
+    created_at: datetime
+    updated_at: datetime
+    state: str = "open"
+
+
+@dataclass
+class FakePull:
+    id: int
+    repo: str
+    number: int
+    title: str
+    body: str
+    login: str
+    created_at: datetime
+    updated_at: datetime
+    state: str = "open"
+    merged_at: datetime | None = None
+
+
 @dataclass(frozen=True)
 class FakeReaction:
     id: int
@@ -127,6 +159,8 @@ class FakeGitHub(RecordingServer):
         self._headers, self._user_template = _recorded_shapes()
         self._repos: dict[str, _Repo] = {}
         self._comments: dict[int, FakeComment] = {}
+        self._issues: dict[tuple[str, int], FakeIssue] = {}
+        self._pulls: dict[tuple[str, int], FakePull] = {}
         self._reactions: list[FakeReaction] = []
         self._roles: dict[tuple[str, str], str] = {}
         self._tokens: dict[str, _Identity] = {}
@@ -157,6 +191,9 @@ class FakeGitHub(RecordingServer):
         app.router.add_patch(repo + "/issues/comments/{comment:\\d+}", fake._edit_comment)
         app.router.add_post(repo + "/issues/comments/{comment:\\d+}/reactions", fake._react)
         app.router.add_get(repo + "/collaborators/{login}/permission", fake._permission)
+        app.router.add_get(repo + "/issues", fake._list_issues)
+        app.router.add_get(repo + "/issues/comments", fake._list_repo_comments)
+        app.router.add_get(repo + "/pulls", fake._list_pulls)
         await fake._listen(app)
         return fake
 
@@ -183,12 +220,49 @@ class FakeGitHub(RecordingServer):
 
     def add_comment(self, full_path: str, number: int, body: str, *, login: str = "alice",
                     user_type: str = "User") -> int:
-        """A comment someone else wrote; returns its id."""
+        """A comment someone else wrote, sending no webhook; returns its id."""
         now = self.clock()
         comment = FakeComment(next(self._ids), self._repo(full_path).full_path, number, body,
                               login, user_type, now, now)
         self._comments[comment.id] = comment
+        issue = self._issues.get((comment.repo, number))
+        if issue is not None:  # a comment updates its issue, as on GitHub
+            issue.updated_at = now
         return comment.id
+
+    def add_issue(self, full_path: str, number: int, title: str = "An issue", *,
+                  labels: tuple[str, ...] = (), login: str = "maya") -> FakeIssue:
+        """An open issue, sending no webhook."""
+        now = self.clock()
+        path = self._repo(full_path).full_path
+        issue = FakeIssue(next(self._ids), path, number, title, list(labels), login, now, now)
+        self._issues[(path, number)] = issue
+        return issue
+
+    def label_issue(self, full_path: str, number: int, label: str) -> FakeIssue:
+        """Put a label on an issue (made if new), sending no webhook."""
+        path = self._repo(full_path).full_path
+        issue = self._issues.get((path, number)) or self.add_issue(path, number)
+        if label not in issue.labels:
+            issue.labels.append(label)
+        issue.updated_at = self.clock()
+        return issue
+
+    def add_pull(self, full_path: str, number: int, body: str, *, login: str,
+                 title: str = "A change") -> FakePull:
+        """An open pull request, sending no webhook."""
+        now = self.clock()
+        path = self._repo(full_path).full_path
+        pull = FakePull(next(self._ids), path, number, title, body, login, now, now)
+        self._pulls[(path, number)] = pull
+        return pull
+
+    def merge_pull(self, full_path: str, number: int) -> FakePull:
+        """Merge a pull request, sending no webhook."""
+        pull = self._pulls[(self._repo(full_path).full_path, number)]
+        pull.state, pull.merged_at = "closed", self.clock()
+        pull.updated_at = pull.merged_at
+        return pull
 
     def comments(self, full_path: str, number: int) -> list[FakeComment]:
         path = self._repo(full_path).full_path
@@ -234,12 +308,13 @@ class FakeGitHub(RecordingServer):
             except web.HTTPException as e:  # no such route, or method not allowed
                 response = self._answer({"message": e.reason, "documentation_url": DOCS},
                                         e.status)
+        response = self._conditional(request, response)
         for name, value in self._standard_headers().items():
             response.headers.setdefault(name, value)
         return response
 
     def _standard_headers(self) -> dict[str, str]:
-        used = len(self.requests)
+        used = len(self.requests) - self.not_modified  # a 304 costs no rate limit
         return {
             **self._headers,
             "date": format_datetime(self.clock(), usegmt=True),
@@ -315,12 +390,13 @@ class FakeGitHub(RecordingServer):
 
     def _comment_json(self, c: FakeComment) -> dict[str, Any]:
         api = f"{self.url}/repos/{c.repo}/issues"
+        kind = "pull" if (c.repo, c.number) in self._pulls else "issues"
         counts = {content: 0 for content in REACTIONS}
         for reaction in self.reactions(c.id):
             counts[reaction.content] += 1
         return {
             "url": f"{api}/comments/{c.id}",
-            "html_url": f"https://github.com/{c.repo}/issues/{c.number}#issuecomment-{c.id}",
+            "html_url": f"https://github.com/{c.repo}/{kind}/{c.number}#issuecomment-{c.id}",
             "issue_url": f"{api}/{c.number}",
             "id": c.id,
             "node_id": _node_id("IssueComment", c.id),
@@ -452,6 +528,100 @@ class FakeGitHub(RecordingServer):
         user["role_name"] = role
         return self._answer({"permission": LEGACY_PERMISSION[role], "role_name": role,
                              "user": user})
+
+    def _issue_json(self, issue: FakeIssue) -> dict[str, Any]:
+        api = f"{self.url}/repos/{issue.repo}"
+        return {
+            "url": f"{api}/issues/{issue.number}", "repository_url": api,
+            "html_url": f"https://github.com/{issue.repo}/issues/{issue.number}",
+            "id": issue.id, "node_id": _node_id("Issue", issue.id), "number": issue.number,
+            "title": issue.title, "user": self._user(issue.login),
+            "labels": [{"id": 208045946 + i, "node_id": _node_id("Label", i),
+                        "url": f"{api}/labels/{quote(name)}", "name": name, "color": "f29513",
+                        "default": False, "description": None}
+                       for i, name in enumerate(issue.labels)],
+            "state": issue.state, "locked": False, "assignee": None, "assignees": [],
+            "comments": len(self.comments(issue.repo, issue.number)),
+            "created_at": _iso(issue.created_at), "updated_at": _iso(issue.updated_at),
+            "closed_at": None, "author_association": self._association(issue.repo, issue.login),
+            "body": "", "state_reason": None,
+        }
+
+    def _pull_json(self, pull: FakePull) -> dict[str, Any]:
+        repo = self._repo(pull.repo)
+        api = f"{self.url}/repos/{pull.repo}"
+        owner = pull.repo.split("/")[0]
+        repository = {"id": repo.repo_id, "node_id": _node_id("Repository", repo.repo_id),
+                      "name": pull.repo.split("/")[1], "full_name": pull.repo, "private": False,
+                      "owner": self._user(owner), "html_url": f"https://github.com/{pull.repo}",
+                      "url": api}
+        return {
+            "url": f"{api}/pulls/{pull.number}", "id": pull.id,
+            "node_id": _node_id("PullRequest", pull.id),
+            "html_url": f"https://github.com/{pull.repo}/pull/{pull.number}",
+            "number": pull.number, "state": pull.state, "locked": False, "title": pull.title,
+            "user": self._user(pull.login), "body": pull.body, "labels": [],
+            "created_at": _iso(pull.created_at), "updated_at": _iso(pull.updated_at),
+            "closed_at": _iso(pull.updated_at) if pull.state == "closed" else None,
+            "merged_at": _iso(pull.merged_at) if pull.merged_at else None,
+            "merge_commit_sha": None, "draft": False,
+            "head": {"label": f"{pull.login}:fix-{pull.number}", "ref": f"fix-{pull.number}",
+                     "sha": "0" * 40, "user": self._user(pull.login), "repo": repository},
+            "base": {"label": f"{owner}:main", "ref": "main", "sha": "1" * 40,
+                     "user": self._user(owner), "repo": repository},
+            "author_association": self._association(pull.repo, pull.login),
+        }
+
+    async def _list_issues(self, request: web.Request) -> web.Response:
+        repo = self._request_repo(request)
+        wanted = [name for name in request.query.get("labels", "").split(",") if name]
+        state = request.query.get("state", "open")
+        found = [self._issue_json(i) for i in self._issues.values()
+                 if i.repo == repo.full_path and state in ("all", i.state)
+                 and all(name.lower() in {n.lower() for n in i.labels} for name in wanted)]
+        return _page(self, request, found)
+
+    async def _list_repo_comments(self, request: web.Request) -> web.Response:
+        repo = self._request_repo(request)
+        found = [self._comment_json(c) for c in self._comments.values() if c.repo == repo.full_path]
+        return _page(self, request, found)
+
+    async def _list_pulls(self, request: web.Request) -> web.Response:
+        repo = self._request_repo(request)
+        state = request.query.get("state", "open")
+        found = [self._pull_json(p) for p in self._pulls.values()
+                 if p.repo == repo.full_path and state in ("all", p.state)]
+        return _page(self, request, found)
+
+
+def _page(fake: FakeGitHub, request: web.Request, items: list[dict[str, Any]]) -> web.Response:
+    """A list reconciliation reads, filtered by `since`, sorted and paginated as GitHub does
+    (`sort`, `direction`, `per_page`, `page`; the `Link` repeats the query with the next page)."""
+    sort = request.query.get("sort", "created")
+    newest = request.query.get("direction", "desc" if sort == "created" else "asc") == "desc"
+    key = "updated_at" if sort == "updated" else "created_at"
+    since = request.query.get("since")
+    if since:
+        items = [item for item in items if item["updated_at"] >= stamp_of(since)]
+    items = sorted(items, key=lambda item: (item[key], item["id"]), reverse=newest)
+    try:
+        per_page = min(max(int(request.query.get("per_page", 30)), 1), 100)
+        page = max(int(request.query.get("page", 1)), 1)
+    except ValueError:
+        raise Refused(422, "Invalid request.") from None
+    last = max(1, math.ceil(len(items) / per_page))
+    response = fake._answer(items[(page - 1) * per_page:page * per_page])
+    if page < last:
+        query = {**request.query, "page": str(page + 1)}
+        response.headers["link"] = (f'<{fake.url}{request.path}?{urlencode(query)}>; '
+                                    f'rel="next", <{fake.url}{request.path}?'
+                                    f'{urlencode({**query, "page": str(last)})}>; rel="last"')
+    return response
+
+
+def stamp_of(value: str) -> str:
+    """An ISO 8601 time as GitHub writes them (`...Z`), so they compare as text."""
+    return _iso(datetime.fromisoformat(value.replace("Z", "+00:00")))
 
 
 @pytest.fixture

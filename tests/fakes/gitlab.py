@@ -6,13 +6,18 @@ an unknown route `{"error": "404 Not Found"}`, a duplicate award emoji 404 "Awar
 already been taken" (`lib/api/award_emoji.rb` turns the failed validation into `not_found!`), a
 throttled request 429 `Retry later` with `Retry-After` and `RateLimit-*` (Rack::Attack). Lists
 are offset-paginated with `X-Page`, `X-Per-Page`, `X-Next-Page`, `X-Prev-Page`, `X-Total`,
-`X-Total-Pages` and a `Link` header whose URLs repeat the query, as GitLab's are.
+`X-Total-Pages` and a `Link` header whose URLs repeat the query, as GitLab's are. A project's
+issues and merge requests are listed from the state the helpers above keep (none of them sends a
+webhook); every GET answer carries an ETag (a hash of its body) and is a 304 when the client
+sends that ETag back in `If-None-Match`.
 
     fake = await FakeGitLab.start()               # or the `gitlab_server` fixture
     fake.accept_token("glpat-...")                # PRIVATE-TOKEN, acting as `bountybot`
     fake.add_user("alice", 11)
     fake.add_project("group/sub/project", 1234)
     fake.set_access(1234, "alice", 40)            # direct; set_group_access() for inherited
+    fake.label_issue(1234, 7, "bounty"); fake.add_note(1234, 7, "/pledge 5", username="alice")
+    fake.add_merge_request(1234, 3, "Closes #7", username="dave"); fake.merge(1234, 3)
     fake.fail_next("POST", r"/notes$", 502)
     ... point GitLabClient at fake.url ...
     fake.requests, fake.writes(), fake.notes(1234, 7), fake.awards(note_id)
@@ -25,7 +30,7 @@ import json
 import math
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -54,6 +59,33 @@ class FakeNote:
     username: str
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass
+class FakeIssue:
+    id: int
+    project_id: int
+    iid: int
+    title: str
+    labels: list[str]
+    username: str
+    created_at: datetime
+    updated_at: datetime
+    state: str = "opened"
+
+
+@dataclass
+class FakeMergeRequest:
+    id: int
+    project_id: int
+    iid: int
+    title: str
+    description: str
+    username: str
+    created_at: datetime
+    updated_at: datetime
+    state: str = "opened"
+    merged_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +124,8 @@ class FakeGitLab(RecordingServer):
         self._access: dict[tuple[int, int], tuple[int, str]] = {}  # direct: (level, state)
         self._group_access: dict[tuple[str, int], int] = {}
         self._notes: dict[int, FakeNote] = {}
+        self._issues: dict[tuple[int, int], FakeIssue] = {}
+        self._merge_requests: dict[tuple[int, int], FakeMergeRequest] = {}
         self._awards: list[FakeAward] = []
         self._ids = itertools.count(1_500_001)
         self._new_user_ids = itertools.count(9_000_001)
@@ -122,6 +156,8 @@ class FakeGitLab(RecordingServer):
         app.router.add_get("/api/v4/users", fake._find_users)
         app.router.add_get("/api/v4/users/{user_id:\\d+}", fake._get_user)
         app.router.add_get("/api/v4/user", fake._current_user)
+        app.router.add_get("/api/v4/projects/{project}/issues", fake._list_issues)
+        app.router.add_get("/api/v4/projects/{project}/merge_requests", fake._list_merge_requests)
         await fake._listen(app)
         return fake
 
@@ -164,7 +200,45 @@ class FakeGitLab(RecordingServer):
         now = self.clock()
         note = FakeNote(next(self._ids), project_id, iid, body, name, now, now)
         self._notes[note.id] = note
+        issue = self._issues.get((project_id, iid))
+        if issue is not None:  # a note touches its issue, as GitLab's Note#touch_noteable does
+            issue.updated_at = now
         return note.id
+
+    def add_issue(self, project_id: int, iid: int, title: str = "An issue", *,
+                  labels: tuple[str, ...] = (), username: str = "maya") -> FakeIssue:
+        """An open issue, sending no webhook."""
+        self._project(str(project_id))
+        now = self.clock()
+        issue = FakeIssue(next(self._ids), project_id, iid, title, list(labels),
+                          self._user(username)[0], now, now)
+        self._issues[(project_id, iid)] = issue
+        return issue
+
+    def label_issue(self, project_id: int, iid: int, label: str) -> FakeIssue:
+        """Put a label on an issue (made if new), sending no webhook."""
+        issue = self._issues.get((project_id, iid)) or self.add_issue(project_id, iid)
+        if label not in issue.labels:
+            issue.labels.append(label)
+        issue.updated_at = self.clock()
+        return issue
+
+    def add_merge_request(self, project_id: int, iid: int, description: str, *, username: str,
+                          title: str = "A change") -> FakeMergeRequest:
+        """An open merge request, sending no webhook."""
+        self._project(str(project_id))
+        now = self.clock()
+        mr = FakeMergeRequest(next(self._ids), project_id, iid, title, description,
+                              self._user(username)[0], now, now)
+        self._merge_requests[(project_id, iid)] = mr
+        return mr
+
+    def merge(self, project_id: int, iid: int) -> FakeMergeRequest:
+        """Merge a merge request, sending no webhook."""
+        mr = self._merge_requests[(project_id, iid)]
+        mr.state, mr.merged_at = "merged", self.clock()
+        mr.updated_at = mr.merged_at
+        return mr
 
     def notes(self, project_id: int, iid: int) -> list[FakeNote]:
         return [n for n in self._notes.values() if (n.project_id, n.iid) == (project_id, iid)]
@@ -213,6 +287,7 @@ class FakeGitLab(RecordingServer):
                 response = self._answer({"message": e.message}, e.status)
             except web.HTTPException as e:  # no such route: Grape's catch-all answers this
                 response = self._answer({"error": f"{e.status} {e.reason}"}, e.status)
+        response = self._conditional(request, response)
         response.headers.setdefault("Cache-Control", "max-age=0, private, must-revalidate")
         response.headers.setdefault("Vary", "Origin, Accept-Encoding")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -338,21 +413,26 @@ class FakeGitLab(RecordingServer):
     async def _list_notes(self, request: web.Request) -> web.Response:
         project = self._project(request.match_info["project"])
         iid = int(request.match_info["iid"])
+        key = "updated_at" if request.query.get("order_by") == "updated_at" else "created_at"
+        found = sorted(self.notes(project.project_id, iid),
+                       key=lambda n: (getattr(n, key), n.id),
+                       reverse=request.query.get("sort", "desc") != "asc")
+        return self._paged(request, [self._note_json(n) for n in found],
+                           id=request.match_info["project"], noteable_id=str(iid))
+
+    def _paged(self, request: web.Request, found: list[dict[str, Any]],
+               **extra: str) -> web.Response:
+        """One page of a list (`per_page`, `page`), with GitLab's pagination headers; `extra`
+        goes in the links' query, as GitLab puts the route's own parameters there."""
         try:
             per_page = min(max(int(request.query.get("per_page", 20)), 1), 100)
             page = max(int(request.query.get("page", 1)), 1)
         except ValueError:
             raise Refused(400, "400 Bad request - page is invalid") from None
-        key = "updated_at" if request.query.get("order_by") == "updated_at" else "created_at"
-        found = sorted(self.notes(project.project_id, iid),
-                       key=lambda n: (getattr(n, key), n.id),
-                       reverse=request.query.get("sort", "desc") != "asc")
         pages = max(1, math.ceil(len(found) / per_page))
-        response = self._answer(
-            [self._note_json(n) for n in found[(page - 1) * per_page:page * per_page]])
+        response = self._answer(found[(page - 1) * per_page:page * per_page])
         query = {k: v for k, v in request.query.items() if k != "page"}
-        query.update(id=request.match_info["project"], noteable_id=str(iid),
-                     per_page=str(per_page))
+        query.update(extra, per_page=str(per_page))
 
         def link(to: int) -> str:
             params = urlencode(sorted({**query, "page": str(to)}.items()))
@@ -368,6 +448,66 @@ class FakeGitLab(RecordingServer):
             "X-Prev-Page": str(page - 1) if page > 1 else "",
         })
         return response
+
+    def _issue_json(self, issue: FakeIssue) -> dict[str, Any]:
+        project = self._projects[issue.project_id]
+        return {
+            "id": issue.id, "iid": issue.iid, "project_id": issue.project_id,
+            "title": issue.title, "description": "", "state": issue.state,
+            "created_at": _iso(issue.created_at), "updated_at": _iso(issue.updated_at),
+            "closed_at": None, "closed_by": None, "labels": list(issue.labels),
+            "milestone": None, "assignees": [], "author": self._user_json(issue.username),
+            "type": "ISSUE", "assignee": None,
+            "user_notes_count": len(self.notes(issue.project_id, issue.iid)),
+            "merge_requests_count": 0, "upvotes": 0, "downvotes": 0, "due_date": None,
+            "confidential": False, "discussion_locked": None, "issue_type": "issue",
+            "web_url": f"{self.url}/{project.path}/-/issues/{issue.iid}",
+            "references": {"short": f"#{issue.iid}", "relative": f"#{issue.iid}",
+                           "full": f"{project.path}#{issue.iid}"},
+        }
+
+    def _merge_request_json(self, mr: FakeMergeRequest) -> dict[str, Any]:
+        project = self._projects[mr.project_id]
+        return {
+            "id": mr.id, "iid": mr.iid, "project_id": mr.project_id, "title": mr.title,
+            "description": mr.description, "state": mr.state,
+            "created_at": _iso(mr.created_at), "updated_at": _iso(mr.updated_at),
+            "merged_by": None, "merge_user": None,
+            "merged_at": _iso(mr.merged_at) if mr.merged_at else None,
+            "closed_by": None, "closed_at": None, "target_branch": "main",
+            "source_branch": f"fix-{mr.iid}", "author": self._user_json(mr.username),
+            "source_project_id": mr.project_id, "target_project_id": mr.project_id,
+            "labels": [], "draft": False, "merge_status": "can_be_merged",
+            "web_url": f"{self.url}/{project.path}/-/merge_requests/{mr.iid}",
+            "references": {"short": f"!{mr.iid}", "relative": f"!{mr.iid}",
+                           "full": f"{project.path}!{mr.iid}"},
+        }
+
+    def _listed(self, request: web.Request, rows: Iterable[FakeIssue | FakeMergeRequest],
+                to_json: Callable[[Any], dict[str, Any]]) -> web.Response:
+        """A project's issues or merge requests as GitLab lists them: `state` (default all),
+        `labels` (all of them), `updated_after`, `order_by` (created_at, updated_at), `sort`,
+        paginated."""
+        project = self._project(request.match_info["project"])
+        state = request.query.get("state", "all")
+        wanted = {name.lower() for name in request.query.get("labels", "").split(",") if name}
+        after = request.query.get("updated_after")
+        found = [to_json(row) for row in rows
+                 if row.project_id == project.project_id and state in ("all", row.state)]
+        found = [item for item in found
+                 if wanted <= {str(name).lower() for name in item["labels"]}
+                 and (after is None or item["updated_at"] >= _iso(
+                     datetime.fromisoformat(after.replace("Z", "+00:00"))))]
+        key = "updated_at" if request.query.get("order_by") == "updated_at" else "created_at"
+        found.sort(key=lambda item: (item[key], item["id"]),
+                   reverse=request.query.get("sort", "desc") != "asc")
+        return self._paged(request, found)
+
+    async def _list_issues(self, request: web.Request) -> web.Response:
+        return self._listed(request, self._issues.values(), self._issue_json)
+
+    async def _list_merge_requests(self, request: web.Request) -> web.Response:
+        return self._listed(request, self._merge_requests.values(), self._merge_request_json)
 
     async def _create_note(self, request: web.Request) -> web.Response:
         project = self._project(request.match_info["project"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import re
 import time
@@ -60,6 +61,7 @@ class RecordingServer:
     def __init__(self) -> None:
         self.url = ""
         self.requests: list[Recorded] = []
+        self.not_modified = 0  # GETs answered 304
         self._failures: list[Rule] = []
         self._delays: list[Rule] = []
         self._closing = asyncio.Event()
@@ -105,6 +107,21 @@ class RecordingServer:
             {name.lower(): value for name, value in request.headers.items()}, time.monotonic(),
         ))
         return parsed
+
+    def _conditional(self, request: web.Request,
+                     response: web.StreamResponse) -> web.StreamResponse:
+        """Give a successful GET its ETag, a hash of the body as both forges' are, and answer
+        304 with no body when the client sends it back in `If-None-Match`."""
+        if request.method != "GET" or response.status != 200 \
+                or not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+            return response
+        etag = f'W/"{hashlib.sha256(response.body).hexdigest()[:32]}"'
+        held = [tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")]
+        if etag in held:
+            self.not_modified += 1
+            return web.Response(status=304, headers={"ETag": etag})
+        response.headers["ETag"] = etag
+        return response
 
     async def _hold(self, request: web.Request) -> web.Response | None:
         """Wait out a delay set for this request; a 503 if the fake closes meanwhile."""
