@@ -92,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="what identifies the payment (transfer id, receipt...)")
     paid.set_defaults(run=cmd_payouts)
 
+    outbox = commands.add_parser(
+        "outbox", parents=[config],
+        help="list the forge writes waiting or parked as dead; retry dead ones")
+    outbox.add_argument("--state", choices=["pending", "sent", "dead", "skipped", "all"],
+                        default=None, help="which messages to list (default: pending and dead)")
+    outbox.set_defaults(run=cmd_outbox, outbox_command=None)
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", metavar="OUTBOX_COMMAND")
+    retry = outbox_commands.add_parser(
+        "retry", parents=[config_again], help="send dead messages again (all, or the ids given)")
+    retry.add_argument("ids", type=int, nargs="*", metavar="ID",
+                       help="ids from `bountybot outbox` (default: every dead message)")
+    retry.set_defaults(run=cmd_outbox)
+
     sync = commands.add_parser(
         "sync", parents=[config],
         help="read what changed on the forges and apply what the webhooks missed",
@@ -366,12 +379,51 @@ def cmd_payouts(args: argparse.Namespace) -> int:
               f" (reference {args.reference})")
         return 0
     due = _with_books(settings, "list payouts", due_payouts)
+    waiting = _with_books(settings, "list payouts", lambda sm: due_payouts(sm, waiting=True))
     if not due:
         print("no payout is due")
+    else:
+        print(f"{'id':>6}  {'amount':>14}  {'developer':<21}  task  state")
+        for payout in due:
+            print(payout.line(settings.bot.locale))
+    if waiting:
+        print(f"\nnot due yet ({len(waiting)}): released after the merge's waiting period,"
+              " unless disputed")
+        for payout in waiting:
+            print(payout.line(settings.bot.locale))
+    return 0
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from bountybot.outbox import list_messages, retry_dead
+
+    settings = load_settings(args)
+    setup_logging(settings, level=log_level())
+    if args.outbox_command == "retry":
+        count = _with_books(settings, "retry outbox messages",
+                            lambda sm: retry_dead(sm, args.ids or None))
+        if args.ids and count < len(args.ids):
+            print(f"{len(args.ids) - count} of the ids given are not dead messages",
+                  file=sys.stderr)
+        print(f"{count} dead message(s) queued again; a running service sends them now")
+        return 0 if count or not args.ids else 1
+    state = None if args.state in (None, "all") else args.state
+    rows = _with_books(settings, "list the outbox", lambda sm: list_messages(sm, state))
+    if args.state is None:
+        rows = [r for r in rows if r.state in ("pending", "dead")]
+    if not rows:
+        print("the outbox is empty" if args.state is None else f"no {args.state} message")
         return 0
-    print(f"{'id':>6}  {'amount':>14}  {'developer':<21}  task  state")
-    for payout in due:
-        print(payout.line(settings.bot.locale))
+    print(f"{'id':>6}  {'state':<8} {'kind':<9} {'tries':>5}  {'next try (UTC)':<16}"
+          "  where / last error")
+    for row in rows:
+        where = f"task {row.task_id}" if row.task_id else row.lane
+        error = (row.last_error or "").replace("\n", " ")[:80]
+        print(f"{row.id:>6}  {row.state:<8} {row.kind:<9} {row.attempts:>5}"
+              f"  {row.next_attempt_at:%Y-%m-%d %H:%M}  {where}  {error}")
+    dead = sum(1 for r in rows if r.state == "dead")
+    if dead:
+        print(f"\n{dead} dead: `bountybot outbox retry` sends them again")
     return 0
 
 

@@ -30,6 +30,7 @@ class CommandName(StrEnum):
     UNCLAIM = "unclaim"
     AWARD = "award"
     CANCEL = "cancel"
+    DISPUTE = "dispute"
     STATUS = "status"
     HELP = "help"
 
@@ -72,6 +73,8 @@ class Command:
     deadline: date | None = None
     target: str | None = None
     shares: tuple[AwardShare, ...] = ()
+    # What follows the command word, for commands that take free text (`/dispute <reason>`).
+    text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,10 @@ def _read(name: CommandName, word: str, args: str, number: int, raw: str, curren
         return Command(name, number, raw, deadline=_deadline(tokens))
     if name == CommandName.UNCLAIM:
         return Command(name, number, raw, target=_unclaim_target(tokens))
+    if name == CommandName.DISPUTE:
+        if not tokens:
+            raise _Refuse("command.dispute_reason")
+        return Command(name, number, raw, text=" ".join(tokens)[:MAX_LINE])
     return Command(name, number, raw, shares=_award(tokens, currency))
 
 
@@ -312,6 +319,10 @@ _HELP = [
      " `/award @alice 60 % @bob 40 %` (mainteneurs)"),
     ("cancel", "`/cancel`: cancel the task and refund every backer (maintainers)",
      "`/cancel` : annuler la tâche et rembourser tous les donateurs (mainteneurs)"),
+    ("dispute", "`/dispute <reason>`: hold the payout of merged work before it is released, until"
+     " a maintainer decides (backers and maintainers)",
+     "`/dispute <raison>` : bloquer le versement d'un travail fusionné avant sa libération,"
+     " jusqu'à la décision d'un mainteneur (donateurs et mainteneurs)"),
     ("status", "`/status`: show where the task stands",
      "`/status` : voir où en est la tâche"),
     ("help", "`/help`: show this list", "`/help` : afficher cette liste"),
@@ -334,6 +345,12 @@ def help_text(locale: str, bot_login: str) -> str:
     return "\n".join(lines)
 
 
+register(
+    "command.dispute_reason",
+    "Say why you dispute the payout: `/dispute the fix does not work on Windows`.",
+    "Dites pourquoi vous contestez le versement : `/dispute le correctif ne marche pas sous"
+    " Windows`.",
+)
 register(
     "command.unknown",
     "`{raw}` is not a bountybot command. Write `/help` to see the list.",

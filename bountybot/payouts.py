@@ -34,8 +34,10 @@ class DuePayout:
                 f"  {self.repo}#{self.number}  {self.state}  since {self.created_at:%Y-%m-%d}")
 
 
-async def due_payouts(sessionmaker: async_sessionmaker[AsyncSession]) -> list[DuePayout]:
-    """Payouts not paid yet (pending or failed), oldest first."""
+async def due_payouts(sessionmaker: async_sessionmaker[AsyncSession], *,
+                      waiting: bool = False) -> list[DuePayout]:
+    """Payouts to pay now (pending or failed, released, not disputed), oldest first; with
+    `waiting`, those still in their release window or held by a dispute instead."""
     async with sessionmaker() as session:
         rows = (await session.exec(
             select(t.Payout, t.Task, t.Repo)
@@ -43,9 +45,20 @@ async def due_payouts(sessionmaker: async_sessionmaker[AsyncSession]) -> list[Du
             .join(t.Repo, col(t.Repo.id) == t.Task.repo_id)
             .where(col(t.Payout.state).in_(["pending", "failed"]))
             .order_by(col(t.Payout.id)))).all()
-    return [DuePayout(t.id_of(p), t.id_of(task), repo.full_path, task.number, p.developer,
-                      Money(p.amount_minor, p.currency), str(p.state), p.created_at)
-            for p, task, repo in rows]
+    out = []
+    for p, task, repo in rows:
+        due = p.released_at is not None and task.disputed_by is None
+        if due == waiting:
+            continue
+        state = str(p.state)
+        if task.disputed_by is not None:
+            state = f"held: disputed by @{task.disputed_by}"
+        elif p.released_at is None and p.due_at is not None:
+            state = f"waiting until {p.due_at:%Y-%m-%d %H:%M} UTC"
+        out.append(DuePayout(t.id_of(p), t.id_of(task), repo.full_path, task.number,
+                             p.developer, Money(p.amount_minor, p.currency), state,
+                             p.created_at))
+    return out
 
 
 class PayoutError(Exception):

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -22,8 +23,12 @@ from bountybot.app import SESSIONMAKER, SETTINGS
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient
 from bountybot.governor import Governor
-from bountybot.inbox import DeliveryWorker
+from bountybot.inbox import DeliveryWorker, utc_now
 from bountybot.outbox import OutboxSender
+from bountybot.scheduler import Job
+from bountybot.scheduler import start as start_scheduler
+from bountybot.scheduler import stop as stop_scheduler
+from bountybot.sweeps import Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +47,11 @@ class Runtime:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     worker: DeliveryWorker | None = None
     sender: OutboxSender | None = None
+    sweeper: Sweeper | None = None
+    # The one clock of the worker, the sweeps and the outbox: tests move it instead of sleeping.
+    clock: Callable[[], datetime] = utc_now
     background: bool = True
+    scheduled: bool = True
     sender_options: dict[str, Any] = field(default_factory=dict)
     worker_options: dict[str, Any] = field(default_factory=dict)
 
@@ -68,12 +77,18 @@ def forge_clients(settings: Settings) -> dict[str, ForgeClient]:
 def setup(app: web.Application, *, clients: Mapping[str, ForgeClient] | None = None,
           governor: Governor | None = None, background: bool = True,
           sender_options: dict[str, Any] | None = None,
-          worker_options: dict[str, Any] | None = None) -> Runtime:
+          worker_options: dict[str, Any] | None = None,
+          clock: Callable[[], datetime] | None = None, scheduler: bool | None = None) -> Runtime:
     """Webhooks plus the worker and the outbox. `background=False` leaves the loops to the
     caller (`runtime.worker.run_once()`), for tests that step through a story;
-    `sender_options` go to `OutboxSender` (e.g. a short `base_delay` in tests)."""
+    `sender_options` go to `OutboxSender` (e.g. a short `base_delay` in tests); `clock` is
+    the time everything reads (tests move it); `scheduler` runs the APScheduler jobs (by
+    default when `background` is on)."""
     runtime = Runtime(background=background, sender_options=dict(sender_options or {}),
                       worker_options=dict(worker_options or {}))
+    if clock is not None:
+        runtime.clock = clock
+    runtime.scheduled = background if scheduler is None else scheduler
     if clients is not None:
         runtime.clients.update(clients)
     if governor is not None:
@@ -90,6 +105,21 @@ def setup(app: web.Application, *, clients: Mapping[str, ForgeClient] | None = N
     return runtime
 
 
+def scheduled_jobs(runtime: Runtime, settings: Settings) -> dict[str, tuple[float, Job]]:
+    """The scheduler's jobs for this runtime (see `bountybot.scheduler`)."""
+
+    async def sweep() -> None:
+        assert runtime.sweeper is not None
+        await runtime.sweeper.run_once()
+        # The loops retry failed work when its time comes; a nudge costs nothing.
+        runtime.wake_worker.set()
+        runtime.wake_outbox.set()
+
+    jobs: dict[str, tuple[float, Job]] = {"sweep": (float(settings.scheduler.sweep_seconds),
+                                                    sweep)}
+    return jobs
+
+
 async def _loops(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
     settings = app[SETTINGS]
@@ -102,10 +132,15 @@ async def _loops(app: web.Application) -> AsyncIterator[None]:
     if own_clients:
         runtime.clients.update(forge_clients(settings))
     runtime.sender = OutboxSender(sessionmaker, runtime.clients, settings=settings,
-                                  governor=runtime.governor, **runtime.sender_options)
+                                  governor=runtime.governor,
+                                  **{"clock": runtime.clock, **runtime.sender_options})
     runtime.worker = DeliveryWorker(sessionmaker, settings, runtime.clients,
                                     on_written=runtime.wake_outbox.set,
-                                    **runtime.worker_options)
+                                    **{"clock": runtime.clock, **runtime.worker_options})
+    runtime.sweeper = Sweeper(sessionmaker, settings, clock=runtime.clock,
+                              on_written=runtime.wake_outbox.set)
+    jobs = scheduled_jobs(runtime, settings)
+    scheduler = start_scheduler(jobs) if runtime.scheduled else None
     tasks = []
     if runtime.background:
         tasks = [asyncio.create_task(runtime.worker.run_forever(runtime.wake_worker,
@@ -115,6 +150,8 @@ async def _loops(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        if scheduler is not None:
+            stop_scheduler(scheduler)
         runtime.stop.set()
         for task in tasks:
             try:

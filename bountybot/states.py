@@ -41,6 +41,8 @@ class PayoutState(StrEnum):
     PENDING = "pending"
     PAID = "paid"
     FAILED = "failed"
+    # implied: a payout held by a dispute, taken back by a maintainer's /award or /cancel.
+    CANCELLED = "cancelled"
 
 
 class LinkState(StrEnum):
@@ -71,6 +73,8 @@ TASK_MOVES: frozenset[tuple[TaskState, TaskState]] = frozenset(
         # implied: a maintainer /awards merged work that was not linked by a claimant.
         (T.FUNDED, T.DONE),
         (T.CLAIMED, T.DONE),
+            # implied: a dispute decided by /cancel before the payouts were released.
+        (T.DONE, T.CANCELLED),
     }
 )
 
@@ -82,6 +86,8 @@ PLEDGE_MOVES: frozenset[tuple[PledgeState, PledgeState]] = frozenset(
         (P.HELD, P.REFUNDED),
         (P.PENDING, P.WITHDRAWN),
         (P.HELD, P.WITHDRAWN),
+        # implied: a dispute decided by /cancel after the merge gives paid-out money back.
+        (P.PAID_OUT, P.REFUNDED),
         # implied: a pending pledge on a cancelled or expired task is simply dropped; no money
         # moved, so "refunded" would be a lie. Recorded as withdrawn.
     }
@@ -112,6 +118,8 @@ PAYOUT_MOVES: frozenset[tuple[PayoutState, PayoutState]] = frozenset(
         # failed payouts are retried
         (PayoutState.FAILED, PayoutState.PENDING),
         (PayoutState.FAILED, PayoutState.PAID),
+        # implied: a disputed payout is taken back when a maintainer decides (before release).
+        (PayoutState.PENDING, PayoutState.CANCELLED),
     }
 )
 

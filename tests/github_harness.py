@@ -17,6 +17,8 @@ import itertools
 import json
 import time
 import uuid
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
@@ -57,7 +59,9 @@ class GitHubBot:
 
     @classmethod
     async def start(cls, db_url: str, fake: FakeGitHub, *, max_body: int = 25 * 1024 * 1024,
-                    governor: Governor | None = None, **bot: Any) -> GitHubBot:
+                    governor: Governor | None = None,
+                    clock: Callable[[], datetime] | None = None,
+                    sender_options: dict[str, Any] | None = None, **bot: Any) -> GitHubBot:
         fake.accept_token(TOKEN)
         fake.add_repo(REPO, REPO_ID)
         fake.set_permission(REPO, MAINTAINER, "maintain")
@@ -69,8 +73,10 @@ class GitHubBot:
         })
         engine = create_engine(db_url)
         app = create_app(settings, engine=engine, features=[api_setup])
-        setup(app, governor=governor, sender_options={"base_delay": 0.05, "max_delay": 0.2},
-              worker_options={"summary_delay": 0.0})
+        # The scheduler stays off: tests that need the sweeps run them with a moved clock.
+        setup(app, governor=governor,
+              sender_options={"base_delay": 0.05, "max_delay": 0.2, **(sender_options or {})},
+              worker_options={"summary_delay": 0.0}, clock=clock, scheduler=False)
         client = TestClient(TestServer(app))
         await client.start_server()
         return cls(client, fake, engine)

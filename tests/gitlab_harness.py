@@ -70,7 +70,7 @@ class GitLabBot(GitHubBot):
         settings = Settings.model_validate(data)
         engine = create_engine(db_url)
         app = create_app(settings, engine=engine, features=[api_setup])
-        setup(app, sender_options={"base_delay": 0.05, "max_delay": 0.2},
+        setup(app, scheduler=False, sender_options={"base_delay": 0.05, "max_delay": 0.2},
               worker_options={"summary_delay": 0.0})
         client = TestClient(TestServer(app))
         await client.start_server()

@@ -98,7 +98,7 @@ def audit(bounties: Sequence[Bounty], journal: Sequence[JournalTransaction]) -> 
         for po in b.payouts:
             if po.state == PayoutState.PAID:
                 paid_out_total[b.currency] += po.amount.minor
-            else:
+            elif po.state != PayoutState.CANCELLED:
                 developers[(f"developer:{b.forge}:{po.developer}", b.currency)] += po.amount.minor
 
     for (account, currency), value in balance.items():
@@ -137,18 +137,34 @@ def _audit_task(b: Bounty, by_key: dict[str, JournalTransaction],
             bad.append(f"{name}: pledge {p.id} is {p.state} but a refund is"
                        f" {'' if has_refund else 'not '}on the books")
     done = by_key.get(f"task.done:{b.id}")
-    if (done is not None) != (b.state == TaskState.DONE):
+    # A dispute decided by /cancel takes a done task's payouts back: cancelled after the merge.
+    undone = b.state == TaskState.CANCELLED and any(
+        p.state == PayoutState.CANCELLED for p in b.payouts)
+    if (done is not None) != (b.state == TaskState.DONE or undone):
         bad.append(f"{name} is {b.state} but its payout transaction is"
                    f" {'' if done else 'not '}on the books")
     paid_out = sum(p.amount.minor for p in b.pledges if p.state == PledgeState.PAID_OUT)
-    payouts = sum(p.amount.minor for p in b.payouts)
+    refunded = sum(p.amount.minor for p in b.pledges if p.state == PledgeState.REFUNDED)
+    payouts = sum(p.amount.minor for p in b.payouts if p.state != PayoutState.CANCELLED)
+    for po in b.payouts:
+        reversed_ = f"payout.reversed:{po.id}" in by_key
+        if reversed_ != (po.state == PayoutState.CANCELLED):
+            bad.append(f"{name}: payout {po.id} is {po.state} but a reversal is"
+                       f" {'' if reversed_ else 'not '}on the books")
     if done is not None:
         released = -sum(e.minor for e in done.entries if e.account == f"escrow:task:{b.id}")
-        if released != paid_out:
-            bad.append(f"{name}: {released} left the escrow at payout but paid-out pledges"
-                       f" make {paid_out}")
+        if released != (refunded if undone else paid_out):
+            bad.append(f"{name}: {released} left the escrow at payout but"
+                       f" {'refunded' if undone else 'paid-out'} pledges make"
+                       f" {refunded if undone else paid_out}")
         fee = sum(e.minor for e in done.entries if e.account == "fees")
-        if payouts + fee != released:
+        if undone:
+            fee_back = by_key.get(f"fee.reversed:{b.id}")
+            back = -sum(e.minor for e in fee_back.entries if e.account == "fees") \
+                if fee_back else 0
+            if back != fee:
+                bad.append(f"{name}: a fee of {fee} was taken but {back} given back on cancel")
+        elif payouts + fee != released:
             bad.append(f"{name}: payouts ({payouts}) and fee ({fee}) do not add up to what left"
                        f" the escrow ({released})")
     elif b.payouts:

@@ -67,8 +67,8 @@ def _expires(w: Work) -> str:
 
 
 def new_claim(w: Work, developer: str) -> Claim:
-    claim = Claim(developer, ClaimState.ACTIVE, w.now,
-                  w.now + timedelta(days=w.policy.claim_days))
+    days = timedelta(days=w.policy.claim_days)
+    claim = Claim(developer, ClaimState.ACTIVE, w.now, w.now + days, remind_at=w.now + days / 2)
     w.task().claims.append(claim)
     w.trail("claim.active", developer=developer)
     return claim

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from bountybot.commands import Command, CommandName, CommandRefusal, help_text, parse_comment
-from bountybot.rules import claims, payouts, pledges, tasks
+from bountybot.rules import claims, payouts, pledges, release, tasks
 from bountybot.rules.model import Actor, Bounty, IssueRef
 from bountybot.rules.policy import Policy
 from bountybot.rules.summary import status_text
@@ -102,7 +102,7 @@ def is_bot(actor: Actor, policy: Policy) -> bool:
 
 
 MAINTAINER_COMMANDS = frozenset({CommandName.GOAL, CommandName.DEADLINE, CommandName.CANCEL,
-                                 CommandName.AWARD})
+                                 CommandName.AWARD, CommandName.DISPUTE})
 
 
 def needs_maintainer(comment: Comment, policy: Policy) -> bool:
@@ -125,6 +125,8 @@ def _due(w: Work) -> None:
     if w.bounty is not None:
         tasks.expire_deadline(w)
         claims.expire_claims(w)
+        release.remind_claims(w)
+        release.release_payouts(w)
 
 
 def _apply(w: Work, issue: IssueRef, cmd: Command, comment_id: str) -> None:
@@ -141,7 +143,10 @@ def _apply(w: Work, issue: IssueRef, cmd: Command, comment_id: str) -> None:
         tasks.set_deadline(w, cmd.deadline)
     elif name == CommandName.CANCEL:
         tasks.require_maintainer(w, "cancel")
-        tasks.cancel(w, "/cancel", by_command=True)
+        if release.disputed(w):
+            release.cancel_disputed(w)
+        else:
+            tasks.cancel(w, "/cancel", by_command=True)
     elif name == CommandName.PLEDGE:
         assert cmd.amount is not None
         pledges.record_pledge(w, cmd.amount, comment_id)
@@ -153,7 +158,12 @@ def _apply(w: Work, issue: IssueRef, cmd: Command, comment_id: str) -> None:
         claims.unclaim(w, cmd.target)
     elif name == CommandName.AWARD:
         tasks.require_maintainer(w, "award")
-        payouts.award(w, cmd.shares)
+        if release.disputed(w):
+            release.award_disputed(w, cmd.shares)
+        else:
+            payouts.award(w, cmd.shares)
+    elif name == CommandName.DISPUTE:
+        release.dispute(w, cmd.text or "")
     else:  # pragma: no cover - parse_comment only returns the names above
         raise AssertionError(name)
 

@@ -8,6 +8,7 @@ from bountybot.ledger import ESCROW, EXTERNAL, FEES, Leg, Posting, developer_acc
 from bountybot.money import Money, format_money, to_decimal
 from bountybot.rules.claims import link_opened
 from bountybot.rules.model import Payout
+from bountybot.rules.release import release_time
 from bountybot.rules.work import Refused, Work
 from bountybot.states import (
     FINAL_TASK_STATES,
@@ -62,6 +63,13 @@ register(
     "Le versement {payout} est {state} : il ne peut pas être marqué comme payé.",
 )
 register(
+    "payout.not_released",
+    "Payout {payout} is not released yet (it is due on {due}, unless disputed): it cannot be"
+    " paid before.",
+    "Le versement {payout} n'est pas encore libéré (il le sera le {due}, sauf contestation) :"
+    " il ne peut pas être payé avant.",
+)
+register(
     "merge.ask_award",
     "Pull request #{number} by @{author} was merged and closes this task, but @{author} did not"
     " hold the claim. A maintainer decides who is paid with `/award @{author}` (or a split,"
@@ -86,7 +94,8 @@ def fee_of(total: Money, fee_bp: int) -> Money:
     return Money(total.minor * fee_bp // 10_000, total.currency)
 
 
-def split(w: Work, shares: tuple[AwardShare, ...], payable: Money) -> list[tuple[str, Money]]:
+def split(w: Work, shares: tuple[AwardShare, ...], payable: Money, *,
+          fee_note: bool = True) -> list[tuple[str, Money]]:
     """Turn /award shares into amounts that add up to exactly `payable`, or refuse."""
     cur = payable.currency
     fixed: dict[str, int] = {}
@@ -108,10 +117,10 @@ def split(w: Work, shares: tuple[AwardShare, ...], payable: Money) -> list[tuple
             fixed[percents[0]] += payable.minor - given
             given = payable.minor
     locale = w.policy.locale
-    fee_note = ""
-    if w.policy.fee_bp:
+    note = ""
+    if w.policy.fee_bp and fee_note:
         fee = fee_of(w.task().held(), w.policy.fee_bp)
-        fee_note = translate(locale, "award.fee_note", fee=format_money(fee, locale))
+        note = translate(locale, "award.fee_note", fee=format_money(fee, locale))
     if rest is not None:
         left = payable.minor - given
         if left <= 0:
@@ -120,7 +129,7 @@ def split(w: Work, shares: tuple[AwardShare, ...], payable: Money) -> list[tuple
         fixed[rest] = left
     elif given != payable.minor:
         raise Refused("award.mismatch", given=format_money(Money(given, cur), locale),
-                      total=format_money(payable, locale), fee_note=fee_note)
+                      total=format_money(payable, locale), fee_note=note)
     order = [s.login for s in shares]
     return [(login, Money(fixed[login], cur)) for login in order if fixed[login] > 0]
 
@@ -136,8 +145,10 @@ def complete(w: Work, shares: tuple[AwardShare, ...], why: str) -> None:
     legs = [Leg(ESCROW, -total)]
     if fee.minor:
         legs.append(Leg(FEES, fee))
+    due_at, released_at = release_time(w)
     for developer, amount in parts:
-        payout = Payout(developer, amount, PayoutState.PENDING, w.now)
+        payout = Payout(developer, amount, PayoutState.PENDING, w.now, due_at=due_at,
+                        released_at=released_at)
         task.payouts.append(payout)
         w.trail("payout.pending", developer=developer, amount=amount.minor)
         legs.append(Leg(developer_account(task.forge, developer), amount))
@@ -203,9 +214,12 @@ def mark_paid(w: Work, payout_id: int, reference: str) -> None:
     """Someone paid a developer (manual provider) or the provider confirmed the transfer."""
     task = w.task()
     payout = task.payout(payout_id)
-    if payout is None or payout.state == PayoutState.PAID:
+    if payout is None or payout.state in (PayoutState.PAID, PayoutState.CANCELLED):
         raise Refused("payout.state", payout=payout_id,
                       state=payout.state.value if payout else "unknown")
+    if payout.released_at is None or task.dispute is not None:
+        raise Refused("payout.not_released", payout=payout_id,
+                      due=payout.due_at.strftime("%Y-%m-%d") if payout.due_at else "?")
     w.move_payout(payout, PayoutState.PAID)
     payout.reference = reference
     payout.paid_at = w.now

@@ -8,8 +8,8 @@ from babel.numbers import format_decimal
 
 from bountybot.i18n import register, translate
 from bountybot.money import Money, format_money
-from bountybot.rules.model import Bounty
-from bountybot.states import LIVE_CLAIM_STATES, PledgeState, TaskState
+from bountybot.rules.model import Bounty, Payout
+from bountybot.states import LIVE_CLAIM_STATES, PayoutState, PledgeState, TaskState
 
 SUMMARY_MARKER = "<!-- bountybot:summary -->"
 BAR_WIDTH = 20
@@ -51,6 +51,13 @@ register("summary.in_review_clock", "in review, clock stopped", "en revue, déla
 register("summary.waiting", "Waiting list", "Liste d'attente")
 register("summary.links", "Pull requests", "Demandes de fusion")
 register("summary.payouts", "Payouts", "Versements")
+register("summary.releases", "released on {date} unless disputed",
+         "libéré le {date} sauf contestation")
+register("summary.disputed",
+         "**Disputed** by @{by}: {reason}. The payouts are held until a maintainer decides"
+         " (`/award` or `/cancel`).",
+         "**Contesté** par @{by} : {reason}. Les versements sont bloqués jusqu'à la décision"
+         " d'un mainteneur (`/award` ou `/cancel`).")
 register("summary.fee", "Service fee: {fee} % of the escrow, taken at payout.",
          "Frais de service : {fee} % du séquestre, prélevés au versement.")
 register("summary.nofee", "No service fee: every cent pledged goes to the developers or back"
@@ -100,6 +107,12 @@ def status_text(b: Bounty, locale: str) -> str:
     return "\n".join(lines)
 
 
+def _payout_word(p: Payout, locale: str) -> str:
+    if p.state == PayoutState.PENDING and p.released_at is None and p.due_at is not None:
+        return translate(locale, "summary.releases", date=p.due_at.strftime("%Y-%m-%d"))
+    return state_word(locale, p.state)
+
+
 def render_summary(b: Bounty, locale: str, fee_bp: int) -> str:
     """The one summary comment, edited in place as the task moves."""
     t = lambda key, **kw: translate(locale, key, **kw)  # noqa: E731
@@ -136,10 +149,13 @@ def render_summary(b: Bounty, locale: str, fee_bp: int) -> str:
         items = ", ".join(f"#{link.number} @{link.author} ({state_word(locale, link.state)})"
                           for link in b.links)
         out.append(f"**{t('summary.links')}:** {items}")
-    if b.payouts:
+    shown = [p for p in b.payouts if p.state != PayoutState.CANCELLED]
+    if shown:
         items = ", ".join(f"@{p.developer} {format_money(p.amount, locale)}"
-                          f" ({state_word(locale, p.state)})" for p in b.payouts)
+                          f" ({_payout_word(p, locale)})" for p in shown)
         out.append(f"**{t('summary.payouts')}:** {items}")
+    if b.dispute is not None:
+        out.append(t("summary.disputed", by=b.dispute.by, reason=b.dispute.reason[:200]))
     out.append("")
     if fee_bp:
         try:
