@@ -48,6 +48,7 @@ class Runtime:
     worker: DeliveryWorker | None = None
     sender: OutboxSender | None = None
     sweeper: Sweeper | None = None
+    sessionmaker: Any = None
     # The one clock of the worker, the sweeps and the outbox: tests move it instead of sleeping.
     clock: Callable[[], datetime] = utc_now
     background: bool = True
@@ -117,6 +118,16 @@ def scheduled_jobs(runtime: Runtime, settings: Settings) -> dict[str, tuple[floa
 
     jobs: dict[str, tuple[float, Job]] = {"sweep": (float(settings.scheduler.sweep_seconds),
                                                     sweep)}
+    if settings.scheduler.sync_minutes and runtime.clients:
+        from bountybot.reconcile import Reconciler
+
+        reconciler = Reconciler(runtime.sessionmaker, settings, runtime.clients, runtime.clock,
+                                on_stored=runtime.wake_worker.set)
+
+        async def sync() -> None:
+            await reconciler.run_once()
+
+        jobs["sync"] = (settings.scheduler.sync_minutes * 60.0, sync)
     return jobs
 
 
@@ -137,6 +148,7 @@ async def _loops(app: web.Application) -> AsyncIterator[None]:
     runtime.worker = DeliveryWorker(sessionmaker, settings, runtime.clients,
                                     on_written=runtime.wake_outbox.set,
                                     **{"clock": runtime.clock, **runtime.worker_options})
+    runtime.sessionmaker = sessionmaker
     runtime.sweeper = Sweeper(sessionmaker, settings, clock=runtime.clock,
                               on_written=runtime.wake_outbox.set)
     jobs = scheduled_jobs(runtime, settings)
