@@ -323,3 +323,30 @@ async def test_the_scheduler_runs_the_sweep_in_a_served_app(db_url, github_serve
         assert REPO
     finally:
         await bot.close()
+
+
+async def test_the_scheduled_sync_job_recovers_a_comment_whose_webhook_was_lost(db_url,
+                                                                               github_server):
+    """The scheduler's `sync` job is reconciliation: a pledge whose webhook never came is
+    applied by the job alone (and the job is off when `sync_minutes` is 0)."""
+    from bountybot.config import Settings
+    from bountybot.service import scheduled_jobs
+
+    bot = await GitHubBot.start(db_url, github_server)
+    try:
+        await bot.label(1)
+        await bot.comment(MAINTAINER, "/goal 50")
+        await bot.settle()
+        runtime = bot.app[RUNTIME]
+        off = Settings.model_validate({"scheduler": {"sync_minutes": 0}})
+        assert set(scheduled_jobs(runtime, off)) == {"sweep"}
+        jobs = scheduled_jobs(runtime, Settings.model_validate({"scheduler": {"sync_minutes": 5}}))
+        assert jobs["sync"][0] == 300.0
+        github_server.add_comment(REPO, 1, "/pledge 50", login="alice")  # no webhook
+        await jobs["sync"][1]()
+        await bot.settle()
+        task = await bot.task(1)
+        assert [(p.backer, p.amount.minor) for p in task.pledges] == [("alice", 5000)]
+        assert task.state == TaskState.FUNDED
+    finally:
+        await bot.close()
