@@ -24,7 +24,7 @@ from bountybot.rules import (
     Refused,
     Tick,
 )
-from bountybot.states import TASK_MOVES, allowed
+from bountybot.states import FINAL_TASK_STATES, TASK_MOVES, TaskState, allowed
 
 from memory_books import Story
 
@@ -41,10 +41,10 @@ class BountyMachine(RuleBasedStateMachine):
         self.seen_task_moves: set[tuple[str, str]] = set()
 
     @rule(fee=st.sampled_from([0, 0, 250, 1000]), confirm=st.booleans(),
-          goal=st.sampled_from([None, "10", "20", "50"]))
+          goal=st.sampled_from([None, "10", "20", "50"]), release=st.sampled_from([0, 3]))
     @precondition(lambda self: self.story is None)
-    def start(self, fee: int, confirm: bool, goal: str | None) -> None:
-        self.story = Story(Policy(fee_bp=fee, claim_days=7,
+    def start(self, fee: int, confirm: bool, goal: str | None, release: int) -> None:
+        self.story = Story(Policy(fee_bp=fee, claim_days=7, release_after_days=release,
                                   provider=ManualProvider(confirm=confirm)))
         self.step(lambda s: s.event(LabelAdded()))
         if goal:
@@ -157,6 +157,31 @@ class BountyMachine(RuleBasedStateMachine):
             self.step(lambda s: s.event(LinkOpened(number, dev)))
         else:
             self.step(lambda s: s.event(LinkClosed(number, dev, merged=action == "merge")))
+
+    @precondition(lambda self: self.story is not None and self.story.books.get(
+        self.story.issue) is not None and self.story.task.state not in FINAL_TASK_STATES)
+    @rule(dev=st.sampled_from(["carol", "dave"]))
+    def fund_claim_and_merge(self, dev: str) -> None:
+        """A shortcut to the end of the road, so runs often get to what follows a merge."""
+        self.step(lambda s: s.say("bob", "/pledge 99.99"))
+        self.step(lambda s: s.say(dev, "/claim"))
+        claim = self.story.task.live_claim() if self.story else None
+        if claim is not None:
+            author = claim.developer
+            self.step(lambda s: s.event(LinkOpened(9, author)))
+            self.step(lambda s: s.event(LinkClosed(9, author, merged=True)))
+
+    # Disputes matter once the work is merged; drawn only then, so the machine gets there.
+    @precondition(lambda self: self.story is not None and self.story.books.get(
+        self.story.issue) is not None and self.story.task.state == TaskState.DONE)
+    @rule(who=st.sampled_from(["bob", "maya", "bob", "erin"]),
+          reason=st.sampled_from(["it does not work", "it does not work", ""]),
+          then=st.sampled_from(["/cancel", "", "/cancel", "/award @dave",
+                                "/award @carol 50% @dave 50%"]))
+    def dispute(self, who: str, reason: str, then: str) -> None:
+        self.step(lambda s: s.say(who, f"/dispute {reason}"))
+        if then:
+            self.step(lambda s: s.say("maya", then))
 
     @precondition(lambda self: self.story is not None)
     @rule(days=st.sampled_from([0.5, 1, 3, 8]))
