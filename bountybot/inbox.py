@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import func, or_, tuple_, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -51,7 +52,7 @@ from bountybot.rules import (
 from bountybot.rules.policy import policy_from_settings
 from bountybot.storage import tables as t
 from bountybot.storage.bounties import ensure_repo, insert_for, load_bounty, save_decision
-from bountybot.storage.uow import BACKGROUND, UnitOfWork, for_update_skip_locked
+from bountybot.storage.uow import BACKGROUND, UnitOfWork, for_update_skip_locked, is_conflict
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,11 @@ Clock = Callable[[], datetime]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(getattr(error, "orig", None) or error)
+    return (text.splitlines() or [""])[0][:200]
 
 
 def normalize(forge: str, kind: str, payload: dict[str, Any], settings: Settings) -> Normalized:
@@ -105,18 +111,23 @@ class DeliveryWorker:
         self.retry_delay = retry_delay
         # Summaries are sent this long after a change, so a burst of pledges is one edit.
         self.summary_delay = summary_delay
+        # A clash with another replica's transaction left deliveries due: go again soon.
+        self.clashed = False
 
     async def due(self, limit: int) -> list[int]:
         now = self.clock()
         # A plain read (no unit of work): on SQLite it takes no write lock, so the webhooks
-        # storing new deliveries are not held up by the worker looking for work.
+        # storing new deliveries are not held up by the worker looking for work. On PostgreSQL
+        # it skips the rows another replica is applying right now (their lock is only
+        # glanced at: the session ends at once), so each replica takes the next ones instead
+        # of all reading the same batch and all but one finding it taken.
         async with self.sessionmaker() as session:
-            rows = await session.exec(
-                select(t.Delivery.id)
-                .where(t.Delivery.state == t.DeliveryState.PENDING,
-                       or_(col(t.Delivery.next_attempt_at).is_(None),
-                           col(t.Delivery.next_attempt_at) <= now))
-                .order_by(col(t.Delivery.id)).limit(limit))
+            stmt = (select(t.Delivery.id)
+                    .where(t.Delivery.state == t.DeliveryState.PENDING,
+                           or_(col(t.Delivery.next_attempt_at).is_(None),
+                               col(t.Delivery.next_attempt_at) <= now))
+                    .order_by(col(t.Delivery.id)).limit(limit))
+            rows = await session.exec(for_update_skip_locked(stmt, session.get_bind().dialect))
             return [i for i in rows.all() if i is not None]
 
     async def run_once(self, limit: int = 100) -> int:
@@ -129,10 +140,20 @@ class DeliveryWorker:
         while not stop.is_set():
             try:
                 handled = await self.run_once()
-            except Exception:  # the loop must survive anything, e.g. the database restarting
-                log.exception("worker.loop_error")
+            except Exception as error:  # the loop must survive anything, e.g. the database
+                if is_conflict(error):  # restarting; a clash is just tried again
+                    event(log, "worker.conflict", error=_first_line(error))
+                    self.clashed = True
+                else:
+                    log.exception("worker.loop_error")
                 handled = 0
             if handled:
+                continue
+            if self.clashed:
+                # What clashed is due again: after a short random pause, so that two replicas
+                # that just met do not meet again in step.
+                self.clashed = False
+                await wait_any((stop,), random.uniform(0.01, 0.2))
                 continue
             wake.clear()
             await wait_any((wake, stop), idle)
@@ -198,6 +219,7 @@ class DeliveryWorker:
             stmt = for_update_skip_locked(select(t.Delivery).where(
                 col(t.Delivery.id).in_([item[0] for item in batch])), uow.dialect)
             rows = {r.id: r for r in (await session.exec(stmt)).all()}
+            await self._lock_tasks(session, [item for item in batch if item[0] in rows])
             written = False
             cache = _Cache()
             for delivery_id, forge, name, normalized, happenings in batch:
@@ -212,6 +234,14 @@ class DeliveryWorker:
                                                    happenings, now)
                 except Exception as error:
                     cache.clear()  # what it held may be what was just rolled back
+                    if is_conflict(error):
+                        # Another replica's transaction was in the way (a deadlock, the same
+                        # new task created twice): no failure. This delivery and the rest of
+                        # the batch stay due, in order, and are tried again at once.
+                        event(log, "delivery.conflict", delivery=name,
+                              error=_first_line(error))
+                        self.clashed = True
+                        break
                     log.exception("delivery.error", extra={"delivery": name})
                     failures.append((delivery_id, name, error))
                     continue
@@ -226,6 +256,34 @@ class DeliveryWorker:
         for delivery_id, name, failure in failures:
             done += await self._failed(delivery_id, name, failure, passing=False)
         return done
+
+    async def _lock_tasks(self, session: AsyncSession,
+                          batch: list[tuple[int, str, str, Normalized, list[Happening]]]
+                          ) -> None:
+        """On PostgreSQL, lock every existing task the batch is about, in id order, before
+        deciding anything. Two batches on two replicas then wait for each other, instead of
+        each holding a task the other needs next (a deadlock, which costs a second to detect)."""
+        if session.get_bind().dialect.name != "postgresql":
+            return
+        by_id: set[tuple[str, str, int]] = set()
+        by_path: set[tuple[str, int]] = set()
+        for *_, happenings in batch:
+            for h in happenings:
+                if h.repo is not None:
+                    by_id.add((h.repo.forge, h.repo.forge_repo_id, h.number))
+                else:
+                    by_path.add((h.repo_path.lower(), h.number))
+        which = []
+        if by_id:
+            which.append(tuple_(t.Repo.forge, t.Repo.forge_repo_id, t.Task.number)
+                         .in_(sorted(by_id)))
+        if by_path:
+            which.append(tuple_(func.lower(t.Repo.full_path), t.Task.number)
+                         .in_(sorted(by_path)))
+        if which:
+            await session.exec(select(t.Task.id).join(t.Repo, col(t.Task.repo_id) == t.Repo.id)
+                               .where(or_(*which)).order_by(col(t.Task.id))
+                               .with_for_update(of=t.Task))
 
     async def _one(self, session: AsyncSession, cache: _Cache, forge: str, name: str,
                    normalized: Normalized, happenings: list[Happening], now: datetime) -> bool:
@@ -329,6 +387,7 @@ class DeliveryWorker:
         event(log, "delivery.failed" if finished else "delivery.retry", logging.WARNING,
               delivery=name, attempts=row.attempts, error=row.error)
         return finished
+
 
 async def _first_time(session: AsyncSession, forge: str, comment: Comment,
                       bounty: Bounty | None, now: datetime) -> int | None:

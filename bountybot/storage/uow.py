@@ -205,6 +205,30 @@ class UnitOfWork:
                 log.exception("uow.after_commit_failed", extra={"callback": repr(callback)})
 
 
+# SQLSTATEs of a clash between two transactions that is over once either has finished:
+# deadlock_detected, serialization_failure, lock_not_available.
+_CLASHES = frozenset({"40P01", "40001", "55P03"})
+# Tables whose rows two workers may both create for the same first event (the repo of its
+# first webhook, the task of a new issue): the loser of the race finds the winner's row when it
+# tries again. A duplicate anywhere else (a ledger key) is a real failure.
+_CREATED_TOGETHER = frozenset({"repo", "task"})
+
+
+def is_conflict(error: BaseException) -> bool:
+    """`error` is a clash with another transaction (another replica's, on PostgreSQL) that is
+    over as soon as that one has finished: the work should be tried again at once, and it
+    counts as no failure. SQLite never raises these: its units of work take turns."""
+    orig = getattr(error, "orig", None)
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if state in _CLASHES:
+        return True
+    if state == "23505":  # unique_violation: which table asyncpg says, on the driver's error
+        table = getattr(orig, "table_name", None) or getattr(
+            getattr(orig, "__cause__", None), "table_name", None)
+        return table in _CREATED_TOGETHER
+    return False
+
+
 def for_update_skip_locked(stmt: S, dialect: Dialect | str, **kwargs: Any) -> S:
     """`stmt` with `FOR UPDATE SKIP LOCKED` on PostgreSQL; unchanged elsewhere.
 
