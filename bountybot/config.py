@@ -298,6 +298,10 @@ class SchedulerSettings(_Section):
     writes_per_hour: int = Field(default=450, ge=1)
     # A forge write is parked as dead after this many tries (see `bountybot outbox`).
     outbox_max_attempts: int = Field(default=8, ge=1)
+    # How long a replica holds a forge write it is sending; if it dies meanwhile, another
+    # sends it once this is over (finding it on the forge if it was sent). A forge call never
+    # starts after half of it, so it must stay well above a slow forge request (15 s).
+    outbox_lease_seconds: int = Field(default=120, ge=5)
 
 
 class _EnvSource(PydanticBaseSettingsSource):

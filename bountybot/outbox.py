@@ -123,7 +123,7 @@ class OutboxSender:
     def __init__(self, sessionmaker: Sessionmaker, clients: Mapping[str, ForgeClient], *,
                  settings: Settings, governor: Governor,
                  clock: Callable[[], datetime] = _utcnow, max_attempts: int = 8,
-                 base_delay: float = 5.0, max_delay: float = 3600.0, lease: float = 120.0,
+                 base_delay: float = 5.0, max_delay: float = 3600.0, lease: float | None = None,
                  rng: random.Random | None = None, reaction_reserve: int | None = None) -> None:
         self.sessionmaker = sessionmaker
         self.clients = clients
@@ -133,7 +133,7 @@ class OutboxSender:
         self.max_attempts = max_attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
-        self.lease = lease
+        self.lease = float(settings.scheduler.outbox_lease_seconds if lease is None else lease)
         self.rng = rng or random.Random()
         # Writes per minute kept for summaries and replies: reactions are skipped below it.
         self.reaction_reserve = (governor.per_minute // 2 if reaction_reserve is None
