@@ -92,6 +92,32 @@ def build_parser() -> argparse.ArgumentParser:
                       help="what identifies the payment (transfer id, receipt...)")
     paid.set_defaults(run=cmd_payouts)
 
+    pledges = commands.add_parser(
+        "pledges", parents=[config],
+        help="list the pledges waiting for confirmation; confirm that their money arrived")
+    pledges.set_defaults(run=cmd_pledges, pledges_command=None)
+    pledge_commands = pledges.add_subparsers(dest="pledges_command", metavar="PLEDGES_COMMAND")
+    confirm = pledge_commands.add_parser(
+        "confirm", parents=[config_again],
+        help="confirm pending pledges (payments.manual_confirm): their money is in escrow")
+    confirm.add_argument("ids", type=int, nargs="*", metavar="ID",
+                         help="pledge ids (from `bountybot pledges`)")
+    confirm.add_argument("--task", type=int, metavar="TASK_ID",
+                         help="every pending pledge of this task instead")
+    confirm.add_argument("--by", default="operator", metavar="NAME",
+                         help="who saw the money arrive, for the audit trail (default: operator)")
+    confirm.add_argument("--reference", help="what identifies the payment (transfer id, receipt"
+                         "...), kept in the audit trail")
+    confirm.set_defaults(run=cmd_pledges)
+
+    statement = commands.add_parser(
+        "statement", parents=[config],
+        help="every movement of one backer's or developer's money, with totals")
+    statement.add_argument("role", choices=["backer", "developer"])
+    statement.add_argument("login", help="the person's login on the forge")
+    statement.add_argument("--forge", choices=["github", "gitlab"], default="github")
+    statement.set_defaults(run=cmd_statement)
+
     outbox = commands.add_parser(
         "outbox", parents=[config],
         help="list the forge writes waiting or parked as dead; retry dead ones")
@@ -391,6 +417,59 @@ def cmd_payouts(args: argparse.Namespace) -> int:
               " unless disputed")
         for payout in waiting:
             print(payout.line(settings.bot.locale))
+    return 0
+
+
+def cmd_pledges(args: argparse.Namespace) -> int:
+    from bountybot.money import format_money
+    from bountybot.pledges import PledgeError, confirm_pledges, pending_pledges
+
+    settings = load_settings(args)
+    setup_logging(settings, level=log_level())
+    locale = settings.bot.locale
+    if args.pledges_command == "confirm":
+        if settings.payments.provider != "manual":
+            raise CommandError(f"pledges confirm: the {settings.payments.provider} provider"
+                               " confirms payments itself; this is for the manual one", code=2)
+        if bool(args.ids) == (args.task is not None):
+            raise CommandError("pledges confirm: give pledge ids or --task TASK_ID (one of"
+                               " the two)", code=2)
+        try:
+            done = _with_books(settings, "confirm pledges", lambda sm: confirm_pledges(
+                sm, settings, args.ids or None, task_id=args.task, who=args.by,
+                reference=args.reference))
+        except PledgeError as e:
+            raise CommandError(f"pledges confirm: {e}", code=1) from None
+        for p in done:
+            print(f"pledge {p.id} of {format_money(p.amount, locale)} by @{p.backer} on"
+                  f" {p.repo}#{p.number} confirmed: held in escrow")
+        return 0
+    pending = _with_books(settings, "list pledges", pending_pledges)
+    if not pending:
+        print("no pledge waits for confirmation")
+        return 0
+    print(f"{'id':>6}  {'amount':>14}  {'backer':<21}  {'since (UTC)':<16}  task")
+    for p in pending:
+        print(p.line(locale))
+    print(f"\n{len(pending)} pending: `bountybot pledges confirm ID` once the money arrived")
+    return 0
+
+
+def cmd_statement(args: argparse.Namespace) -> int:
+    from bountybot.statements import UnknownPerson, render, statement
+
+    settings = load_settings(args)
+    setup_logging(settings, level=log_level())
+
+    async def work(sessionmaker: Any) -> Any:
+        async with sessionmaker() as session:
+            return await statement(session, args.forge, args.role, args.login)
+
+    try:
+        result = _with_books(settings, "read a statement", work)
+    except UnknownPerson as e:
+        raise CommandError(f"statement: {e}", code=1) from None
+    print(render(result, settings.bot.locale))
     return 0
 
 

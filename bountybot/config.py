@@ -471,10 +471,6 @@ class Settings(BaseSettings):
         if self.payments.provider == "stripe":
             problems.append("payments.provider = stripe is not available in this version yet:"
                             " use manual")
-        if self.payments.manual_confirm:
-            problems.append("payments.manual_confirm = true would leave every pledge pending:"
-                            " confirming them (bountybot pledges confirm) is not available in"
-                            " this version yet")
         if self.payments.provider == "stripe":
             for key in ("api_key", "webhook_secret"):
                 if getattr(self.stripe, key) is None:

@@ -61,7 +61,8 @@ class GitHubBot:
     async def start(cls, db_url: str, fake: FakeGitHub, *, max_body: int = 25 * 1024 * 1024,
                     governor: Governor | None = None,
                     clock: Callable[[], datetime] | None = None,
-                    sender_options: dict[str, Any] | None = None, **bot: Any) -> GitHubBot:
+                    sender_options: dict[str, Any] | None = None,
+                    payments: dict[str, Any] | None = None, **bot: Any) -> GitHubBot:
         fake.accept_token(TOKEN)
         fake.add_repo(REPO, REPO_ID)
         fake.set_permission(REPO, MAINTAINER, "maintain")
@@ -70,6 +71,7 @@ class GitHubBot:
             "server": {"max_body_bytes": max_body},
             "github": {"api_url": fake.url, "token": TOKEN, "webhook_secret": SECRET},
             "bot": bot,
+            "payments": payments or {},
         })
         engine = create_engine(db_url)
         app = create_app(settings, engine=engine, features=[api_setup])

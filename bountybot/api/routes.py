@@ -6,6 +6,8 @@
     GET /api/v1/tasks/{id}/ledger   {"task_id", "account", "balance", "transactions": [...]}
     GET /api/v1/export.json         the whole books (`bountybot.export`), streamed
     GET /api/v1/export.csv          the ledger, one row per entry, streamed
+    GET /api/v1/statements/{forge}/backers/{login}     a backer's movements and totals
+    GET /api/v1/statements/{forge}/developers/{login}  a developer's (`bountybot.statements`)
 
 Everything is public and read-only, so every answer under `/api/` carries
 `Access-Control-Allow-Origin: *` for dashboards hosted elsewhere. Every error is JSON,
@@ -45,6 +47,7 @@ from bountybot.app import SESSIONMAKER, SETTINGS
 from bountybot.export import export_csv, export_json
 from bountybot.ledger import ESCROW
 from bountybot.logs import event
+from bountybot.statements import Role, UnknownPerson, statement, statement_json
 from bountybot.states import TaskState
 from bountybot.storage import tables as t
 from bountybot.storage.tables import id_of
@@ -84,6 +87,8 @@ def setup(app: web.Application) -> None:
     # No HEAD: it would run the whole export to send nothing.
     app.router.add_get("/api/v1/export.json", download_json, allow_head=False)
     app.router.add_get("/api/v1/export.csv", download_csv, allow_head=False)
+    app.router.add_get("/api/v1/statements/{forge}/backers/{login}", show_statement)
+    app.router.add_get("/api/v1/statements/{forge}/developers/{login}", show_statement)
     app.middlewares.append(json_errors)
     app.on_response_prepare.append(allow_any_origin)
 
@@ -216,6 +221,22 @@ async def show_ledger(request: web.Request) -> web.Response:
             "transactions": [transaction_json(txn, entries[id_of(txn)], locale)
                              for txn in txns],
         })
+
+
+async def show_statement(request: web.Request) -> web.Response:
+    """Every movement of one backer's or developer's money, with totals per currency."""
+    forge, login = request.match_info["forge"], request.match_info["login"]
+    if forge not in FORGES:
+        raise ApiError(404, f"no forge {_shown(forge)}: one of {', '.join(FORGES)}")
+    if not 0 < len(login) <= t.LOGIN:
+        raise ApiError(404, f"no such login {_shown(login)}")
+    role: Role = "backer" if "/backers/" in request.path else "developer"
+    async with reading(request.app[SESSIONMAKER]) as session:
+        try:
+            found = await statement(session, forge, role, login)
+        except UnknownPerson as e:
+            raise ApiError(404, str(e)) from None
+        return json_response(statement_json(found, _locale(request)))
 
 
 Producer = Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]]

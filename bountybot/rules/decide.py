@@ -76,7 +76,11 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class PledgeConfirmed:
+    """A maintainer saw a pending pledge's money arrive; `reference` (a transfer's id, a
+    receipt...) goes into the audit trail."""
+
     pledge_id: int
+    reference: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,8 +246,8 @@ def decide_event(bounty: Bounty | None, issue: IssueRef, event: Event, policy: P
             claims.link_closed(w, number)
         case Tick():
             pass
-        case PledgeConfirmed(pledge_id):
-            pledges.confirm_pledge(w, pledge_id)
+        case PledgeConfirmed(pledge_id, reference):
+            pledges.confirm_pledge(w, pledge_id, reference)
         case PayoutPaid(payout_id, reference):
             payouts.mark_paid(w, payout_id, reference)
         case PayoutFailed(payout_id, error):

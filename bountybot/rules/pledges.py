@@ -114,7 +114,7 @@ def withdraw(w: Work) -> None:
     refresh_funding(w, "withdraw")
 
 
-def confirm_pledge(w: Work, pledge_id: int) -> None:
+def confirm_pledge(w: Work, pledge_id: int, reference: str | None = None) -> None:
     """A maintainer saw the money of a pending pledge arrive (manual_confirm)."""
     task = w.task()
     pledge = next((p for p in task.pledges if p.id == pledge_id), None)
@@ -123,5 +123,7 @@ def confirm_pledge(w: Work, pledge_id: int) -> None:
                       state=pledge.state.value if pledge else "unknown")
     if task.state in FINAL_TASK_STATES:
         raise Refused("pledge.task_over", state=task.state.value)
+    w.trail("pledge.confirmed", pledge=pledge_id, backer=pledge.backer,
+            amount=pledge.amount.minor, reference=reference)
     hold(w, pledge)
     refresh_funding(w, "confirm")

@@ -63,8 +63,11 @@ register("summary.fee", "Service fee: {fee} % of the escrow, taken at payout.",
 register("summary.nofee", "No service fee: every cent pledged goes to the developers or back"
          " to the backers.", "Aucuns frais de service : chaque centime promis va aux développeurs"
          " ou revient aux donateurs.")
-register("summary.pending_note", "{pending} more pledged, waiting for payment.",
-         "{pending} de plus promis, en attente de paiement.")
+register("summary.pending_note",
+         "{pending} more pledged, not counted until the payment is confirmed: {who}.",
+         "{pending} de plus promis, non comptés tant que le paiement n'est pas confirmé :"
+         " {who}.")
+register("summary.pending_part", "{amount} pending", "{amount} en attente")
 register("summary.howto", "Pledge with `/pledge <amount>`; once funded, offer to do the work"
          " with `/claim`. `/help` lists every command.",
          "Promettez un don avec `/pledge <montant>` ; une fois la tâche financée, proposez-vous"
@@ -126,16 +129,25 @@ def render_summary(b: Bounty, locale: str, fee_bp: int) -> str:
     if b.deadline is not None and b.state in (TaskState.OPEN, TaskState.FUNDED):
         facts.append(f"**{t('summary.deadline')}:** {b.deadline.isoformat()}")
     out.append(" · ".join(facts))
+    backers = [login for login in dict.fromkeys(p.backer for p in b.pledges)]
     pending = b.pending()
     if pending.minor:
-        out.append(t("summary.pending_note", pending=format_money(pending, locale)))
-    backers = [login for login in dict.fromkeys(p.backer for p in b.pledges)]
+        # Who waits, by name: a backer (and the maintainer confirming receipt) can see at a
+        # glance which promises the goal does not count yet.
+        who = ", ".join(
+            f"@{login} {format_money(mine, locale)}" for login in backers
+            if (mine := b.backer_total(login, frozenset({PledgeState.PENDING}))).minor)
+        out.append(t("summary.pending_note", pending=format_money(pending, locale), who=who))
     rows = []
     for login in backers:
         total = b.backer_total(login, frozenset({PledgeState.HELD, PledgeState.PAID_OUT,
                                                  PledgeState.PENDING}))
+        waiting = b.backer_total(login, frozenset({PledgeState.PENDING}))
+        cell = format_money(total, locale)
+        if waiting.minor:
+            cell += f" ({t('summary.pending_part', amount=format_money(waiting, locale))})"
         if total.minor:
-            rows.append(f"| @{login} | {format_money(total, locale)} |")
+            rows.append(f"| @{login} | {cell} |")
     if rows:
         out += ["", f"| {t('summary.backers')} | |", "|---|---:|", *rows]
     claim = next((c for c in b.claims if c.state in LIVE_CLAIM_STATES), None)
