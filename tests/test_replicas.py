@@ -18,7 +18,6 @@ duplicates, lost, comments posted, conflicts retried, seconds); to see them:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import os
@@ -300,13 +299,17 @@ class Sender:
         raise AssertionError(f"delivery {d.id} was never acknowledged")
 
     async def send_all(self, deliveries: list[Delivery], in_flight: int,
-                       per_second: float | None = None) -> None:
-        """At most `in_flight` POSTs at once; the i-th not before i/`per_second` seconds."""
+                       per_second: float | None = None,
+                       hold_from: tuple[int, asyncio.Event] | None = None) -> None:
+        """At most `in_flight` POSTs at once; the i-th not before i/`per_second` seconds, and
+        from the n-th of `hold_from` (n, event) on, not before the event."""
         gate = asyncio.Semaphore(in_flight)
 
         async def one(i: int, d: Delivery) -> None:
             if per_second:
                 await asyncio.sleep(i / per_second)
+            if hold_from and i >= hold_from[0]:
+                await hold_from[1].wait()
             async with gate:
                 await self.deliver(d)
 
@@ -514,11 +517,13 @@ async def test_a_replica_killed_mid_burst_loses_and_repeats_nothing(
         cluster: Cluster, github_server: FakeGitHub, db: AsyncEngine) -> None:
     """The replica killed is the one whose reply the fake GitHub is receiving once ~100
     deliveries of the burst have left: the reply is posted, but its sender dies before it can
-    write that down. Its worker is busy with a batch too. A new process takes its place."""
+    write that down. Its worker is busy with a batch too. A new process takes its place, and
+    the rest of the burst (at least half) comes while it starts."""
     fake = github_server
     killed: list[str] = []
     restarted: list[asyncio.Task[Replica]] = []
     armed = asyncio.Event()
+    resume = asyncio.Event()  # the second half of the burst waits for the kill
     sender: Sender
 
     def kill(victim: Replica, how: str) -> None:
@@ -531,6 +536,13 @@ async def test_a_replica_killed_mid_burst_loses_and_repeats_nothing(
         # Down until its start line: the POSTs meant for it fail and go to another replica.
         cluster.replicas[cluster.replicas.index(victim)] = fresh
         restarted.append(asyncio.create_task(cluster.ready(fresh)))
+        resume.set()
+
+    async def kill_anyway() -> None:
+        # Should no reply come (no /proc, a very slow machine), kill one while it has work.
+        await asyncio.sleep(20)
+        if not killed:
+            kill(cluster.replicas[1], "no reply seen, sender unknown")
 
     hold = fake._hold
 
@@ -552,16 +564,11 @@ async def test_a_replica_killed_mid_burst_loses_and_repeats_nothing(
         started = time.monotonic()
         sender = Sender(cluster, session)
         sender.hooks.append(lambda _: sum(sender.log.sent_to.values()) >= 100 and armed.set())
-        # Spread over ~4 s, so that the replies to refusals come while POSTs still go out.
-        await sender.send_all(deliveries, IN_FLIGHT, per_second=75)
-        # The replicas lag behind the POSTs: the replies to the burst's last refusals are
-        # still to come. Should none come, kill one anyway, while it still has work.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(20):
-                while not killed:
-                    await asyncio.sleep(0.01)
-        if not killed:
-            kill(cluster.replicas[1], "no reply seen, sender unknown")
+        # Paced (~75 a second), so that the replies to the first refusals come while POSTs
+        # still go out; and from the 150th on, held until the kill: half the burst comes after.
+        fallback = asyncio.create_task(kill_anyway())
+        await sender.send_all(deliveries, IN_FLIGHT, per_second=75, hold_from=(150, resume))
+        fallback.cancel()
         await restarted[0]
         await settle(db, cluster, [d.id for d in deliveries])
         seconds = time.monotonic() - started
