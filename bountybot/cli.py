@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser(
         "audit", parents=[config], help="check every invariant of the books (exit 1 if one fails)"
     )
+    audit.add_argument("--provider", action="store_true",
+                       help="also compare the books with the payment provider's records (Stripe)")
     audit.set_defaults(run=cmd_audit)
 
     export = commands.add_parser(
@@ -336,7 +338,21 @@ def cmd_audit(args: argparse.Namespace) -> int:
     setup_logging(settings, level=log_level())
     report = _with_books(settings, "audit", run_audit)
     print(report.render())
-    return 0 if report.ok else 1
+    if not args.provider:
+        return 0 if report.ok else 1
+    if settings.payments.provider != "stripe" or settings.stripe.api_key is None:
+        raise CommandError("audit --provider: the payment provider is not Stripe (set"
+                           " payments.provider = stripe and stripe.api_key)", code=2)
+    from bountybot.payments.provider_audit import audit_provider
+    from bountybot.service import gateway_from_settings
+
+    gateway = gateway_from_settings(settings)
+    try:
+        against = _with_books(settings, "audit", lambda sm: audit_provider(sm, gateway))
+    finally:
+        gateway.close()
+    print(against.render())
+    return 0 if report.ok and against.ok else 1
 
 
 # commands on the books ------------------------------------------------------------------------

@@ -31,6 +31,7 @@ class CommandName(StrEnum):
     AWARD = "award"
     CANCEL = "cancel"
     DISPUTE = "dispute"
+    PAYOUT_ACCOUNT = "payout-account"
     STATUS = "status"
     HELP = "help"
 
@@ -39,7 +40,7 @@ ALIASES: dict[str, CommandName] = {"bounty": CommandName.GOAL}
 _NAMES: dict[str, CommandName] = {name.value: name for name in CommandName} | ALIASES
 NO_ARGUMENTS = frozenset(
     {CommandName.WITHDRAW, CommandName.CLAIM, CommandName.CANCEL, CommandName.STATUS,
-     CommandName.HELP}
+     CommandName.HELP, CommandName.PAYOUT_ACCOUNT}
 )
 # A longer line is not a command anyone typed; refusing it keeps parsing cheap.
 MAX_LINE = 500
@@ -323,6 +324,10 @@ _HELP = [
      " a maintainer decides (backers and maintainers)",
      "`/dispute <raison>` : bloquer le versement d'un travail fusionné avant sa libération,"
      " jusqu'à la décision d'un mainteneur (donateurs et mainteneurs)"),
+    ("payout-account", "`/payout-account`: get a link to set up the account your payouts are"
+     " sent to (when the service pays through Stripe)",
+     "`/payout-account` : recevoir un lien pour configurer le compte sur lequel vos versements"
+     " sont envoyés (quand le service paie par Stripe)"),
     ("status", "`/status`: show where the task stands",
      "`/status` : voir où en est la tâche"),
     ("help", "`/help`: show this list", "`/help` : afficher cette liste"),

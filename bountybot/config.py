@@ -469,15 +469,20 @@ class Settings(BaseSettings):
         if pk is not None and self.github.app_id is not None and not pk.is_file():
             problems.append(f"github.private_key_file {pk} is not a readable file")
         if self.payments.provider == "stripe":
-            problems.append("payments.provider = stripe is not available in this version yet:"
-                            " use manual")
-        if self.payments.provider == "stripe":
             for key in ("api_key", "webhook_secret"):
                 if getattr(self.stripe, key) is None:
                     problems.append(
                         f"payments.provider is stripe but stripe.{key} is not set "
                         f"({env_name('stripe', key)})"
                     )
+            if self.server.public_url is None:
+                # Stripe's payment and onboarding pages send people back to an address, and
+                # Stripe's webhooks need one: {public_url}/webhooks/stripe.
+                problems.append(
+                    "payments.provider is stripe but server.public_url is not set "
+                    f"({env_name('server', 'public_url')}): Stripe sends people and webhooks"
+                    " back to it"
+                )
         if problems:
             raise ConfigError("; ".join(problems))
 

@@ -1,6 +1,7 @@
-"""The running service: webhooks in, the delivery worker and the outbox sender in the background.
+"""The running service: webhooks in, the delivery worker and the outbox sender in the background,
+and the payment worker when the Stripe provider is on.
 
-`setup(app)` adds the webhook routes and, in `cleanup_ctx`, starts the two loops when the
+`setup(app)` adds the webhook routes and, in `cleanup_ctx`, starts the loops when the
 server starts and stops them (letting the current step finish) when it stops. The forge clients
 come from the settings, or from `app[CLIENTS]` when a test or the demo puts its own there.
 """
@@ -25,6 +26,8 @@ from bountybot.forges.base import ForgeClient
 from bountybot.governor import Governor
 from bountybot.inbox import DeliveryWorker, utc_now
 from bountybot.outbox import OutboxSender
+from bountybot.payments import stripe_events
+from bountybot.payments.worker import PaymentWorker
 from bountybot.scheduler import Job
 from bountybot.scheduler import start as start_scheduler
 from bountybot.scheduler import stop as stop_scheduler
@@ -44,10 +47,15 @@ class Runtime:
     governor: Governor = field(default_factory=lambda: Governor(per_minute=72, per_hour=450))
     wake_worker: asyncio.Event = field(default_factory=asyncio.Event)
     wake_outbox: asyncio.Event = field(default_factory=asyncio.Event)
+    wake_payments: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     worker: DeliveryWorker | None = None
     sender: OutboxSender | None = None
     sweeper: Sweeper | None = None
+    # The Stripe provider's worker (None with the manual provider), and its gateway (a test's
+    # own, or one made from the settings at startup).
+    payments: PaymentWorker | None = None
+    gateway: Any = None
     sessionmaker: Any = None
     # The one clock of the worker, the sweeps and the outbox: tests move it instead of sleeping.
     clock: Callable[[], datetime] = utc_now
@@ -55,6 +63,13 @@ class Runtime:
     scheduled: bool = True
     sender_options: dict[str, Any] = field(default_factory=dict)
     worker_options: dict[str, Any] = field(default_factory=dict)
+    payment_options: dict[str, Any] = field(default_factory=dict)
+    payment_loop: bool = True
+
+    def written(self) -> None:
+        """A decision was committed: it may have queued forge writes and payment calls."""
+        self.wake_outbox.set()
+        self.wake_payments.set()
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -79,17 +94,23 @@ def setup(app: web.Application, *, clients: Mapping[str, ForgeClient] | None = N
           governor: Governor | None = None, background: bool = True,
           sender_options: dict[str, Any] | None = None,
           worker_options: dict[str, Any] | None = None,
-          clock: Callable[[], datetime] | None = None, scheduler: bool | None = None) -> Runtime:
+          clock: Callable[[], datetime] | None = None, scheduler: bool | None = None,
+          gateway: Any = None, payment_options: dict[str, Any] | None = None,
+          payment_loop: bool | None = None) -> Runtime:
     """Webhooks plus the worker and the outbox. `background=False` leaves the loops to the
     caller (`runtime.worker.run_once()`), for tests that step through a story;
     `sender_options` go to `OutboxSender` (e.g. a short `base_delay` in tests); `clock` is
     the time everything reads (tests move it); `scheduler` runs the APScheduler jobs (by
-    default when `background` is on)."""
+    default when `background` is on); `gateway` is the Stripe gateway to use (default: one
+    made from the settings), `payment_options` go to `PaymentWorker`, and `payment_loop`
+    runs its loop (by default when `background` is on; tests that step it turn it off)."""
     runtime = Runtime(background=background, sender_options=dict(sender_options or {}),
-                      worker_options=dict(worker_options or {}))
+                      worker_options=dict(worker_options or {}), gateway=gateway,
+                      payment_options=dict(payment_options or {}))
     if clock is not None:
         runtime.clock = clock
     runtime.scheduled = background if scheduler is None else scheduler
+    runtime.payment_loop = background if payment_loop is None else payment_loop
     if clients is not None:
         runtime.clients.update(clients)
     if governor is not None:
@@ -102,6 +123,9 @@ def setup(app: web.Application, *, clients: Mapping[str, ForgeClient] | None = N
     app[RUNTIME] = runtime
     app[webhooks.WAKE_WORKER] = runtime.wake_worker.set
     webhooks.setup(app)
+    app[stripe_events.WAKE] = runtime.written
+    app[stripe_events.CLOCK] = lambda: runtime.clock()
+    stripe_events.setup(app)
     app.cleanup_ctx.append(_loops)
     return runtime
 
@@ -118,6 +142,14 @@ def scheduled_jobs(runtime: Runtime, settings: Settings) -> dict[str, tuple[floa
 
     jobs: dict[str, tuple[float, Job]] = {"sweep": (float(settings.scheduler.sweep_seconds),
                                                     sweep)}
+    if runtime.payments is not None:
+        payments = runtime.payments
+
+        async def pay() -> None:
+            # Retries come due and missed webhooks are looked for even with no new decision.
+            await payments.run_once()
+
+        jobs["payments"] = (float(settings.scheduler.sweep_seconds), pay)
     if settings.scheduler.sync_minutes and runtime.clients:
         from bountybot.reconcile import Reconciler
 
@@ -129,6 +161,15 @@ def scheduled_jobs(runtime: Runtime, settings: Settings) -> dict[str, tuple[floa
 
         jobs["sync"] = (settings.scheduler.sync_minutes * 60.0, sync)
     return jobs
+
+
+def gateway_from_settings(settings: Settings) -> Any:
+    """The Stripe gateway for the configured key and API address."""
+    from bountybot.payments.stripe_api import StripeGateway
+
+    key = settings.stripe.api_key
+    assert key is not None
+    return StripeGateway(key.get_secret_value(), api_base=settings.stripe.api_base)
 
 
 async def _loops(app: web.Application) -> AsyncIterator[None]:
@@ -146,11 +187,18 @@ async def _loops(app: web.Application) -> AsyncIterator[None]:
                                   governor=runtime.governor,
                                   **{"clock": runtime.clock, **runtime.sender_options})
     runtime.worker = DeliveryWorker(sessionmaker, settings, runtime.clients,
-                                    on_written=runtime.wake_outbox.set,
+                                    on_written=runtime.written,
                                     **{"clock": runtime.clock, **runtime.worker_options})
     runtime.sessionmaker = sessionmaker
     runtime.sweeper = Sweeper(sessionmaker, settings, clock=runtime.clock,
-                              on_written=runtime.wake_outbox.set)
+                              on_written=runtime.written)
+    own_gateway = False
+    if stripe_events.stripe_on(settings):
+        if runtime.gateway is None:
+            runtime.gateway, own_gateway = gateway_from_settings(settings), True
+        runtime.payments = PaymentWorker(sessionmaker, settings, runtime.gateway,
+                                         on_written=runtime.wake_outbox.set,
+                                         **{"clock": runtime.clock, **runtime.payment_options})
     jobs = scheduled_jobs(runtime, settings)
     scheduler = start_scheduler(jobs) if runtime.scheduled else None
     tasks = []
@@ -159,6 +207,9 @@ async def _loops(app: web.Application) -> AsyncIterator[None]:
                                                                 runtime.stop)),
                  asyncio.create_task(runtime.sender.run_forever(runtime.wake_outbox,
                                                                 runtime.stop))]
+        if runtime.payments is not None and runtime.payment_loop:
+            tasks.append(asyncio.create_task(
+                runtime.payments.run_forever(runtime.wake_payments, runtime.stop)))
     try:
         yield
     finally:
@@ -172,6 +223,8 @@ async def _loops(app: web.Application) -> AsyncIterator[None]:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if own_gateway:
+            runtime.gateway.close()
         if own_clients:
             for client in runtime.clients.values():
                 close = getattr(client, "close", None)

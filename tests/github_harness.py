@@ -62,7 +62,11 @@ class GitHubBot:
                     governor: Governor | None = None,
                     clock: Callable[[], datetime] | None = None,
                     sender_options: dict[str, Any] | None = None,
-                    payments: dict[str, Any] | None = None, **bot: Any) -> GitHubBot:
+                    payments: dict[str, Any] | None = None,
+                    sections: dict[str, Any] | None = None, service: dict[str, Any] | None = None,
+                    **bot: Any) -> GitHubBot:
+        """`sections`: more settings (`{"stripe": {...}}`); `service`: more arguments for
+        `bountybot.service.setup` (a Stripe gateway, the payment worker's options)."""
         fake.accept_token(TOKEN)
         fake.add_repo(REPO, REPO_ID)
         fake.set_permission(REPO, MAINTAINER, "maintain")
@@ -72,13 +76,15 @@ class GitHubBot:
             "github": {"api_url": fake.url, "token": TOKEN, "webhook_secret": SECRET},
             "bot": bot,
             "payments": payments or {},
+            **(sections or {}),
         })
         engine = create_engine(db_url)
         app = create_app(settings, engine=engine, features=[api_setup])
         # The scheduler stays off: tests that need the sweeps run them with a moved clock.
         setup(app, governor=governor,
               sender_options={"base_delay": 0.05, "max_delay": 0.2, **(sender_options or {})},
-              worker_options={"summary_delay": 0.0}, clock=clock, scheduler=False)
+              worker_options={"summary_delay": 0.0}, clock=clock, scheduler=False,
+              **(service or {}))
         client = TestClient(TestServer(app))
         await client.start_server()
         return cls(client, fake, engine)

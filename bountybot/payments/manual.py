@@ -11,16 +11,15 @@ from bountybot.states import PayoutState, PledgeState
 @dataclass(frozen=True)
 class ManualProvider:
     """A pledge is a trusted promise, held at once, or pending until a maintainer confirms
-    receipt when `confirm` is set; a payout is pending until someone marks it paid."""
+    receipt when `confirm` is set; a payout is pending until someone marks it paid. No money
+    passes through the bot, so a refund or a payout is a line in the books, not a call."""
 
     confirm: bool = False
     name: str = "manual"
+    moves_money: bool = False
 
     def start_pledge(self, backer: str, minor: int, currency: str) -> PledgeStart:
         return PledgeStart(PledgeState.PENDING if self.confirm else PledgeState.HELD)
 
     def start_payout(self) -> PayoutState:
         return PayoutState.PENDING
-
-    def idempotency_key(self, kind: str, object_id: int) -> str:
-        return f"bountybot:{kind}:{object_id}"

@@ -95,6 +95,7 @@ class RefundResult:
     status: str  # pending, succeeded, failed, requires_action, canceled
     amount_minor: int
     currency: str | None = None
+    payment_intent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,9 +268,12 @@ class StripeGateway:
             "refund",
             lambda: self._client.v1.refunds.create(params,
                                                    {"idempotency_key": _key(idempotency_key)}),
-            lambda obj: RefundResult(obj["id"], obj["status"], int(obj["amount"]),
-                                     obj.get("currency")),
+            _refund,
         )
+
+    def retrieve_refund(self, refund_id: str) -> RefundResult:
+        return self._call("refund lookup", lambda: self._client.v1.refunds.retrieve(refund_id),
+                          _refund)
 
     def create_transfer(self, *, amount_minor: int, currency: str, destination: str,
                         transfer_group: str, metadata: Mapping[str, str],
@@ -451,6 +455,11 @@ def _checkout_session(obj: dict[str, Any]) -> CheckoutSession:
         amount_total=obj.get("amount_total"), currency=obj.get("currency"),
         metadata=dict(obj.get("metadata") or {}),
     )
+
+
+def _refund(obj: dict[str, Any]) -> RefundResult:
+    return RefundResult(obj["id"], obj["status"], int(obj["amount"]), obj.get("currency"),
+                        _id(obj.get("payment_intent")))
 
 
 def _transfer(obj: dict[str, Any]) -> TransferResult:

@@ -10,9 +10,12 @@ from bountybot.rules.decide import (
     LabelRemoved,
     LinkClosed,
     LinkOpened,
+    PaymentDisputed,
+    PayoutAwaitingAccount,
     PayoutFailed,
     PayoutPaid,
     PledgeConfirmed,
+    PledgeLapsed,
     Tick,
     decide_comment,
     decide_event,
@@ -25,7 +28,8 @@ from bountybot.rules.work import Decision, Message, Refused, Trail
 __all__ = [
     "Actor", "Bounty", "Claim", "Comment", "Decision", "Event", "IssueClosed", "IssueDeleted",
     "IssueRef", "IssueRetitled",
-    "LabelAdded", "LabelRemoved", "Link", "LinkClosed", "LinkOpened", "Message", "Payout",
-    "PayoutFailed", "PayoutPaid", "Pledge", "PledgeConfirmed", "Policy", "Refused", "Tick",
+    "LabelAdded", "LabelRemoved", "Link", "LinkClosed", "LinkOpened", "Message",
+    "PaymentDisputed", "Payout", "PayoutAwaitingAccount", "PayoutFailed", "PayoutPaid", "Pledge",
+    "PledgeConfirmed", "PledgeLapsed", "Policy", "Refused", "Tick",
     "Trail", "decide_comment", "decide_event", "needs_maintainer",
 ]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from bountybot.commands import Command, CommandName, CommandRefusal, help_text, parse_comment
-from bountybot.rules import claims, payouts, pledges, release, tasks
+from bountybot.rules import claims, payments, payouts, pledges, release, tasks
 from bountybot.rules.model import Actor, Bounty, IssueRef
 from bountybot.rules.policy import Policy
 from bountybot.rules.summary import status_text
@@ -95,8 +95,34 @@ class PayoutFailed:
     error: str
 
 
+@dataclass(frozen=True, slots=True)
+class PledgeLapsed:
+    """The payment of a pending pledge never came: its checkout expired (`error` None), or
+    could not be made (`error` says why, and the backer is told)."""
+
+    pledge_id: int
+    why: str
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentDisputed:
+    """The backer's bank disputes the payment of a pledge."""
+
+    pledge_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutAwaitingAccount:
+    """A due payout waits for its developer to set up a payout account."""
+
+    payout_id: int
+
+
 Event = (LabelAdded | LabelRemoved | IssueClosed | IssueDeleted | IssueRetitled | LinkOpened
-         | LinkClosed | Tick | PledgeConfirmed | PayoutPaid | PayoutFailed)
+         | LinkClosed | Tick | PledgeConfirmed | PayoutPaid | PayoutFailed | PledgeLapsed
+         | PaymentDisputed | PayoutAwaitingAccount)
 
 
 def is_bot(actor: Actor, policy: Policy) -> bool:
@@ -133,7 +159,8 @@ def _due(w: Work) -> None:
         release.release_payouts(w)
 
 
-def _apply(w: Work, issue: IssueRef, cmd: Command, comment_id: str) -> None:
+def _apply(w: Work, issue: IssueRef, cmd: Command, comment_id: str,
+           revision: str | None = None) -> None:
     name = cmd.name
     if name == CommandName.HELP:
         w.words.append(help_text(w.policy.locale, w.policy.bot_login))
@@ -168,6 +195,8 @@ def _apply(w: Work, issue: IssueRef, cmd: Command, comment_id: str) -> None:
             payouts.award(w, cmd.shares)
     elif name == CommandName.DISPUTE:
         release.dispute(w, cmd.text or "")
+    elif name == CommandName.PAYOUT_ACCOUNT:
+        payments.request_payout_account(w, comment_id, revision)
     else:  # pragma: no cover - parse_comment only returns the names above
         raise AssertionError(name)
 
@@ -198,7 +227,7 @@ def decide_comment(bounty: Bounty | None, issue: IssueRef, comment: Comment, pol
             continue
         point = w.checkpoint()
         try:
-            _apply(w, issue, item, comment.id)
+            _apply(w, issue, item, comment.id, comment.revision)
         except Refused as refusal:
             w.restore(point)
             w.words.append(refusal.message(policy.locale))
@@ -252,4 +281,10 @@ def decide_event(bounty: Bounty | None, issue: IssueRef, event: Event, policy: P
             payouts.mark_paid(w, payout_id, reference)
         case PayoutFailed(payout_id, error):
             payouts.mark_failed(w, payout_id, error)
+        case PledgeLapsed(pledge_id, why, error):
+            payments.lapse_pledge(w, pledge_id, why, error)
+        case PaymentDisputed(pledge_id, reason):
+            payments.payment_disputed(w, pledge_id, reason)
+        case PayoutAwaitingAccount(payout_id):
+            payments.await_account(w, payout_id)
     return _finish(w)

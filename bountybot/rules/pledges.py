@@ -5,6 +5,7 @@ from __future__ import annotations
 from bountybot.i18n import register
 from bountybot.ledger import ESCROW, backer_account, move
 from bountybot.money import Money, format_money
+from bountybot.payments.base import PaymentKind, PaymentRequest
 from bountybot.rules.model import Pledge
 from bountybot.rules.work import Refused, Work
 from bountybot.states import FINAL_TASK_STATES, PledgeState, TaskState
@@ -72,6 +73,13 @@ def release(w: Work, pledge: Pledge, new: PledgeState) -> None:
         kind = "pledge.refunded" if new == PledgeState.REFUNDED else "pledge.withdrawn"
         w.post(move(kind, pledge, pledge.amount, ESCROW,
                     backer_account(task.forge, pledge.backer), memo=f"back to {pledge.backer}"))
+        give_back(w, pledge)
+
+
+def give_back(w: Work, pledge: Pledge) -> None:
+    """Money that went through the provider goes back the same way, in full."""
+    if w.policy.provider.moves_money:
+        w.pay(PaymentRequest(PaymentKind.REFUND, pledge))
 
 
 def refund_all(w: Work) -> None:
@@ -92,6 +100,8 @@ def record_pledge(w: Work, amount: Money, comment_id: str | None) -> None:
     if start.state == PledgeState.HELD:
         hold(w, pledge)
         refresh_funding(w, "pledge")
+    if start.checkout:
+        w.pay(PaymentRequest(PaymentKind.CHECKOUT, pledge, comment_id=comment_id))
     if start.payment_url:
         w.reply("pledge.payment_link", backer=pledge.backer,
                     amount=format_money(amount, w.policy.locale), url=start.payment_url)

@@ -39,6 +39,10 @@ def policy_from_settings(settings: Any, *, locale: str | None = None,
     of the configuration library.)"""
     bot = settings.bot
     provider: PaymentProvider = ManualProvider(confirm=settings.payments.manual_confirm)
+    if settings.payments.provider == "stripe":
+        from bountybot.payments.stripe_provider import StripeProvider
+
+        provider = StripeProvider()
     return Policy(
         bot_login=bot.login,
         label=bot.label,

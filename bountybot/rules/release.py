@@ -18,6 +18,7 @@ from bountybot.i18n import register
 from bountybot.ledger import ESCROW, FEES, Leg, Posting, backer_account, developer_account, move
 from bountybot.money import Money, format_money, sum_money
 from bountybot.rules.model import Dispute, Payout
+from bountybot.rules.pledges import give_back
 from bountybot.rules.work import Refused, Work
 from bountybot.states import ClaimState, PayoutState, PledgeState, TaskState
 
@@ -208,6 +209,7 @@ def cancel_disputed(w: Work) -> None:
         w.move_pledge(pledge, PledgeState.REFUNDED)
         w.post(move("pledge.refunded", pledge, pledge.amount, ESCROW,
                     backer_account(task.forge, pledge.backer), memo=f"back to {pledge.backer}"))
+        give_back(w, pledge)
     task.dispute = None
     w.move_task(TaskState.CANCELLED, "dispute")
     w.trail("dispute.resolved", decision="cancel")

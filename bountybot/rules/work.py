@@ -16,6 +16,7 @@ from typing import Any
 
 from bountybot.i18n import translate
 from bountybot.ledger import Posting
+from bountybot.payments.base import PaymentRequest
 from bountybot.rules.model import Actor, Bounty, Claim, Payout, Pledge
 from bountybot.rules.policy import Policy
 from bountybot.rules.summary import state_word
@@ -67,6 +68,8 @@ class Decision:
     postings: list[Posting] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     trail: list[Trail] = field(default_factory=list)
+    # Calls the payment provider makes after the commit (checkouts, refunds, onboarding).
+    payments: list[PaymentRequest] = field(default_factory=list)
     # The bounty as it was before (untouched), so storage writes only the rows that changed.
     before: Bounty | None = None
 
@@ -87,6 +90,7 @@ class Checkpoint:
     trail: int
     words: int
     pristine: bool = False
+    payments: int = 0
 
 
 class Work:
@@ -105,6 +109,7 @@ class Work:
         self.postings: list[Posting] = []
         self.messages: list[Message] = []
         self.trail_items: list[Trail] = []
+        self.payments: list[PaymentRequest] = []
         # Sentences for the one reply to the comment being decided (joined by the caller).
         self.words: list[str] = []
 
@@ -125,6 +130,10 @@ class Work:
 
     def say(self, message: Message) -> None:
         self.messages.append(message)
+
+    def pay(self, request: PaymentRequest) -> None:
+        """Ask the payment provider for a call once the decision is committed."""
+        self.payments.append(request)
 
     def reply(self, key: str, **params: Any) -> None:
         self.words.append(translate(self.policy.locale, key, **params))
@@ -161,14 +170,15 @@ class Work:
 
     # Each command runs on its own: a refused one leaves no trace of what it half did.
     def checkpoint(self) -> Checkpoint:
-        if not (self.created or self.postings or self.messages or self.trail_items):
+        if not (self.created or self.postings or self.messages or self.trail_items
+                or self.payments):
             # Nothing has happened yet: the untouched original is the checkpoint, and a
             # refusal copies it again (most comments hold one command; this saves a copy).
             return Checkpoint(None, {}, False, 0, 0, 0, len(self.words), pristine=True)
         memo: dict[int, Any] = {}
         snapshot = copy.deepcopy(self.bounty, memo)
         return Checkpoint(snapshot, memo, self.created, len(self.postings), len(self.messages),
-                          len(self.trail_items), len(self.words))
+                          len(self.trail_items), len(self.words), payments=len(self.payments))
 
     def restore(self, point: Checkpoint) -> None:
         if point.pristine:
@@ -177,6 +187,7 @@ class Work:
             self.postings.clear()
             self.messages.clear()
             self.trail_items.clear()
+            self.payments.clear()
             del self.words[point.words:]
             return
         self.bounty, self.created = point.bounty, point.created
@@ -185,10 +196,12 @@ class Work:
         kept = [dataclasses.replace(p, ref=point.memo.get(id(p.ref), p.ref))
                 for p in self.postings[:point.postings]]
         self.postings[:] = kept
+        self.payments[:] = [dataclasses.replace(r, ref=point.memo.get(id(r.ref), r.ref))
+                            for r in self.payments[:point.payments]]
         del self.messages[point.messages:]
         del self.trail_items[point.trail:]
         del self.words[point.words:]
 
     def decision(self) -> Decision:
         return Decision(self.bounty, self.created, self.postings, self.messages,
-                        self.trail_items, self.original)
+                        self.trail_items, self.payments, self.original)

@@ -3,7 +3,8 @@
 `save_decision` writes everything a decision holds in the caller's transaction: the task and
 its rows, the ledger transactions (refused when unbalanced; a key written twice fails the
 whole transaction, so nothing is paid twice), the outbox messages (deduplicated by key, so a
-replay queues nothing new) and the audit trail. It never commits: the unit of work does.
+replay queues nothing new), the payment operations (likewise) and the audit trail. It never
+commits: the unit of work does.
 """
 
 from __future__ import annotations
@@ -249,6 +250,10 @@ async def save_decision(session: AsyncSession, repo: t.Repo, issue: IssueRef,
             state=t.OutboxState.PENDING, attempts=0, next_attempt_at=due, created_at=now))
     if queued:
         await session.exec(insert_for(session)(t.Outbox).values(queued).on_conflict_do_nothing())
+    if decision.payments:
+        from bountybot.payments.ops import queue_requests  # it imports this module
+
+        await queue_requests(session, repo, issue.number, task_id, decision.payments, now)
     if decision.trail:
         await session.exec(insert_for(session)(t.AuditEvent).values([
             dict(task_id=task_id, actor=item.actor, action=item.action[:64], detail=item.detail,

@@ -67,6 +67,19 @@ class OutboxState(StrEnum):
     SKIPPED = "skipped"
 
 
+class PaymentOpState(StrEnum):
+    """Where a call to the payment provider is: to make (or make again), waiting for the
+    developer's payout account, made with an unknown outcome (asked about before anything else),
+    done, refused by the provider, or given up after its retries."""
+
+    PENDING = "pending"
+    WAITING = "waiting"
+    UNKNOWN = "unknown"
+    DONE = "done"
+    FAILED = "failed"
+    DEAD = "dead"
+
+
 class HasId(Protocol):
     id: int | None
 
@@ -400,6 +413,72 @@ class SyncCursor(Base, table=True):
     last_error: str | None = Field(default=None, sa_type=Text)
 
 
+class PaymentOp(Base, table=True):
+    """One call to the payment provider (`kind`: checkout, refund, transfer, account), written
+    in the transaction of the decision that needs it and made after the commit by the payment
+    worker, with retries.
+
+    `idempotency_key` is unique and is the key the provider is sent (`bountybot:refund:pledge:7`),
+    the same on every try, so a call is never made twice; for `account` it names the request
+    (the comment that asked), and the account itself is created under
+    `bountybot:account:<forge>:<login>`. While a worker makes the call, `next_attempt_at` is its
+    lease; after it, the next try (or, for an open checkout, the next look at the session).
+    `repo_id`, `number` and `comment_id` say where to answer with a link; `forge` and `login`
+    name the developer of a transfer or account. The provider's ids are kept as they come
+    (`session_id`, `payment_intent`, `refund_id`, `transfer_id`, `account_id`), with `status`, the
+    provider object's own status as last seen (a session `open`, `complete`, `expired`...).
+    """
+
+    __tablename__ = "payment_op"
+    __table_args__ = (Index(None, "state", "next_attempt_at"), Index(None, "forge", "login"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(sa_type=String(16))
+    state: PaymentOpState = Field(default=PaymentOpState.PENDING,
+                                  sa_type=StateString(PaymentOpState))
+    idempotency_key: str = Field(sa_type=String(255), unique=True)
+    task_id: int | None = Field(default=None, foreign_key="task.id", index=True)
+    pledge_id: int | None = Field(default=None, foreign_key="pledge.id", index=True)
+    payout_id: int | None = Field(default=None, foreign_key="payout.id", index=True)
+    repo_id: int | None = Field(default=None, foreign_key="repo.id")
+    number: int | None = None
+    comment_id: str | None = Field(default=None, sa_type=String(FORGE_ID))
+    forge: str | None = Field(default=None, sa_type=String(16))
+    login: str | None = Field(default=None, sa_type=String(LOGIN))
+    amount_minor: int | None = Field(default=None, sa_type=BigInteger)
+    currency: str | None = Field(default=None, sa_type=String(3))
+    session_id: str | None = Field(default=None, sa_type=String(255), index=True)
+    payment_intent: str | None = Field(default=None, sa_type=String(255), index=True)
+    refund_id: str | None = Field(default=None, sa_type=String(255), index=True)
+    transfer_id: str | None = Field(default=None, sa_type=String(255))
+    account_id: str | None = Field(default=None, sa_type=String(255))
+    url: str | None = Field(default=None, sa_type=Text)
+    status: str | None = Field(default=None, sa_type=String(32))
+    attempts: int = 0
+    next_attempt_at: datetime = _created()
+    last_error: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime = _created()
+    updated_at: datetime = _updated()
+    done_at: datetime | None = _when()
+
+
+class PayoutAccount(Base, table=True):
+    """Where a developer is paid: their Stripe connected account (Express), by forge and login.
+    `ready` once Stripe says the account can receive transfers (`account.updated`)."""
+
+    __tablename__ = "payout_account"
+    __table_args__ = (UniqueConstraint("forge", "login"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    forge: str = Field(sa_type=String(16))
+    # Lower case: forge logins are case-insensitive, and @Dave and @dave are paid to one account.
+    login: str = _login()
+    account_id: str = Field(sa_type=String(255), unique=True)
+    ready: bool = False
+    created_at: datetime = _created()
+    updated_at: datetime = _updated()
+
+
 TABLES = (
     Repo,
     Task,
@@ -415,4 +494,6 @@ TABLES = (
     AuditEvent,
     HandledComment,
     SyncCursor,
+    PaymentOp,
+    PayoutAccount,
 )

@@ -1,0 +1,150 @@
+"""Payment operations in the database: the rows the decisions queue, and applying what the
+provider reports back through the rules, in the caller's transaction (never committing).
+
+Keys, built from our ids alone so that every try of one operation sends the same one (for
+checkouts, refunds and transfers it is also the provider's idempotency key):
+
+- `checkout`: `bountybot:checkout:pledge:<pledge id>`
+- `refund`: `bountybot:refund:pledge:<pledge id>`
+- `transfer`: `bountybot:transfer:payout:<payout id>`
+- `account`: `bountybot:onboarding:<forge>:<comment id>[@<edit>]`, one per request; the
+  account itself is created under `bountybot:account:<forge>:<login>`, one per person.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bountybot.payments.base import PaymentKind, PaymentRequest
+from bountybot.payments.stripe_api import idempotency_key
+from bountybot.rules import Actor, Decision, Event, IssueRef, decide_event
+from bountybot.rules.policy import policy_from_settings
+from bountybot.storage import tables as t
+
+log = logging.getLogger(__name__)
+
+OpState = t.PaymentOpState
+
+
+def op_key(kind: PaymentKind, *, forge: str, request: PaymentRequest) -> str:
+    """The key of the operation a request asks for (see the module's table)."""
+    if kind == PaymentKind.ACCOUNT:
+        key = f"bountybot:onboarding:{forge}:{request.comment_id}"
+        return (key + f"@{request.revision}" if request.revision else key)[:255]
+    assert request.ref is not None and request.ref.id is not None
+    noun = "payout" if kind == PaymentKind.TRANSFER else "pledge"
+    return idempotency_key(kind.value, noun, request.ref.id)
+
+
+def account_key(forge: str, login: str) -> str:
+    """The key a developer's connected account is created under: one account per person."""
+    return idempotency_key("account", forge, login.lower())
+
+
+def _insert(session: AsyncSession) -> Any:
+    from bountybot.storage.bounties import insert_for  # bounties imports this module
+
+    return insert_for(session)
+
+
+def op_values(kind: PaymentKind, key: str, now: datetime, *,
+              state: t.PaymentOpState = t.PaymentOpState.PENDING, **columns: Any) -> dict[str, Any]:
+    """The row of a new operation, due now."""
+    return dict(kind=kind.value, idempotency_key=key, state=state, attempts=0,
+                next_attempt_at=now, created_at=now, updated_at=now, **columns)
+
+
+async def insert_ops(session: AsyncSession, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert operations, skipping those whose key is already there (a replayed decision, or
+    two replicas queueing the same transfer); returns the ids of the rows written."""
+    if not rows:
+        return []
+    table = t.PaymentOp.__table__  # type: ignore[attr-defined]
+    stmt = (_insert(session)(table).values(rows).on_conflict_do_nothing()
+            .returning(table.c.id))
+    return [i for (i,) in (await session.exec(stmt)).all()]
+
+
+async def queue_requests(session: AsyncSession, repo: t.Repo, number: int, task_id: int | None,
+                         requests: Sequence[PaymentRequest], now: datetime, *,
+                         state: t.PaymentOpState = t.PaymentOpState.PENDING) -> list[int]:
+    """Write the payment requests of a decision as operations (pending unless `state` says
+    otherwise); a request already queued is not queued again. Returns the new rows' ids."""
+    rows = []
+    for request in requests:
+        kind = PaymentKind(request.kind)
+        ref: Any = request.ref
+        amount = getattr(ref, "amount", None)
+        pledge = ref if kind in (PaymentKind.CHECKOUT, PaymentKind.REFUND) else None
+        payout = ref if kind == PaymentKind.TRANSFER else None
+        rows.append(op_values(
+            kind, op_key(kind, forge=repo.forge, request=request), now, state=state,
+            task_id=task_id, pledge_id=pledge.id if pledge else None,
+            payout_id=payout.id if payout else None, repo_id=repo.id, number=number,
+            comment_id=request.comment_id or (pledge.comment_id if pledge else None),
+            forge=repo.forge, login=request.login or (payout.developer if payout else None),
+            amount_minor=amount.minor if amount else None,
+            currency=amount.currency if amount else None))
+    return await insert_ops(session, rows)
+
+
+async def decide_for_task(session: AsyncSession, settings: Any, task_id: int, event: Event, *,
+                          source: str, now: datetime, actor: str = "stripe") -> Decision:
+    """Apply a provider's outcome to a task through the rules and write the decision (task row
+    locked on PostgreSQL). A `Refused` from the rules is raised to the caller."""
+    from bountybot.storage.bounties import load_bounty, save_decision
+
+    task = await session.get(t.Task, task_id)
+    if task is None:
+        raise LookupError(f"task {task_id} is gone")
+    repo = await session.get(t.Repo, task.repo_id)
+    assert repo is not None
+    bounty = await load_bounty(session, repo, task.number, lock=True)
+    issue = IssueRef(repo.forge, repo.full_path, task.number, task.title, task.url)
+    policy = policy_from_settings(settings, locale=repo.locale, currency=repo.currency)
+    decision = decide_event(bounty, issue, event, policy, now, Actor(actor))
+    await save_decision(session, repo, issue, decision, source=source, now=now)
+    return decision
+
+
+async def queue_reply(session: AsyncSession, op: t.PaymentOp, text: str, now: datetime) -> None:
+    """Answer the comment that led to `op` (the pledge, the `/payout-account`) with `text`,
+    through the outbox; once per operation."""
+    from bountybot.rules import Message
+    from bountybot.storage.bounties import save_decision
+
+    repo = await session.get(t.Repo, op.repo_id) if op.repo_id is not None else None
+    if repo is None or op.number is None:
+        log.warning("payments.no_reply_target op=%s", op.id)
+        return
+    issue = IssueRef(repo.forge, repo.full_path, op.number)
+    kind = "reply" if op.comment_id else "notice"
+    # The revision keeps it apart from the rules' own reply to the same comment, if any.
+    message = Message(kind, comment_id=op.comment_id, text=text, revision=f"payment-{op.id}")
+    await save_decision(session, repo, issue, Decision(None, messages=[message]),
+                        source=f"payment:{op.id}", now=now)
+
+
+async def ops_for(session: AsyncSession, **where: Any) -> list[t.PaymentOp]:
+    """The operations whose columns equal `where` (e.g. `kind="refund", pledge_id=7`)."""
+    stmt = select(t.PaymentOp).order_by(col(t.PaymentOp.id))
+    for name, value in where.items():
+        stmt = stmt.where(getattr(t.PaymentOp, name) == value)
+    return list((await session.exec(stmt)).all())
+
+
+async def release_waiting_transfers(session: AsyncSession, forge: str, login: str,
+                                    now: datetime) -> int:
+    """The developer's account is ready: their transfers waiting for it are due now."""
+    waiting = [op for op in await ops_for(session, kind=PaymentKind.TRANSFER.value,
+                                          state=OpState.WAITING, forge=forge)
+               if (op.login or "").lower() == login.lower()]
+    for op in waiting:
+        op.state, op.next_attempt_at = OpState.PENDING, now
+    return len(waiting)
