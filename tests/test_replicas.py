@@ -586,10 +586,13 @@ async def test_a_replica_killed_mid_burst_loses_and_repeats_nothing(
 # -- what replicas meet, one at a time --------------------------------------------------------
 
 
-async def waiting_for_a_lock(db: AsyncEngine) -> None:
-    """Return once some transaction waits for a lock (bounded)."""
+async def waiting_for_a_lock(db: AsyncEngine, holder: int) -> None:
+    """Return once some session waits for a lock that backend `holder` holds (bounded). Only
+    that backend counts: other tests or programs on the same server may be waiting too."""
+    query = (f"SELECT count(*) FROM pg_stat_activity"
+             f" WHERE {int(holder)} = ANY(pg_blocking_pids(pid))")
     async with asyncio.timeout(10):
-        while not await scalar(db, "SELECT count(*) FROM pg_locks WHERE NOT granted"):
+        while not await scalar(db, query):
             await asyncio.sleep(0.02)
 
 
@@ -608,8 +611,9 @@ async def test_a_task_another_replica_creates_meanwhile_is_tried_again_at_once(
     await other.__aenter__()
     other.session.add(t.Task(repo_id=repo_id, number=1, currency="EUR"))
     await other.session.flush()
+    holder = (await other.session.exec(text("SELECT pg_backend_pid()"))).one()[0]
     handling = asyncio.create_task(worker.run_once())
-    await waiting_for_a_lock(pg)  # the worker's insert waits on the other's
+    await waiting_for_a_lock(pg, holder)  # the worker's insert waits on the other's
     await other.__aexit__(None, None, None)
     assert await handling == 0
     (state, attempts, due), = await rows(
