@@ -281,6 +281,9 @@ class StripeSettings(_Section):
 
     api_key: SecretStr | None = None
     webhook_secret: SecretStr | None = None
+    # The signing secret of a second endpoint at the same URL for Connect events (a developer's
+    # account becoming ready: `account.updated`); Stripe sends those to Connect endpoints only.
+    connect_webhook_secret: SecretStr | None = None
     api_base: str = "https://api.stripe.com"
 
     _api_base_is_http = field_validator("api_base")(_check_http_url)

@@ -82,11 +82,8 @@ async def receive(request: web.Request) -> web.Response:
     body = await _read_body(request)
     if isinstance(body, web.Response):
         return body
-    secret = settings.stripe.webhook_secret
-    assert secret is not None  # stripe_on
     try:
-        stripe_event = verify_webhook(body, request.headers.get("Stripe-Signature"),
-                                      secret.get_secret_value())
+        stripe_event = _verified(settings, body, request.headers.get("Stripe-Signature"))
     except WebhookSignatureError as e:
         log_event(log, "webhook.bad_signature", logging.WARNING, forge="stripe",
                   remote=request.remote, why=str(e))
@@ -121,6 +118,18 @@ async def receive(request: web.Request) -> web.Response:
     log_event(log, "webhook.handled", forge="stripe", delivery=event_id, kind=kind,
               note=note or "")
     return web.json_response({"status": "handled", "delivery": event_id})
+
+
+def _verified(settings: Any, body: bytes, header: str | None) -> dict[str, Any]:
+    """The event, signed with the endpoint's secret or the Connect endpoint's."""
+    secrets = [s.get_secret_value() for s in (settings.stripe.webhook_secret,
+                                              settings.stripe.connect_webhook_secret) if s]
+    for secret in secrets[:-1]:
+        try:
+            return verify_webhook(body, header, secret)
+        except WebhookSignatureError:
+            continue  # perhaps the other endpoint's
+    return verify_webhook(body, header, secrets[-1])
 
 
 def setup(app: web.Application) -> None:

@@ -15,7 +15,8 @@ One round (`run_once`), safe on several replicas at once:
    outbox), committed together. A failure is tried again with the same key after an
    exponential backoff with jitter, until `max_attempts`; then it is dead, and logged. An
    outcome that may hide a success (a timeout) is `unknown`: the next try asks first.
-5. **Look** at checkout sessions left open past `poll_every` (a webhook that never came).
+5. **Look** at checkout sessions left open past `poll_every`, and at the accounts of developers
+   whose payouts wait (webhooks that never came, or a Connect endpoint not set up).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class PaymentWorker:
             for job, outcome in zip(jobs, outcomes, strict=True):
                 await self._finish(job, outcome)
             count += len(jobs)
-        return count + await self.poll_sessions()
+        return count + await self.poll_sessions() + await self.poll_accounts()
 
     async def run_forever(self, wake: asyncio.Event, stop: asyncio.Event,
                           idle: float = 30.0) -> None:
@@ -357,6 +358,40 @@ class PaymentWorker:
                 self._wrote(uow)
             looked += 1
         return looked
+
+    async def poll_accounts(self) -> int:
+        """Ask Stripe, every `poll_every`, whether the accounts that payouts wait for can take
+        transfers now; those that can get their payouts sent."""
+        now = self.clock()
+        op = t.PaymentOp
+        async with self.sessionmaker() as session:
+            waiting = list((await session.exec(
+                select(op.forge, op.login).where(
+                    op.kind == PaymentKind.TRANSFER.value, op.state == OpState.WAITING,
+                    op.next_attempt_at <= now).distinct())).all())
+            accounts = {(forge, login): await _account(session, forge or "", login or "")
+                        for forge, login in waiting}
+        for (forge, login), account in accounts.items():
+            ready = False
+            if account is not None:
+                try:
+                    found = await asyncio.to_thread(self.caller.gateway.retrieve_account,
+                                                    account.account_id)
+                    ready = found.transfers_active
+                except Exception as error:
+                    event(log, "payments.poll_failed", logging.WARNING, account=account.id,
+                          error=str(error))
+            async with UnitOfWork(self.sessionmaker, priority=LATER) as uow:
+                s = uow.session
+                if ready and account is not None:
+                    mine = await s.get(t.PayoutAccount, account.id, with_for_update=True)
+                    assert mine is not None
+                    await set_ready(s, mine, True, now)
+                    self._wrote(uow)
+                for row in await ops_for(s, kind=PaymentKind.TRANSFER.value,
+                                         state=OpState.WAITING, forge=forge, login=login):
+                    row.next_attempt_at = now + timedelta(seconds=self.poll_every)
+        return len(accounts)
 
 
 async def _account(s: AsyncSession, forge: str, login: str) -> t.PayoutAccount | None:
