@@ -46,6 +46,9 @@ def _guarded(name: str, job: Job) -> Job:
 def start(jobs: dict[str, tuple[float, Job]]) -> AsyncIOScheduler:
     """Start a scheduler running each job every `seconds` (first run soon, jittered, so
     replicas started together do not all sweep at the same instant)."""
+    # APScheduler logs every run of every job at INFO: a line a minute that says nothing. Our
+    # jobs log what they did when they did something, and their failures.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     scheduler = AsyncIOScheduler(timezone=UTC)
     now = datetime.now(UTC)
     for name, (seconds, job) in jobs.items():
