@@ -172,6 +172,12 @@ class PaymentWorker:
             rows = list(await s.exec(for_update_skip_locked(stmt, uow.dialect)))
             jobs = []
             for row in rows:
+                if row.kind == PaymentKind.CHECKOUT.value and row.state == OpState.PENDING:
+                    pledge = await s.get(t.Pledge, row.pledge_id)
+                    if pledge is None or pledge.state != PledgeState.PENDING:
+                        # Withdrawn before its page was made: there is nothing to pay.
+                        row.state, row.status, row.done_at = OpState.DONE, "not_needed", now
+                        continue
                 row.attempts += 1
                 row.next_attempt_at = now + timedelta(seconds=self.lease)
                 jobs.append(await self._job(s, row))
@@ -249,7 +255,8 @@ class PaymentWorker:
         kind = PaymentKind(op.kind)
         if outcome.session is not None:  # checkout
             op.session_id, op.url = outcome.session.id, outcome.session.url
-            op.status = outcome.session.status
+            # Its webhook may have come first (a quick backer): what it said stands.
+            op.status = op.status or outcome.session.status
             op.next_attempt_at = now + timedelta(seconds=self.poll_every)
             pledge = await s.get(t.Pledge, op.pledge_id)
             if pledge is not None and pledge.state == PledgeState.PENDING and op.url:
