@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -202,3 +204,48 @@ def test_coming_commands_say_so(
     err = capsys.readouterr().err
     assert err.startswith(f"bountybot {command}: not available yet: arrives with ")
     assert err.count("\n") == 1
+
+
+STRIPE_KEY = "sk_test_Recognisable0123456789"
+STRIPE_WHSEC = "whsec_Recognisable0123456789"
+
+
+def post_stripe(port: int, body: bytes, signature: str) -> tuple[int, dict[str, object]]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/webhooks/stripe", data=body, method="POST",
+        headers={"Content-Type": "application/json", "Stripe-Signature": signature})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_serve_takes_the_stripe_provider(tmp_path: Path) -> None:
+    stripe = {"BOUNTYBOT_PAYMENTS_PROVIDER": "stripe", "BOUNTYBOT_STRIPE_API_KEY": STRIPE_KEY,
+              "BOUNTYBOT_STRIPE_WEBHOOK_SECRET": STRIPE_WHSEC}
+    refused = start(tmp_path, **stripe)
+    assert refused.process.wait(timeout=START_TIMEOUT) == 2
+    assert "server.public_url is not set" in refused.output()
+
+    svc = start(tmp_path, BOUNTYBOT_SERVER_PUBLIC_URL="https://bounties.example.org", **stripe)
+    try:
+        wait_healthy(svc)
+        body = json.dumps({"id": "evt_serve_1", "object": "event", "type": "account.updated",
+                           "data": {"object": {"id": "acct_someone", "object": "account"}}}
+                          ).encode()
+        t = int(time.time())
+        digest = hmac.new(STRIPE_WHSEC.encode(), f"{t}.".encode() + body, hashlib.sha256)
+        assert post_stripe(svc.port, body, f"t={t},v1={digest.hexdigest()}") == (
+            200, {"status": "handled", "delivery": "evt_serve_1"})
+        assert post_stripe(svc.port, body, f"t={t},v1={'0' * 64}")[0] == 401
+        svc.process.send_signal(signal.SIGTERM)
+        assert svc.process.wait(timeout=STOP_TIMEOUT) == 0
+    finally:
+        if svc.process.poll() is None:
+            svc.process.kill()
+            svc.process.wait()
+    output = svc.output()
+    assert "payments: stripe" in output
+    assert STRIPE_KEY not in output and STRIPE_WHSEC not in output
+    assert "Traceback" not in output
