@@ -252,7 +252,7 @@ async def _refund(session: AsyncSession, obj: dict[str, Any], kind: str,
                                          "requested": False}, created_at=now))
         log_event(log, "stripe.unrequested_refund", logging.WARNING, pledge=op.pledge_id,
                   status=status)
-        return "a refund bountybot did not ask for: see `bountybot audit --provider`"
+        return "a refund bountybot did not ask for: the books still count this money"
     for op in ops:
         op.status = status[:32]
         if status in ("failed", "canceled", "requires_action"):
