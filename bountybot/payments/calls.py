@@ -70,10 +70,10 @@ class Outcome:
     already: bool = False  # done before: found at Stripe, not made by this call
 
 
-def failed_outcome(error: PaymentError) -> Outcome:
-    if error.code in WAIT_FOR_FUNDS:
+def failed_outcome(error: PaymentError, kind: PaymentKind) -> Outcome:
+    if error.code in WAIT_FOR_FUNDS and kind == PaymentKind.TRANSFER:
         return Outcome("postponed", error=str(error))
-    if error.code in WAIT_FOR_ACCOUNT:
+    if error.code in WAIT_FOR_ACCOUNT and kind == PaymentKind.TRANSFER:
         return Outcome("waiting", error=str(error))
     if error.outcome_unknown:
         return Outcome("unknown", error=str(error))
@@ -99,7 +99,7 @@ class Caller:
                 return await self._transfer(job)
             return await self._account(job)
         except PaymentError as error:
-            return failed_outcome(error)
+            return failed_outcome(error, job.kind)
         except ValueError as error:  # a request the gateway refused to send: ours is wrong
             return Outcome("failed", error=f"not sent: {error}")
 
