@@ -133,6 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ids from `bountybot outbox` (default: every dead message)")
     retry.set_defaults(run=cmd_outbox)
 
+    payments = commands.add_parser(
+        "payments", parents=[config],
+        help="list the calls to the payment provider (Stripe) not done; retry dead ones")
+    payments.add_argument("--state", choices=["pending", "waiting", "unknown", "done", "failed",
+                                                    "dead", "all"],
+                          default=None, help="which operations to list (default: all but done)")
+    payments.set_defaults(run=cmd_payments, payments_command=None)
+    payments_commands = payments.add_subparsers(dest="payments_command",
+                                                metavar="PAYMENTS_COMMAND")
+    revive = payments_commands.add_parser(
+        "retry", parents=[config_again],
+        help="give dead operations another round, same idempotency key (all, or the ids given)")
+    revive.add_argument("ids", type=int, nargs="*", metavar="ID",
+                        help="ids from `bountybot payments` (default: every dead operation)")
+    revive.set_defaults(run=cmd_payments)
+
     sync = commands.add_parser(
         "sync", parents=[config],
         help="read what changed on the forges and apply what the webhooks missed",
@@ -519,6 +535,63 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     dead = sum(1 for r in rows if r.state == "dead")
     if dead:
         print(f"\n{dead} dead: `bountybot outbox retry` sends them again")
+    return 0
+
+
+def cmd_payments(args: argparse.Namespace) -> int:
+    from bountybot.payments.backlog import (
+        RetryRefused,
+        error_line,
+        list_ops,
+        provider_ids,
+        retry_dead,
+        target,
+    )
+    from bountybot.storage.tables import PaymentOpState
+
+    settings = load_settings(args)
+    setup_logging(settings, level=log_level())
+    if args.payments_command == "retry":
+        try:
+            retried = _with_books(settings, "retry payment operations",
+                                  lambda sm: retry_dead(sm, args.ids or None))
+        except RetryRefused as e:
+            for problem in e.problems:
+                print(f"bountybot: payments retry: {problem}", file=sys.stderr)
+            print("nothing was retried", file=sys.stderr)
+            return 1
+        for problem in retried.refused:
+            print(f"not retried: {problem}", file=sys.stderr)
+        for op in retried.revived:
+            print(f"payment operation {op.id} ({op.kind}, {target(op)}) queued again under"
+                  f" {op.idempotency_key}")
+        print(f"{len(retried.revived)} dead operation(s) queued again; the worker first asks"
+              " Stripe what their earlier tries did, then sends only what was not done")
+        return 0
+    if args.state == "all":
+        states = None
+    elif args.state is not None:
+        states = frozenset({PaymentOpState(args.state)})
+    else:
+        states = frozenset(PaymentOpState) - {PaymentOpState.DONE}
+    rows = _with_books(settings, "list payment operations", lambda sm: list_ops(sm, states))
+    if not rows:
+        print("no payment operation" if args.state in (None, "all")
+              else f"no {args.state} payment operation")
+        return 0
+    secrets = tuple(settings.secrets().values())
+    print(f"{'id':>6}  {'state':<8} {'kind':<9} {'tries':>5}  {'next try (UTC)':<16}"
+          "  for / provider ids / last error")
+    for op in rows:
+        settled = op.state in (PaymentOpState.DONE, PaymentOpState.FAILED, PaymentOpState.DEAD)
+        when = "-" if settled else f"{op.next_attempt_at:%Y-%m-%d %H:%M}"
+        ids = " ".join(provider_ids(op))
+        error = error_line(op, secrets)
+        print(f"{op.id:>6}  {op.state:<8} {op.kind:<9} {op.attempts:>5}  {when:<16}"
+              f"  {target(op)}" + (f"  {ids}" if ids else "") + (f"  {error}" if error else ""))
+    dead = sum(1 for op in rows if op.state == PaymentOpState.DEAD)
+    if dead:
+        print(f"\n{dead} dead: `bountybot payments retry` gives them another round")
     return 0
 
 

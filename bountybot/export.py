@@ -1,5 +1,6 @@
-"""The whole books for leaving: every repo, task, ledger transaction and audit line, as JSON or
-as a spreadsheet-friendly CSV of the ledger; streamed, for `GET /api/v1/export.*` and the CLI.
+"""The whole books for leaving: every repo, task, ledger transaction, audit line and call to the
+payment provider, as JSON, or as a spreadsheet-friendly CSV of the ledger; streamed, for
+`GET /api/v1/export.*` and the CLI.
 
 Both exports page through the tables by id (`WHERE id > last ORDER BY id LIMIT n`) inside one
 read-only snapshot, and hand each page to `write` as soon as it is encoded, so memory stays flat
@@ -14,7 +15,15 @@ JSON (`export_json`), one object:
      "ledger": [{"id", "task_id", "key", "kind", "created_at", "memo",
                  "entries": [{"account", "amount": {"amount", "currency", "display"}}]}],
      "audit_events": [{"id", "task_id", "actor", "action", "detail", "created_at"}],
-     "counts": {"repos", "tasks", "transactions", "entries", "audit_events"}}
+     "payment_ops": [{"id", "kind", "state", "idempotency_key", "task_id", "pledge_id",
+                      "payout_id", "repo_id", "number", "comment_id", "forge", "login",
+                      "amount", "session_id", "payment_intent", "refund_id", "transfer_id",
+                      "account_id", "status", "attempts", "next_attempt_at", "created_at",
+                      "updated_at", "done_at"}],
+     "counts": {"repos", "tasks", "transactions", "entries", "audit_events", "payment_ops"}}
+
+`payment_ops` are the Stripe provider's calls (empty with the manual provider), without their
+one-time links or the provider's error messages (`api.views.payment_op_json`).
 
 `counts` comes last: a download cut short does not parse, and one that parses can be checked.
 
@@ -45,6 +54,7 @@ from bountybot.api.views import (
     load_entries,
     load_tasks,
     locale_of,
+    payment_op_json,
     reading,
     repo_json,
     task_json,
@@ -108,7 +118,8 @@ async def export_json(sessionmaker: async_sessionmaker[AsyncSession], write: Wri
     `locale` is the bot's, for the `display` of amounts whose repo has no locale of its own.
     """
     now = now or datetime.now(UTC)
-    counts = {"repos": 0, "tasks": 0, "transactions": 0, "entries": 0, "audit_events": 0}
+    counts = {"repos": 0, "tasks": 0, "transactions": 0, "entries": 0, "audit_events": 0,
+              "payment_ops": 0}
     async with reading(sessionmaker) as session:
         await write(f'{{"format":{_dumps(FORMAT)},"generated_at":{_dumps(iso(now))}'.encode())
 
@@ -144,10 +155,17 @@ async def export_json(sessionmaker: async_sessionmaker[AsyncSession], write: Wri
             async for rows in _pages(session, stmt, col(t.AuditEvent.id), page_size):
                 yield [audit_json(item) for item in rows]
 
+        async def payment_ops() -> AsyncIterator[list[Json]]:
+            stmt = (select(t.PaymentOp, t.Repo)
+                    .outerjoin(t.Repo, col(t.Repo.id) == col(t.PaymentOp.repo_id)))
+            async for rows in _pages(session, stmt, col(t.PaymentOp.id), page_size):
+                yield [payment_op_json(op, locale_of(repo, locale)) for op, repo in rows]
+
         counts["repos"] = await array("repos", repos())
         counts["tasks"] = await array("tasks", tasks())
         counts["transactions"] = await array("ledger", ledger())
         counts["audit_events"] = await array("audit_events", audit_events())
+        counts["payment_ops"] = await array("payment_ops", payment_ops())
         await write(f',\n"counts":{_dumps(counts)}}}\n'.encode())
 
 

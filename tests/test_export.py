@@ -70,7 +70,7 @@ async def test_export_json_round_trips(client: TestClient[Any, Any], tale: Tale,
                                        sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     books = json.loads(await download(client, "/api/v1/export.json", "application/json"))
     assert list(books) == ["format", "generated_at", "repos", "tasks", "ledger", "audit_events",
-                           "counts"]
+                           "payment_ops", "counts"]
     assert books["format"] == "bountybot-export/1"
     assert books["generated_at"].endswith("Z")
     assert [(r["forge"], r["forge_repo_id"], r["full_path"], r["locale"])
@@ -84,7 +84,8 @@ async def test_export_json_round_trips(client: TestClient[Any, Any], tale: Tale,
     assert len(entries) == await count(sessionmaker, t.LedgerEntry)
     assert books["counts"] == {
         "repos": 2, "tasks": 6, "transactions": len(books["ledger"]), "entries": len(entries),
-        "audit_events": len(books["audit_events"])}
+        "audit_events": len(books["audit_events"]), "payment_ops": 0}
+    assert books["payment_ops"] == []  # the manual provider calls no one (see test_payment_ops_cli)
 
     # The books balance: each transaction, and everything together.
     assert sum(e["amount"]["amount"] for e in entries) == 0
@@ -172,8 +173,8 @@ async def test_exports_page_through_the_books(tale: Tale,
 async def test_empty_books_export_cleanly(
         sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     books = json.loads((await collect(export_json, sessionmaker))[0])
-    assert (books["repos"], books["tasks"], books["ledger"], books["audit_events"]) == (
-        [], [], [], [])
+    assert (books["repos"], books["tasks"], books["ledger"], books["audit_events"],
+            books["payment_ops"]) == ([], [], [], [], [])
     text = (await collect(export_csv, sessionmaker))[0].decode("utf-8-sig")
     assert list(csv.reader(io.StringIO(text))) == [list(CSV_COLUMNS)]
 

@@ -232,3 +232,22 @@ def audit_json(item: t.AuditEvent) -> Json:
     """One line of the audit trail: who did what to which task, and its details."""
     return {"id": item.id, "task_id": item.task_id, "actor": item.actor, "action": item.action,
             "detail": item.detail, "created_at": iso(item.created_at)}
+
+
+def payment_op_json(op: t.PaymentOp, locale: str) -> Json:
+    """A call to the payment provider (the export's): what it is for, its key, where it stands
+    and the provider's ids. Not its `url` (a checkout page or an onboarding link is a one-time
+    key to someone's payment or account), nor `last_error` (the provider's message, for the
+    operators: `bountybot payments`)."""
+    return {"id": op.id, "kind": op.kind, "state": op.state.value,
+            "idempotency_key": op.idempotency_key, "task_id": op.task_id,
+            "pledge_id": op.pledge_id, "payout_id": op.payout_id, "repo_id": op.repo_id,
+            "number": op.number, "comment_id": op.comment_id, "forge": op.forge,
+            "login": op.login,
+            "amount": None if op.amount_minor is None or op.currency is None
+            else amount(op.amount_minor, op.currency, locale),
+            "session_id": op.session_id, "payment_intent": op.payment_intent,
+            "refund_id": op.refund_id, "transfer_id": op.transfer_id,
+            "account_id": op.account_id, "status": op.status, "attempts": op.attempts,
+            "next_attempt_at": iso(op.next_attempt_at), "created_at": iso(op.created_at),
+            "updated_at": iso(op.updated_at), "done_at": iso(op.done_at)}

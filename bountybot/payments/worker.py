@@ -8,13 +8,15 @@ One round (`run_once`), safe on several replicas at once:
    to run `/payout-account`). The operation's unique key makes this happen once per payout.
 2. **Lease**, in a short unit of work: the due `pending` and `unknown` operations (`FOR UPDATE
    SKIP LOCKED` on PostgreSQL) get one more attempt and `next_attempt_at = now + lease`; a
-   replica that dies mid-call leaves them due again when the lease is over.
+   replica that dies mid-call leaves them due again when the lease is over. A transfer whose
+   payout was marked paid by hand meanwhile is not sent.
 3. **Call** the provider, holding no database lock (`bountybot.payments.calls`).
 4. **Finish**, one unit of work per operation: its outcome, and what the rules make of it
    (`PayoutPaid` with the transfer's id, a pledge that lapses, a link replied through the
    outbox), committed together. A failure is tried again with the same key after an
-   exponential backoff with jitter, until `max_attempts`; then it is dead, and logged. An
-   outcome that may hide a success (a timeout) is `unknown`: the next try asks first.
+   exponential backoff with jitter, until `max_attempts`; then it is dead, and logged (and
+   listed by `bountybot payments`, which can give it another round: `bountybot.payments.backlog`).
+   An outcome that may hide a success (a timeout) is `unknown`: the next try asks first.
 5. **Look** at checkout sessions left open past `poll_every`, and at the accounts of developers
    whose payouts wait (webhooks that never came, or a Connect endpoint not set up).
 """
@@ -178,6 +180,16 @@ class PaymentWorker:
                         # Withdrawn before its page was made: there is nothing to pay.
                         row.state, row.status, row.done_at = OpState.DONE, "not_needed", now
                         continue
+                if row.kind == PaymentKind.TRANSFER.value:
+                    payout = await s.get(t.Payout, row.payout_id)
+                    if payout is None or payout.state in (PayoutState.PAID,
+                                                          PayoutState.CANCELLED):
+                        # Marked paid by hand (or taken back) since: sending would pay twice.
+                        row.state, row.status, row.done_at = OpState.DONE, "not_needed", now
+                        event(log, "payments.not_needed", logging.WARNING, op=row.id,
+                              payout=row.payout_id,
+                              state=payout.state if payout is not None else "gone")
+                        continue
                 row.attempts += 1
                 row.next_attempt_at = now + timedelta(seconds=self.lease)
                 jobs.append(await self._job(s, row))
@@ -274,9 +286,11 @@ class PaymentWorker:
             op.status = "paid"
             assert op.task_id is not None and op.payout_id is not None
             try:
+                # The source names the outcome: a revived transfer's first round may have
+                # written a decision (PayoutFailed) whose summary would otherwise hide this one.
                 await decide_for_task(s, self.settings, op.task_id,
                                       PayoutPaid(op.payout_id, outcome.transfer.id),
-                                      source=f"payment:{op.id}", now=now)
+                                      source=f"payment:{op.id}:done", now=now)
             except Refused as refusal:
                 event(log, "payments.paid_refused", logging.ERROR, op=op.id,
                       payout=op.payout_id, transfer=outcome.transfer.id,
@@ -311,9 +325,12 @@ class PaymentWorker:
                                   PledgeLapsed(op.pledge_id, "payment_unavailable", why),
                                   source=f"payment:{op.id}", now=now)
         elif kind == PaymentKind.TRANSFER and op.task_id and op.payout_id:
-            await decide_for_task(s, self.settings, op.task_id,
-                                  PayoutFailed(op.payout_id, op.last_error or why),
-                                  source=f"payment:{op.id}", now=now)
+            payout = await s.get(t.Payout, op.payout_id)
+            if payout is not None and payout.state == PayoutState.PENDING:
+                await decide_for_task(s, self.settings, op.task_id,
+                                      PayoutFailed(op.payout_id, op.last_error or why),
+                                      source=f"payment:{op.id}", now=now)
+            # else: failed in an earlier round (`bountybot payments retry` revived it)
         elif kind == PaymentKind.REFUND:
             # The books say the backer is owed it back; an operator must see to it.
             s.add(t.AuditEvent(task_id=op.task_id, actor="stripe", action="pledge.refund_failed",

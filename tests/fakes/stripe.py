@@ -13,6 +13,7 @@ their `Stripe-Signature` are made the way Stripe documents them (docs.stripe.com
     fake.complete_onboarding(account_id)
     fake.fail_next("POST", r"^/v1/transfers$", 500)
     fake.delay_next("POST", r"^/v1/transfers$", 2.0)   # done at once, answered 2 s later
+    fake.forget_keys()                        # a day later: same key, new work
     fake.requests, fake.writes(), fake.balance(account_id)
 
 Idempotency as Stripe's: a POST's `Idempotency-Key` saves the answer once the work is done; the
@@ -231,6 +232,11 @@ class FakeStripe(RecordingServer):
             else:
                 body = StripeRefused(status, HTTPStatus(status).phrase).body()
         self._fail(method, path_regex, status, times, dict(headers or {}), body)
+
+    def forget_keys(self) -> None:
+        """A day has passed: Stripe has forgotten every idempotency key, and a key sent again
+        does the work again."""
+        self._saved.clear()
 
     def recorded(self, method: str, path: str) -> list[Recorded]:
         """The requests to one path; `json` holds their decoded form parameters."""
