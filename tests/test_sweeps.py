@@ -350,3 +350,36 @@ async def test_the_scheduled_sync_job_recovers_a_comment_whose_webhook_was_lost(
         assert task.state == TaskState.FUNDED
     finally:
         await bot.close()
+
+
+async def test_two_replicas_sweeping_at_once_do_each_task_once(db_url, github_server, clock):
+    """Sweeps on several replicas: each due task is ticked by one of them (the other skips the
+    rows it holds, or finds nothing left to do), so no reminder or expiry is doubled."""
+    from bountybot.app import SETTINGS
+    from bountybot.storage.engine import create_engine, create_sessionmaker
+    from bountybot.sweeps import Sweeper
+
+    bot = await start(db_url, github_server, clock, claim_days=14)
+    other_engine = create_engine(db_url)  # the other replica's own connections
+    try:
+        for number in (1, 2, 3):
+            await bot.label(number)
+            await bot.comment(MAINTAINER, "/goal 10", number)
+            await bot.comment("alice", "/pledge 10", number)
+            await bot.comment(f"dev{number}", "/claim", number)
+        await bot.settle()
+        clock.move(days=7, seconds=1)
+        mine = bot.app[RUNTIME].sweeper
+        other = Sweeper(create_sessionmaker(other_engine), bot.app[SETTINGS], clock=clock)
+        first, second = await asyncio.gather(mine.run_once(), other.run_once())
+        assert first.changed + second.changed == 3
+        assert (await mine.run_once()).changed == 0
+        await bot.settle()
+        for number in (1, 2, 3):
+            said = [c.body for c in bot.bot_comments(number) if "a reminder" in c.body]
+            assert len(said) == 1 and f"@dev{number}" in said[0]
+        trail = [e for e in await bot.rows(t.AuditEvent) if e.action == "claim.reminded"]
+        assert len(trail) == 3
+    finally:
+        await other_engine.dispose()
+        await bot.close()
