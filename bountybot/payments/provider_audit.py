@@ -6,6 +6,9 @@ difference.
 - A pledge paid at Stripe whose money is not with us any more (refunded, or withdrawn after it
   was held, or paid after it lapsed) was given back: a refund of the whole amount, to that
   payment, that did not fail.
+- A pledge whose money is in escrow or paid out still has all of it: nothing of its payment was
+  refunded at Stripe (in its dashboard, say: the books would still count the money), and the
+  payment is not disputed (a chargeback, whatever its status: lost, won or open).
 - A paid payout has exactly one transfer in its transfer group (`payout-<id>`), for the same
   amount and currency, to the developer's account, and it is the payout's reference; a payout
   not paid has none.
@@ -29,6 +32,17 @@ from bountybot.storage import tables as t
 
 T = TypeVar("T")
 IN_HAND = (PledgeState.HELD, PledgeState.PAID_OUT, PledgeState.REFUNDED)
+KEPT = (PledgeState.HELD, PledgeState.PAID_OUT)  # the books count its money as ours, or paid
+_HELD_BY_STRIPE = "Stripe holds the amount until the bank decides"
+_DISPUTE_MEANS = {  # what a dispute's status means for the money the books count
+    "needs_response": _HELD_BY_STRIPE, "under_review": _HELD_BY_STRIPE,
+    "appeal_needs_response": _HELD_BY_STRIPE, "appeal_under_review": _HELD_BY_STRIPE,
+    "lost": "the backer's bank took the money back",
+    "won": "the money came back to us",
+    "warning_needs_response": "an inquiry: no money taken yet",
+    "warning_under_review": "an inquiry: no money taken yet",
+    "warning_closed": "an inquiry, closed: no money taken",
+}
 
 
 @dataclass
@@ -99,7 +113,11 @@ async def _pledge(gateway: StripeGateway, pledge: t.Pledge,
                    f" {session.payment_status}")
     if pledge.state == PledgeState.PENDING and paid:
         bad.append(f"{name} is pending but Stripe says it was paid (a missed webhook?)")
-    if not paid or pledge.state in (PledgeState.HELD, PledgeState.PAID_OUT):
+    if not paid:
+        return
+    if pledge.state in KEPT:
+        if session.payment_intent is not None:
+            await _kept(gateway, name, pledge, session.payment_intent, bad)
         return
     refund = by_pledge.get((PaymentKind.REFUND.value, pledge.id))
     if refund is None or refund.refund_id is None:
@@ -115,6 +133,27 @@ async def _pledge(gateway: StripeGateway, pledge: t.Pledge,
         bad.append(f"{name}: its refund {found.id} gave back {found.amount_minor} of payment"
                    f" {found.payment_intent}, not {pledge.amount_minor} of"
                    f" {session.payment_intent}")
+
+
+async def _kept(gateway: StripeGateway, name: str, pledge: t.Pledge, payment_intent: str,
+                bad: list[str]) -> None:
+    """What Stripe's dashboard or the backer's bank did to a payment the books still count."""
+    status = await _ask(gateway.payment_status, payment_intent)
+    if status.amount_refunded:
+        how = "in full" if status.amount_refunded >= status.amount_received else "in part"
+        bad.append(f"{name} is {pledge.state} but Stripe refunded {status.amount_refunded}"
+                   f" {(status.currency or pledge.currency).upper()} of its payment"
+                   f" {payment_intent} ({how}); the books have no refund of it (made outside"
+                   " bountybot?)")
+    for dispute in status.disputes:
+        means = _DISPUTE_MEANS.get(dispute.status, "see Stripe's dashboard")
+        bad.append(f"{name} is {pledge.state} but its payment {payment_intent} is disputed:"
+                   f" {dispute.id}, {dispute.amount_minor}"
+                   f" {(dispute.currency or pledge.currency).upper()},"
+                   f" {dispute.reason or 'no reason given'}, {dispute.status} ({means})")
+    if status.disputed and not status.disputes:
+        bad.append(f"{name} is {pledge.state} but its payment {payment_intent} is disputed"
+                   " and Stripe lists no dispute for it")
 
 
 async def _payout(gateway: StripeGateway, payout: t.Payout, account: str | None,

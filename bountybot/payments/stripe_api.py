@@ -1,10 +1,12 @@
 """Stripe's REST API as the Stripe provider needs it: checkout, refunds, transfers, connected
-accounts and webhook signatures, each one blocking call whose failures become `PaymentError`.
+accounts, what became of a payment (refunds, disputes) and webhook signatures, each one
+blocking call whose failures become `PaymentError`.
 
 Design:
 
-- Every method makes one HTTP request through stripe-python and blocks: the provider runs
-  them with `asyncio.to_thread` (no async wrappers here, so there is one way to call them).
+- Every method makes one HTTP request through stripe-python (a list one per 100 items;
+  `payment_status` a second for a disputed payment) and blocks: the provider runs them with
+  `asyncio.to_thread` (no async wrappers here, so there is one way to call them).
   `timeout` bounds the connection and each wait for data (requests' timeouts), not the total.
 - The library's own retries are off. Whoever calls decides whether to try again, from
   `PaymentError.retryable`, and always with the SAME idempotency key (`idempotency_key()`,
@@ -25,7 +27,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import stripe
@@ -96,6 +98,31 @@ class RefundResult:
     amount_minor: int
     currency: str | None = None
     payment_intent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeResult:
+    """A chargeback on a payment; `status` as Stripe says it (needs_response, under_review,
+    won, lost, warning_..., prevented)."""
+
+    id: str
+    status: str
+    amount_minor: int
+    currency: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentStatus:
+    """What became of a payment after it was made: how much of it was refunded, by anyone (the
+    bot or Stripe's dashboard), and the disputes on it (asked for only when it is disputed)."""
+
+    id: str
+    amount_received: int
+    amount_refunded: int
+    currency: str | None = None
+    disputed: bool = False
+    disputes: tuple[DisputeResult, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +301,26 @@ class StripeGateway:
     def retrieve_refund(self, refund_id: str) -> RefundResult:
         return self._call("refund lookup", lambda: self._client.v1.refunds.retrieve(refund_id),
                           _refund)
+
+    def payment_status(self, payment_intent: str) -> PaymentStatus:
+        """Refunds and disputes on a payment: the payment with its latest charge (one request),
+        and the payment's disputes only when that charge is disputed (a second)."""
+        status = self._call(
+            "payment lookup",
+            lambda: self._client.v1.payment_intents.retrieve(payment_intent,
+                                                             {"expand": ["latest_charge"]}),
+            _payment_status,
+        )
+        if not status.disputed:
+            return status
+        disputes = self._call(
+            "dispute lookup",
+            lambda: list(self._client.v1.disputes.list(
+                {"payment_intent": payment_intent, "limit": 100}
+            ).auto_paging_iter()),
+            lambda found: tuple(_dispute(d.to_dict()) for d in found),
+        )
+        return replace(status, disputes=disputes)
 
     def create_transfer(self, *, amount_minor: int, currency: str, destination: str,
                         transfer_group: str, metadata: Mapping[str, str],
@@ -460,6 +507,20 @@ def _checkout_session(obj: dict[str, Any]) -> CheckoutSession:
 def _refund(obj: dict[str, Any]) -> RefundResult:
     return RefundResult(obj["id"], obj["status"], int(obj["amount"]), obj.get("currency"),
                         _id(obj.get("payment_intent")))
+
+
+def _payment_status(obj: dict[str, Any]) -> PaymentStatus:
+    charge = obj.get("latest_charge") or {}  # expanded; None before any attempt to pay
+    if isinstance(charge, str):
+        raise ValueError("the latest charge was not expanded")
+    return PaymentStatus(obj["id"], int(obj.get("amount_received") or 0),
+                         int(charge.get("amount_refunded") or 0), obj.get("currency"),
+                         bool(charge.get("disputed")))
+
+
+def _dispute(obj: dict[str, Any]) -> DisputeResult:
+    return DisputeResult(obj["id"], str(obj["status"]), int(obj["amount"]), obj.get("currency"),
+                         obj.get("reason"))
 
 
 def _transfer(obj: dict[str, Any]) -> TransferResult:

@@ -1,6 +1,6 @@
-"""A small local Stripe API on loopback: checkout sessions, payments, refunds, transfers and
-Express accounts, from the form-encoded requests stripe-python sends, recorded, with
-idempotency keys honoured and failures or late answers on demand.
+"""A small local Stripe API on loopback: checkout sessions, payments and their charges, refunds,
+disputes, transfers and Express accounts, from the form-encoded requests stripe-python sends,
+recorded, with idempotency keys honoured and failures or late answers on demand.
 
 Objects, errors (`{"error": {"type", "code", "message", "param"}}`) and their messages follow
 Stripe's API reference (docs.stripe.com/api), trimmed to the fields the bot reads; events and
@@ -11,6 +11,8 @@ their `Stripe-Signature` are made the way Stripe documents them (docs.stripe.com
     event = fake.pay(session_id)              # checkout.session.completed, as Stripe sends it
     body = json.dumps(event).encode(); header = fake.sign(body, "whsec_...")
     fake.complete_onboarding(account_id)
+    fake.refund_in_dashboard(intent_id, 1000)  # an operator's refund: charge.refunded
+    fake.dispute(intent_id); fake.close_dispute(dispute_id, "lost")   # the backer's bank
     fake.fail_next("POST", r"^/v1/transfers$", 500)
     fake.delay_next("POST", r"^/v1/transfers$", 2.0)   # done at once, answered 2 s later
     fake.forget_keys()                        # a day later: same key, new work
@@ -20,9 +22,11 @@ Idempotency as Stripe's: a POST's `Idempotency-Key` saves the answer once the wo
 same key again returns it (`Idempotent-Replayed: true`) without doing anything; the same key
 on another path or with other parameters is a 400 `idempotency_error`. Refused parameters are
 not saved, nor are injected failures (they stand for trouble before Stripe's API), so a retry
-after them does the work. A delayed request is done and saved at once, and only its answer is
-late: a client that times out has paid all the same. Paid money is available at once (as with
-Stripe's 4000000000000077 test card); transfers beyond it are refused (`balance_insufficient`).
+after them does the work. A GET's `expand[]` expands the fields that name another object
+(`latest_charge`, `charge`, `payment_intent`), one level deep. A delayed request is done and
+saved at once, and only its answer is late: a client that times out has paid all the same.
+Paid money is available at once (as with Stripe's 4000000000000077 test card); transfers beyond
+it are refused (`balance_insufficient`); a dispute takes its amount until it is won.
 """
 
 from __future__ import annotations
@@ -96,7 +100,8 @@ def _as_lists(value: Any) -> Any:
 
 class FakeStripe(RecordingServer):
     """A Stripe API at `url`. Its objects are kept as Stripe's JSON, by id, in `sessions`,
-    `payment_intents`, `refunds`, `transfers`, `accounts`; `events` lists the events made."""
+    `payment_intents`, `charges`, `refunds`, `disputes`, `transfers`, `accounts`; `events` lists
+    the events made."""
 
     def __init__(self, *, api_key: str = API_KEY, clock: Callable[[], float] = time.time) -> None:
         super().__init__()
@@ -104,7 +109,9 @@ class FakeStripe(RecordingServer):
         self.clock = clock
         self.sessions: dict[str, dict[str, Any]] = {}
         self.payment_intents: dict[str, dict[str, Any]] = {}
+        self.charges: dict[str, dict[str, Any]] = {}
         self.refunds: dict[str, dict[str, Any]] = {}
+        self.disputes: dict[str, dict[str, Any]] = {}
         self.transfers: dict[str, dict[str, Any]] = {}
         self.accounts: dict[str, dict[str, Any]] = {}
         self.account_links: list[dict[str, Any]] = []
@@ -113,7 +120,6 @@ class FakeStripe(RecordingServer):
         self._keys = {api_key}
         self._saved: dict[tuple[str, str], tuple[str, dict[str, Any], int, dict[str, Any]]] = {}
         self._intent_data: dict[str, dict[str, Any]] = {}  # session id -> payment_intent_data
-        self._refunded: dict[str, int] = {}  # payment intent id -> refunded so far
         self._serial = itertools.count(1)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -132,14 +138,19 @@ class FakeStripe(RecordingServer):
         for path, store, kind in (
             ("/v1/checkout/sessions/{id}", fake.sessions, "checkout.session"),
             ("/v1/payment_intents/{id}", fake.payment_intents, "payment_intent"),
+            ("/v1/charges/{id}", fake.charges, "charge"),
             ("/v1/refunds/{id}", fake.refunds, "refund"),
+            ("/v1/disputes/{id}", fake.disputes, "dispute"),
             ("/v1/transfers/{id}", fake.transfers, "transfer"),
         ):
             app.router.add_get(path, fake._getter(store, kind))
         app.router.add_post("/v1/checkout/sessions", fake._create_session)
         app.router.add_post("/v1/refunds", fake._create_refund)
         app.router.add_post("/v1/transfers", fake._create_transfer)
-        app.router.add_get("/v1/transfers", fake._list_transfers)
+        app.router.add_get("/v1/transfers", fake._lister(fake.transfers, "transfer",
+                                                         "transfer_group", "destination"))
+        app.router.add_get("/v1/disputes", fake._lister(fake.disputes, "dispute", "charge",
+                                                        "payment_intent"))
         app.router.add_post("/v1/accounts", fake._create_account)
         app.router.add_get("/v1/accounts/{id}", fake._retrieve_account)
         app.router.add_post("/v1/account_links", fake._create_account_link)
@@ -161,16 +172,23 @@ class FakeStripe(RecordingServer):
         session = self.sessions[session_id]
         assert session["status"] == "open", session["status"]
         intent_data = self._intent_data.get(session_id, {})
-        now = self._now()
+        now, amount, currency = self._now(), session["amount_total"], session["currency"]
         intent = {
             "id": self._id("pi"), "object": "payment_intent",
-            "amount": session["amount_total"], "amount_received": session["amount_total"],
-            "currency": session["currency"], "created": now,
+            "amount": amount, "amount_received": amount,
+            "currency": currency, "created": now,
             "description": intent_data.get("description"), "latest_charge": self._id("ch"),
             "livemode": False, "metadata": dict(intent_data.get("metadata") or {}),
             "status": "succeeded", "transfer_group": intent_data.get("transfer_group"),
         }
         self.payment_intents[intent["id"]] = intent
+        self.charges[intent["latest_charge"]] = {
+            "id": intent["latest_charge"], "object": "charge", "amount": amount,
+            "amount_captured": amount, "amount_refunded": 0, "captured": True,
+            "created": now, "currency": currency, "disputed": False, "livemode": False,
+            "metadata": dict(intent["metadata"]), "paid": True, "payment_intent": intent["id"],
+            "refunded": False, "status": "succeeded",
+        }
         session.update(status="complete", payment_status="paid", payment_intent=intent["id"])
         self.add_funds(session["currency"], session["amount_total"])
         return self.event("checkout.session.completed", session)
@@ -181,6 +199,40 @@ class FakeStripe(RecordingServer):
         assert session["status"] == "open", session["status"]
         session.update(status="expired", url=None)
         return self.event("checkout.session.expired", session)
+
+    def refund_in_dashboard(self, payment_intent: str, amount: int | None = None
+                            ) -> dict[str, Any]:
+        """Someone refunds a payment in Stripe's dashboard, the bot unasked: all that is left
+        of it, or `amount`. Returns the `charge.refunded` event."""
+        refund = self._refund(self.payment_intents[payment_intent], amount, {},
+                              "requested_by_customer")
+        return self.event("charge.refunded", self.charges[refund["charge"]])
+
+    def dispute(self, payment_intent: str, *, reason: str = "fraudulent") -> dict[str, Any]:
+        """The backer's bank disputes the whole payment: Stripe takes the amount from the
+        balance until the bank decides. Returns the `charge.dispute.created` event."""
+        intent = self.payment_intents[payment_intent]
+        charge = self.charges[intent["latest_charge"]]
+        dispute = {
+            "id": self._id("dp"), "object": "dispute", "amount": charge["amount"],
+            "charge": charge["id"], "created": self._now(), "currency": charge["currency"],
+            "is_charge_refundable": False, "livemode": False, "metadata": {},
+            "payment_intent": payment_intent, "reason": reason, "status": "needs_response",
+        }
+        self.disputes[dispute["id"]] = dispute
+        charge["disputed"] = True
+        self.add_funds(charge["currency"], -charge["amount"])
+        return self.event("charge.dispute.created", dispute)
+
+    def close_dispute(self, dispute_id: str, status: str) -> dict[str, Any]:
+        """The bank decides (`won`: the money comes back, `lost`: it stays with the backer).
+        Returns the `charge.dispute.closed` event."""
+        assert status in ("won", "lost"), status
+        dispute = self.disputes[dispute_id]
+        dispute["status"] = status
+        if status == "won":
+            self.add_funds(dispute["currency"], dispute["amount"])
+        return self.event("charge.dispute.closed", dispute)
 
     def complete_onboarding(self, account_id: str) -> dict[str, Any]:
         """The developer finishes Stripe's onboarding: details in, transfers and payouts on.
@@ -401,13 +453,53 @@ class FakeStripe(RecordingServer):
         """A handler answering `GET .../{id}` from one kind of object."""
 
         async def get(request: web.Request) -> web.Response:
+            self._only(request[PARAMS], {"expand"})
             obj = store.get(request.match_info["id"])
             if obj is None:
                 raise StripeRefused(404, f"No such {kind}: '{request.match_info['id']}'",
                                     code="resource_missing", param="id")
-            return self._answer(obj)
+            return self._answer(self._expand(obj, request[PARAMS].get("expand") or []))
 
         return get
+
+    def _expand(self, obj: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+        """`obj` with the fields named in `expand[]` as the objects they name."""
+        stores = {"latest_charge": self.charges, "charge": self.charges,
+                  "payment_intent": self.payment_intents}
+        obj = dict(obj)
+        for name in fields:
+            if name not in stores or name not in obj:
+                raise StripeRefused(400, f"This property cannot be expanded ({name}).",
+                                    param="expand")
+            if obj[name] is not None:
+                obj[name] = stores[name][obj[name]]
+        return obj
+
+    def _lister(self, store: dict[str, dict[str, Any]], kind: str, *filters: str) -> Handler:
+        """A handler answering `GET /v1/<kind>s`: the objects whose `filters` fields equal the
+        query's, a page of them, newest first as Stripe's (`limit`, `starting_after`)."""
+        url = f"/v1/{kind}s"
+
+        async def list_(request: web.Request) -> web.Response:
+            params = request[PARAMS]
+            self._only(params, {*filters, "limit", "starting_after", "ending_before",
+                                "created", "expand"})
+            limit = self._amount(params, "limit") if "limit" in params else 10
+            if limit > 100:
+                raise StripeRefused(400, "This value must be less than or equal to 100.",
+                                    param="limit")
+            found = [obj for obj in reversed(store.values())
+                     if all(obj[name] == params[name] for name in filters if name in params)]
+            if "starting_after" in params:
+                ids = [obj["id"] for obj in found]
+                if params["starting_after"] not in ids:
+                    raise StripeRefused(400, f"No such {kind}: '{params['starting_after']}'",
+                                        code="resource_missing", param="starting_after")
+                found = found[ids.index(params["starting_after"]) + 1:]
+            return self._answer({"object": "list", "data": found[:limit],
+                                 "has_more": len(found) > limit, "url": url})
+
+        return list_
 
     # -- handlers -------------------------------------------------------------------------
 
@@ -459,25 +551,37 @@ class FakeStripe(RecordingServer):
         if intent is None:
             raise StripeRefused(400, f"No such payment_intent: '{intent_id}'",
                                 code="resource_missing", param="payment_intent")
-        left = intent["amount_received"] - self._refunded.get(intent_id, 0)
+        amount = self._amount(params, "amount") if "amount" in params else None
+        return self._answer(self._refund(intent, amount, self._metadata(params),
+                                         params.get("reason")))
+
+    def _refund(self, intent: dict[str, Any], amount: int | None, metadata: dict[str, str],
+                reason: str | None) -> dict[str, Any]:
+        """Give back `amount` of a payment (all that is left when None), whoever asks."""
+        charge = self.charges[intent["latest_charge"]]
+        if charge["disputed"]:
+            raise StripeRefused(400, f"Charge {charge['id']} has been charged back; cannot "
+                                "issue a refund.", code="charge_disputed")
+        left = charge["amount_captured"] - charge["amount_refunded"]
         if left <= 0:
-            raise StripeRefused(400, f"Charge {intent['latest_charge']} has already been "
-                                "refunded.", code="charge_already_refunded")
-        amount = self._amount(params, "amount") if "amount" in params else left
+            raise StripeRefused(400, f"Charge {charge['id']} has already been refunded.",
+                                code="charge_already_refunded")
+        amount = left if amount is None else amount
         if amount > left:
             raise StripeRefused(400, f"Refund amount ({amount}) is greater than unrefunded "
                                 f"amount on charge ({left})", code="amount_too_large",
                                 param="amount")
-        self._refunded[intent_id] = self._refunded.get(intent_id, 0) + amount
-        self.available[intent["currency"]] = self.available.get(intent["currency"], 0) - amount
+        charge["amount_refunded"] += amount
+        charge["refunded"] = charge["amount_refunded"] == charge["amount_captured"]
+        self.add_funds(intent["currency"], -amount)
         refund = {
             "id": self._id("re"), "object": "refund", "amount": amount,
-            "charge": intent["latest_charge"], "created": self._now(),
-            "currency": intent["currency"], "metadata": self._metadata(params),
-            "payment_intent": intent_id, "reason": params.get("reason"), "status": "succeeded",
+            "charge": charge["id"], "created": self._now(), "currency": intent["currency"],
+            "metadata": metadata, "payment_intent": intent["id"], "reason": reason,
+            "status": "succeeded",
         }
         self.refunds[refund["id"]] = refund
-        return self._answer(refund)
+        return refund
 
     async def _create_transfer(self, request: web.Request) -> web.Response:
         params = request[PARAMS]
@@ -512,26 +616,6 @@ class FakeStripe(RecordingServer):
         }
         self.transfers[transfer["id"]] = transfer
         return self._answer(transfer)
-
-    async def _list_transfers(self, request: web.Request) -> web.Response:
-        params = request[PARAMS]
-        self._only(params, {"transfer_group", "destination", "limit", "starting_after",
-                            "ending_before", "created", "expand"})
-        limit = self._amount(params, "limit") if "limit" in params else 10
-        if limit > 100:
-            raise StripeRefused(400, "This value must be less than or equal to 100.",
-                                param="limit")
-        found = [t for t in reversed(self.transfers.values())  # newest first, as Stripe's
-                 if all(t[name] == params[name] for name in ("transfer_group", "destination")
-                        if name in params)]
-        if "starting_after" in params:
-            ids = [t["id"] for t in found]
-            if params["starting_after"] not in ids:
-                raise StripeRefused(400, f"No such transfer: '{params['starting_after']}'",
-                                    code="resource_missing", param="starting_after")
-            found = found[ids.index(params["starting_after"]) + 1:]
-        return self._answer({"object": "list", "data": found[:limit],
-                             "has_more": len(found) > limit, "url": "/v1/transfers"})
 
     async def _create_account(self, request: web.Request) -> web.Response:
         params = request[PARAMS]
