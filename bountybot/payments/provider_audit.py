@@ -7,8 +7,9 @@ difference.
   was held, or paid after it lapsed) was given back: a refund of the whole amount, to that
   payment, that did not fail.
 - A pledge whose money is in escrow or paid out still has all of it: nothing of its payment was
-  refunded at Stripe (in its dashboard, say: the books would still count the money), and the
-  payment is not disputed (a chargeback, whatever its status: lost, won or open).
+  refunded at Stripe (in its dashboard, say: the books would still count the money), and no
+  dispute has taken it (a chargeback open or lost). A dispute settled with no money taken (won,
+  or an inquiry closed) is no difference: it is listed as a note.
 - A paid payout has exactly one transfer in its transfer group (`payout-<id>`), for the same
   amount and currency, to the developer's account, and it is the payout's reference; a payout
   not paid has none.
@@ -34,6 +35,8 @@ T = TypeVar("T")
 IN_HAND = (PledgeState.HELD, PledgeState.PAID_OUT, PledgeState.REFUNDED)
 KEPT = (PledgeState.HELD, PledgeState.PAID_OUT)  # the books count its money as ours, or paid
 _HELD_BY_STRIPE = "Stripe holds the amount until the bank decides"
+# Disputes that end with the money where the books say it is.
+_SETTLED_KEPT = frozenset({"won", "warning_closed"})
 _DISPUTE_MEANS = {  # what a dispute's status means for the money the books count
     "needs_response": _HELD_BY_STRIPE, "under_review": _HELD_BY_STRIPE,
     "appeal_needs_response": _HELD_BY_STRIPE, "appeal_under_review": _HELD_BY_STRIPE,
@@ -48,6 +51,8 @@ _DISPUTE_MEANS = {  # what a dispute's status means for the money the books coun
 @dataclass
 class ProviderReport:
     problems: list[str] = field(default_factory=list)
+    # What is worth knowing but no difference (a dispute won).
+    notes: list[str] = field(default_factory=list)
     pledges: int = 0
     payouts: int = 0
 
@@ -57,10 +62,11 @@ class ProviderReport:
 
     def render(self) -> str:
         head = f"checked {self.pledges} pledges and {self.payouts} payouts against Stripe: "
+        notes = [f"  note: {n}" for n in self.notes]
         if self.ok:
-            return head + "our books and Stripe's records agree"
+            return "\n".join([head + "our books and Stripe's records agree", *notes])
         return "\n".join([head + f"{len(self.problems)} difference(s)",
-                          *(f"  - {p}" for p in self.problems)])
+                          *(f"  - {p}" for p in self.problems), *notes])
 
 
 async def _ask(call: Callable[..., T], *args: Any) -> T:
@@ -83,7 +89,7 @@ async def audit_provider(sessionmaker: async_sessionmaker[AsyncSession],
     report = ProviderReport(pledges=len(pledges), payouts=len(payouts))
     for pledge in pledges:
         try:
-            await _pledge(gateway, pledge, by_pledge, report.problems)
+            await _pledge(gateway, pledge, by_pledge, report.problems, report.notes)
         except PaymentError as error:
             report.problems.append(f"pledge {pledge.id}: Stripe could not be asked: {error}")
     for payout in payouts:
@@ -96,7 +102,8 @@ async def audit_provider(sessionmaker: async_sessionmaker[AsyncSession],
 
 
 async def _pledge(gateway: StripeGateway, pledge: t.Pledge,
-                  by_pledge: dict[tuple[str, int | None], t.PaymentOp], bad: list[str]) -> None:
+                  by_pledge: dict[tuple[str, int | None], t.PaymentOp], bad: list[str],
+                  notes: list[str]) -> None:
     name = f"pledge {pledge.id} (@{pledge.backer}, {pledge.amount_minor} {pledge.currency})"
     checkout = by_pledge.get((PaymentKind.CHECKOUT.value, pledge.id))
     if checkout is None or checkout.session_id is None:
@@ -117,7 +124,7 @@ async def _pledge(gateway: StripeGateway, pledge: t.Pledge,
         return
     if pledge.state in KEPT:
         if session.payment_intent is not None:
-            await _kept(gateway, name, pledge, session.payment_intent, bad)
+            await _kept(gateway, name, pledge, session.payment_intent, bad, notes)
         return
     refund = by_pledge.get((PaymentKind.REFUND.value, pledge.id))
     if refund is None or refund.refund_id is None:
@@ -136,7 +143,7 @@ async def _pledge(gateway: StripeGateway, pledge: t.Pledge,
 
 
 async def _kept(gateway: StripeGateway, name: str, pledge: t.Pledge, payment_intent: str,
-                bad: list[str]) -> None:
+                bad: list[str], notes: list[str]) -> None:
     """What Stripe's dashboard or the backer's bank did to a payment the books still count."""
     status = await _ask(gateway.payment_status, payment_intent)
     if status.amount_refunded:
@@ -147,7 +154,8 @@ async def _kept(gateway: StripeGateway, name: str, pledge: t.Pledge, payment_int
                    " bountybot?)")
     for dispute in status.disputes:
         means = _DISPUTE_MEANS.get(dispute.status, "see Stripe's dashboard")
-        bad.append(f"{name} is {pledge.state} but its payment {payment_intent} is disputed:"
+        (notes if dispute.status in _SETTLED_KEPT else bad).append(
+                   f"{name} is {pledge.state} but its payment {payment_intent} is disputed:"
                    f" {dispute.id}, {dispute.amount_minor}"
                    f" {(dispute.currency or pledge.currency).upper()},"
                    f" {dispute.reason or 'no reason given'}, {dispute.status} ({means})")
