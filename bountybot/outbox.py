@@ -464,7 +464,8 @@ class OutboxSender:
             return 1
         if outcome.what == "sent":
             event(log, "outbox.sent", id=job.id, kind=job.kind, task=job.task_id,
-                  attempt=job.attempts, **({"found": "marker"} if outcome.found else {}))
+                  attempt=job.attempts, **({"comment": job.comment_id} if job.comment_id else {}),
+                  **({"found": "marker"} if outcome.found else {}))
             return 1
         if not ours:
             return 0
