@@ -19,7 +19,7 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, tuple_, update
@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bountybot.clock import Clock, backoff, utc_now
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient, ForgeError, RepoRef
 from bountybot.forges.events import (
@@ -56,11 +57,7 @@ from bountybot.storage.uow import BACKGROUND, UnitOfWork, for_update_skip_locked
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _first_line(error: BaseException) -> str:
@@ -381,7 +378,8 @@ class DeliveryWorker:
                 finished = True
             else:
                 delay = (error.retry_after if isinstance(error, ForgeError)
-                         and error.retry_after else self.retry_delay * 2 ** (row.attempts - 1))
+                         and error.retry_after else backoff(row.attempts, self.retry_delay,
+                                                            3600.0))
                 row.next_attempt_at = now + timedelta(seconds=min(delay, 3600.0))
                 finished = False
         event(log, "delivery.failed" if finished else "delivery.retry", logging.WARNING,

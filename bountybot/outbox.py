@@ -34,7 +34,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import ColumnElement, exists, func, or_, update
@@ -43,6 +43,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bountybot.clock import backoff, utc_now
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient, ForgeError, RepoRef
 from bountybot.governor import Busy, Governor
@@ -71,9 +72,6 @@ def summary_marker(task_id: int) -> str:
     """What the summary comment of task `task_id`, and only it, holds."""
     return f"{SUMMARY_MARKER}<!-- task:{task_id} -->"
 
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _behind(busy_after: datetime | None) -> ColumnElement[bool]:
@@ -122,7 +120,7 @@ class OutboxSender:
 
     def __init__(self, sessionmaker: Sessionmaker, clients: Mapping[str, ForgeClient], *,
                  settings: Settings, governor: Governor,
-                 clock: Callable[[], datetime] = _utcnow, max_attempts: int = 8,
+                 clock: Callable[[], datetime] = utc_now, max_attempts: int = 8,
                  base_delay: float = 5.0, max_delay: float = 3600.0, lease: float | None = None,
                  rng: random.Random | None = None, reaction_reserve: int | None = None) -> None:
         self.sessionmaker = sessionmaker
@@ -308,8 +306,7 @@ class OutboxSender:
         if retry_after is not None:
             delay = retry_after
         else:
-            backoff = min(self.max_delay, self.base_delay * 2 ** (job.attempts - 1))
-            delay = backoff * (0.5 + self.rng.random())
+            delay = backoff(job.attempts, self.base_delay, self.max_delay, self.rng)
         return _Outcome("retry", at=self.clock() + timedelta(seconds=delay), error=error)
 
     @staticmethod
@@ -523,7 +520,7 @@ async def retry_dead(sessionmaker: Sessionmaker, ids: list[int] | None = None, *
     """Give dead messages (all, or those of `ids`) another round of attempts, now; returns how
     many. Their `last_error` stays, which also makes the sender look for a reply's marker before
     posting it (the last attempt may have reached the forge)."""
-    now = now or _utcnow()
+    now = now or utc_now()
     async with UnitOfWork(sessionmaker) as uow:
         stmt = select(Outbox).where(Outbox.state == DEAD)
         if ids is not None:

@@ -22,7 +22,7 @@ import secrets
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, update
@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bountybot.clock import Clock, utc_now
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient, ForgeError
 from bountybot.forges.events import SYNC_EVENT, Changes, happenings_to_json
@@ -41,16 +42,12 @@ from bountybot.webhooks import insert_new
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 
 # Longer than reading one repo takes; a process that dies holding a lease holds it this long.
 LEASE = timedelta(minutes=5)
 OVERLAP = timedelta(minutes=2)
 _MAX_ERROR = 2000
 
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class UnknownRepo(LookupError):

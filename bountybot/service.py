@@ -21,10 +21,11 @@ from aiohttp import web
 
 from bountybot import webhooks
 from bountybot.app import SESSIONMAKER, SETTINGS
+from bountybot.clock import utc_now
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient
 from bountybot.governor import Governor
-from bountybot.inbox import DeliveryWorker, utc_now
+from bountybot.inbox import DeliveryWorker
 from bountybot.outbox import OutboxSender
 from bountybot.payments import stripe_events
 from bountybot.payments.worker import PaymentWorker

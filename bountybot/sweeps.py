@@ -23,6 +23,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
+from bountybot.clock import Clock
 from bountybot.config import Settings
 from bountybot.logs import event
 from bountybot.rules import IssueRef, Tick, decide_event
@@ -34,7 +35,6 @@ from bountybot.storage.uow import LATER, UnitOfWork, for_update_skip_locked
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 
 
 @dataclass

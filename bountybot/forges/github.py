@@ -16,6 +16,7 @@ from github import Auth, Github, GithubException, GithubIntegration, RateLimitEx
 from github.Requester import Requester
 from requests.utils import parse_header_links
 
+from bountybot.clock import utc_now
 from bountybot.forges.base import DEFAULT_RATE_LIMIT_WAIT, ForgeError, RepoRef, parse_retry_after
 from bountybot.forges.events import Changes, since_or_later
 from bountybot.forges.github_events import synced_comment, synced_label, synced_merge
@@ -30,9 +31,6 @@ _MAINTAINER_ROLES = frozenset({"admin", "maintain", "write"})
 _MAX_MESSAGE = 200
 T = TypeVar("T")
 
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class _GrantError(Exception):
@@ -93,7 +91,7 @@ class GitHubClient:
         app_id: int | None = None,
         private_key: str | None = None,
         maintainer_ttl: float = 300.0,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utc_now,
         timeout: float = 15.0,
     ) -> None:
         if (token is None) == (app_id is None or private_key is None):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import gitlab
 import requests
 from gitlab.exceptions import GitlabError, GitlabHttpError
 
+from bountybot.clock import utc_now
 from bountybot.forges.base import DEFAULT_RATE_LIMIT_WAIT, ForgeError, RepoRef, parse_retry_after
 from bountybot.forges.events import Changes, since_or_later
 from bountybot.forges.gitlab_events import synced_label, synced_merge, synced_note
@@ -24,9 +25,6 @@ AWARD = "thumbsup"
 _MAX_MESSAGE = 200
 T = TypeVar("T")
 
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _raise_for_status(response: requests.Response, *args: Any, **kwargs: Any) -> None:
@@ -62,7 +60,7 @@ class GitLabClient:
         maintainer_level: int = 40,
         maintainer_ttl: float = 300.0,
         user_ttl: float = 3600.0,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utc_now,
         timeout: float = 15.0,
     ) -> None:
         self._token = token

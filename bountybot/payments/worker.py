@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bountybot.clock import Clock, backoff
 from bountybot.config import Settings
 from bountybot.i18n import translate
 from bountybot.logs import event
@@ -60,7 +61,6 @@ from bountybot.storage.uow import LATER, UnitOfWork, for_update_skip_locked
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 DUE = (OpState.PENDING, OpState.UNKNOWN)
 
 
@@ -251,9 +251,8 @@ class PaymentWorker:
             else:  # retry, unknown
                 if outcome.what == "unknown":
                     op.state = OpState.UNKNOWN
-                backoff = min(self.max_delay, self.base_delay * 2 ** (op.attempts - 1))
                 op.next_attempt_at = now + timedelta(
-                    seconds=backoff * (0.5 + self.rng.random()))
+                    seconds=backoff(op.attempts, self.base_delay, self.max_delay, self.rng))
             self._wrote(uow)
         level = logging.INFO if outcome.what in ("done", "waiting", "postponed") else \
             logging.ERROR if op.state in (OpState.FAILED, OpState.DEAD) else logging.WARNING
