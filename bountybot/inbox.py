@@ -52,7 +52,13 @@ from bountybot.rules import (
 )
 from bountybot.rules.policy import policy_from_settings
 from bountybot.storage import tables as t
-from bountybot.storage.bounties import ensure_repo, insert_for, load_bounty, save_decision
+from bountybot.storage.bounties import (
+    ensure_repo,
+    insert_for,
+    load_bounty,
+    policy_of,
+    save_decision,
+)
 from bountybot.storage.uow import BACKGROUND, UnitOfWork, for_update_skip_locked, is_conflict
 
 log = logging.getLogger(__name__)
@@ -317,7 +323,7 @@ class DeliveryWorker:
         repo = await self._repo(session, cache, h)
         if repo is None:
             return False
-        policy = policy_from_settings(self.settings, locale=repo.locale, currency=repo.currency)
+        policy = policy_of(self.settings, repo)
         issue = IssueRef(repo.forge, repo.full_path, h.number, h.title, h.url)
         key = (t.id_of(repo), h.number)
         if key in cache.bounties:

@@ -11,10 +11,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.config import Settings
 from bountybot.money import Money, format_money
-from bountybot.rules import Actor, IssueRef, PayoutPaid, Refused, decide_event
-from bountybot.rules.policy import policy_from_settings
+from bountybot.rules import PayoutPaid, Refused
 from bountybot.storage import tables as t
-from bountybot.storage.bounties import load_bounty, save_decision
+from bountybot.storage.bounties import decide_on_task
 from bountybot.storage.uow import UnitOfWork
 
 
@@ -78,18 +77,10 @@ async def mark_paid(sessionmaker: async_sessionmaker[AsyncSession], settings: Se
         payout = await uow.session.get(t.Payout, payout_id)
         if payout is None:
             raise PayoutError(f"there is no payout {payout_id}")
-        task = await uow.session.get(t.Task, payout.task_id)
-        assert task is not None
-        repo = await uow.session.get(t.Repo, task.repo_id)
-        assert repo is not None
-        bounty = await load_bounty(uow.session, repo, task.number, lock=True)
-        issue = IssueRef(repo.forge, repo.full_path, task.number, task.title, task.url)
-        policy = policy_from_settings(settings, locale=repo.locale, currency=repo.currency)
         try:
-            decision = decide_event(bounty, issue, PayoutPaid(payout_id, reference[:255]),
-                                    policy, now, Actor(who))
+            await decide_on_task(uow.session, settings, payout.task_id,
+                                 PayoutPaid(payout_id, reference[:255]),
+                                 source=f"cli:payout:{payout_id}", now=now, actor=who)
         except Refused as refusal:
             raise PayoutError(refusal.message("en")) from None
-        await save_decision(uow.session, repo, issue, decision,
-                            source=f"cli:payout:{payout_id}", now=now)
         return Money(payout.amount_minor, payout.currency)

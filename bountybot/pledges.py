@@ -17,11 +17,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.config import Settings
 from bountybot.money import Money, format_money
-from bountybot.rules import Actor, IssueRef, PledgeConfirmed, Refused, decide_event
-from bountybot.rules.policy import policy_from_settings
+from bountybot.rules import PledgeConfirmed, Refused
 from bountybot.states import PledgeState
 from bountybot.storage import tables as t
-from bountybot.storage.bounties import load_bounty, save_decision
+from bountybot.storage.bounties import decide_on_task
 from bountybot.storage.uow import UnitOfWork
 
 
@@ -95,19 +94,15 @@ async def _confirm(session: AsyncSession, settings: Settings, pledge_id: int, wh
     pledge = await session.get(t.Pledge, pledge_id)
     if pledge is None:
         raise PledgeError(f"there is no pledge {pledge_id}")
+    try:
+        await decide_on_task(session, settings, pledge.task_id,
+                             PledgeConfirmed(pledge_id, reference),
+                             source=f"cli:pledge:{pledge_id}", now=now, actor=who)
+    except Refused as refusal:
+        raise PledgeError(refusal.message("en")) from None
     task = await session.get(t.Task, pledge.task_id)
     assert task is not None  # a foreign key
     repo = await session.get(t.Repo, task.repo_id)
     assert repo is not None
-    bounty = await load_bounty(session, repo, task.number, lock=True)
-    issue = IssueRef(repo.forge, repo.full_path, task.number, task.title, task.url)
-    policy = policy_from_settings(settings, locale=repo.locale, currency=repo.currency)
-    try:
-        decision = decide_event(bounty, issue, PledgeConfirmed(pledge_id, reference), policy,
-                                now, Actor(who))
-    except Refused as refusal:
-        raise PledgeError(refusal.message("en")) from None
-    await save_decision(session, repo, issue, decision, source=f"cli:pledge:{pledge_id}",
-                        now=now)
     return PendingPledge(pledge_id, t.id_of(task), repo.full_path, task.number, pledge.backer,
                          Money(pledge.amount_minor, pledge.currency), pledge.created_at)

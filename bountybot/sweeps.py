@@ -26,11 +26,10 @@ from sqlmodel.sql.expression import SelectOfScalar
 from bountybot.clock import Clock
 from bountybot.config import Settings
 from bountybot.logs import event
-from bountybot.rules import IssueRef, Tick, decide_event
-from bountybot.rules.policy import policy_from_settings
+from bountybot.rules import Tick, decide_event
 from bountybot.states import ClaimState, PayoutState, TaskState
 from bountybot.storage import tables as t
-from bountybot.storage.bounties import save_decision, to_bounty
+from bountybot.storage.bounties import issue_of, policy_of, save_decision, to_bounty
 from bountybot.storage.uow import LATER, UnitOfWork, for_update_skip_locked
 
 log = logging.getLogger(__name__)
@@ -101,10 +100,9 @@ class Sweeper:
                 repo = await session.get(t.Repo, task.repo_id)
                 assert repo is not None
                 bounty = await to_bounty(session, repo, task)
-                policy = policy_from_settings(self.settings, locale=repo.locale,
-                                              currency=repo.currency)
-                issue = IssueRef(repo.forge, repo.full_path, task.number, task.title, task.url)
-                decision = decide_event(bounty, issue, Tick(), policy, now)
+                issue = issue_of(repo, task)
+                decision = decide_event(bounty, issue, Tick(), policy_of(self.settings, repo),
+                                        now)
                 if not decision.changed:
                     continue
                 # The source names the moment: a later sweep of the same task is another cause.

@@ -23,8 +23,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.payments.base import PaymentKind, PaymentRequest
 from bountybot.payments.stripe_api import idempotency_key
-from bountybot.rules import Actor, Decision, Event, IssueRef, decide_event
-from bountybot.rules.policy import policy_from_settings
+from bountybot.rules import Decision, IssueRef
 from bountybot.storage import tables as t
 
 log = logging.getLogger(__name__)
@@ -92,25 +91,6 @@ async def queue_requests(session: AsyncSession, repo: t.Repo, number: int, task_
             amount_minor=amount.minor if amount else None,
             currency=amount.currency if amount else None))
     return await insert_ops(session, rows)
-
-
-async def decide_for_task(session: AsyncSession, settings: Any, task_id: int, event: Event, *,
-                          source: str, now: datetime, actor: str = "stripe") -> Decision:
-    """Apply a provider's outcome to a task through the rules and write the decision (task row
-    locked on PostgreSQL). A `Refused` from the rules is raised to the caller."""
-    from bountybot.storage.bounties import load_bounty, save_decision
-
-    task = await session.get(t.Task, task_id)
-    if task is None:
-        raise LookupError(f"task {task_id} is gone")
-    repo = await session.get(t.Repo, task.repo_id)
-    assert repo is not None
-    bounty = await load_bounty(session, repo, task.number, lock=True)
-    issue = IssueRef(repo.forge, repo.full_path, task.number, task.title, task.url)
-    policy = policy_from_settings(settings, locale=repo.locale, currency=repo.currency)
-    decision = decide_event(bounty, issue, event, policy, now, Actor(actor))
-    await save_decision(session, repo, issue, decision, source=source, now=now)
-    return decision
 
 
 async def queue_reply(session: AsyncSession, op: t.PaymentOp, text: str, now: datetime) -> None:

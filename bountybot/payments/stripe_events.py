@@ -41,7 +41,6 @@ from bountybot.app import SESSIONMAKER, SETTINGS
 from bountybot.logs import event as log_event
 from bountybot.payments.base import PaymentKind
 from bountybot.payments.ops import (
-    decide_for_task,
     insert_ops,
     op_values,
     ops_for,
@@ -56,6 +55,7 @@ from bountybot.payments.stripe_api import (
 from bountybot.rules import PaymentDisputed, PledgeConfirmed, PledgeLapsed, Refused
 from bountybot.states import PledgeState
 from bountybot.storage import tables as t
+from bountybot.storage.bounties import decide_on_task
 from bountybot.storage.uow import UnitOfWork
 from bountybot.webhooks import _json_error, _read_body, insert_new
 
@@ -197,17 +197,17 @@ async def apply_session(session: AsyncSession, settings: Any, op: t.PaymentOp,
                       pledged=op.amount_minor)
             return await _give_back(session, op, "paid another amount than pledged", now)
         try:
-            await decide_for_task(session, settings, op.task_id,
-                                  PledgeConfirmed(op.pledge_id, op.payment_intent),
-                                  source=source, now=now)
+            await decide_on_task(session, settings, op.task_id,
+                                 PledgeConfirmed(op.pledge_id, op.payment_intent),
+                                 source=source, now=now, actor="stripe")
         except Refused as refusal:
             return await _give_back(session, op, refusal.message("en"), now)
         return None
     if kind in ("checkout.session.expired", "checkout.session.async_payment_failed") or (
             kind == "checkout.session.retrieved" and obj.get("status") == "expired"):
-        await decide_for_task(session, settings, op.task_id,
-                              PledgeLapsed(op.pledge_id, kind.removeprefix("checkout.session.")),
-                              source=source, now=now)
+        await decide_on_task(session, settings, op.task_id,
+                             PledgeLapsed(op.pledge_id, kind.removeprefix("checkout.session.")),
+                             source=source, now=now, actor="stripe")
         return None
     return f"{kind}: nothing to do while the payment is {obj.get('payment_status')}"
 
@@ -278,8 +278,8 @@ async def _dispute(session: AsyncSession, settings: Any, obj: dict[str, Any], so
     reason = str(obj.get("reason") or "no reason given")
     log_event(log, "stripe.dispute", logging.WARNING, pledge=op.pledge_id, task=op.task_id,
               dispute=obj.get("id"), amount=obj.get("amount"), reason=reason)
-    await decide_for_task(session, settings, op.task_id, PaymentDisputed(op.pledge_id, reason),
-                          source=source, now=now)
+    await decide_on_task(session, settings, op.task_id, PaymentDisputed(op.pledge_id, reason),
+                         source=source, now=now, actor="stripe")
     return None
 
 

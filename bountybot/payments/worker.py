@@ -46,7 +46,6 @@ from bountybot.payments.base import PaymentKind
 from bountybot.payments.calls import Caller, Job, Outcome
 from bountybot.payments.ops import (
     OpState,
-    decide_for_task,
     insert_ops,
     op_values,
     ops_for,
@@ -57,6 +56,7 @@ from bountybot.payments.stripe_events import apply_session, set_ready
 from bountybot.rules import PayoutAwaitingAccount, PayoutFailed, PayoutPaid, PledgeLapsed, Refused
 from bountybot.states import PayoutState, PledgeState
 from bountybot.storage import tables as t
+from bountybot.storage.bounties import decide_on_task
 from bountybot.storage.uow import LATER, UnitOfWork, for_update_skip_locked
 
 log = logging.getLogger(__name__)
@@ -154,9 +154,10 @@ class PaymentWorker:
                     login=payout.developer, amount_minor=payout.amount_minor,
                     currency=payout.currency)])
                 if made and not ready:
-                    await decide_for_task(s, self.settings, t.id_of(task),
-                                          PayoutAwaitingAccount(payout_id),
-                                          source=f"payment:await:{payout_id}", now=now)
+                    await decide_on_task(s, self.settings, t.id_of(task),
+                                         PayoutAwaitingAccount(payout_id),
+                                         source=f"payment:await:{payout_id}", now=now,
+                                         actor="stripe")
                 queued += len(made)
             if queued:
                 self._wrote(uow)
@@ -287,9 +288,9 @@ class PaymentWorker:
             try:
                 # The source names the outcome: a revived transfer's first round may have
                 # written a decision (PayoutFailed) whose summary would otherwise hide this one.
-                await decide_for_task(s, self.settings, op.task_id,
-                                      PayoutPaid(op.payout_id, outcome.transfer.id),
-                                      source=f"payment:{op.id}:done", now=now)
+                await decide_on_task(s, self.settings, op.task_id,
+                                     PayoutPaid(op.payout_id, outcome.transfer.id),
+                                     source=f"payment:{op.id}:done", now=now, actor="stripe")
             except Refused as refusal:
                 event(log, "payments.paid_refused", logging.ERROR, op=op.id,
                       payout=op.payout_id, transfer=outcome.transfer.id,
@@ -320,15 +321,15 @@ class PaymentWorker:
         why = "Stripe refused it" if op.state == OpState.FAILED else "Stripe did not answer"
         kind = PaymentKind(op.kind)
         if kind == PaymentKind.CHECKOUT and op.task_id and op.pledge_id:
-            await decide_for_task(s, self.settings, op.task_id,
-                                  PledgeLapsed(op.pledge_id, "payment_unavailable", why),
-                                  source=f"payment:{op.id}", now=now)
+            await decide_on_task(s, self.settings, op.task_id,
+                                 PledgeLapsed(op.pledge_id, "payment_unavailable", why),
+                                 source=f"payment:{op.id}", now=now, actor="stripe")
         elif kind == PaymentKind.TRANSFER and op.task_id and op.payout_id:
             payout = await s.get(t.Payout, op.payout_id)
             if payout is not None and payout.state == PayoutState.PENDING:
-                await decide_for_task(s, self.settings, op.task_id,
-                                      PayoutFailed(op.payout_id, op.last_error or why),
-                                      source=f"payment:{op.id}", now=now)
+                await decide_on_task(s, self.settings, op.task_id,
+                                     PayoutFailed(op.payout_id, op.last_error or why),
+                                     source=f"payment:{op.id}", now=now, actor="stripe")
             # else: failed in an earlier round (`bountybot payments retry` revived it)
         elif kind == PaymentKind.REFUND:
             # The books say the backer is owed it back; an operator must see to it.

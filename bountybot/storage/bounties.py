@@ -20,8 +20,20 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bountybot.forges.base import RepoRef
 from bountybot.ledger import check_balanced
 from bountybot.money import Money
-from bountybot.rules import Bounty, Claim, Decision, IssueRef, Link, Payout, Pledge
+from bountybot.rules import (
+    Actor,
+    Bounty,
+    Claim,
+    Decision,
+    Event,
+    IssueRef,
+    Link,
+    Payout,
+    Pledge,
+    decide_event,
+)
 from bountybot.rules.model import Dispute
+from bountybot.rules.policy import Policy, policy_from_settings
 from bountybot.storage import tables as t
 
 
@@ -261,6 +273,34 @@ async def save_decision(session: AsyncSession, repo: t.Repo, issue: IssueRef,
     return task_id
 
 
+def issue_of(repo: t.Repo, task: t.Task) -> IssueRef:
+    """The forge issue of a stored task, as the rules name it."""
+    return IssueRef(repo.forge, repo.full_path, task.number, task.title, task.url)
+
+
+def policy_of(settings: Any, repo: t.Repo) -> Policy:
+    """The rules' policy for a stored repo: the settings, with the repo's locale and currency."""
+    return policy_from_settings(settings, locale=repo.locale, currency=repo.currency)
+
+
+async def decide_on_task(session: AsyncSession, settings: Any, task_id: int, event: Event, *,
+                         source: str, now: datetime, actor: str) -> Decision:
+    """Apply one event to a stored task through the rules and write the decision, in the
+    caller's transaction (the task row locked on PostgreSQL). For what happens outside a
+    forge delivery: a command line action, a payment provider's outcome. A `Refused` from the
+    rules is raised to the caller, and nothing is written."""
+    task = await session.get(t.Task, task_id)
+    if task is None:
+        raise LookupError(f"task {task_id} is gone")
+    repo = await session.get(t.Repo, task.repo_id)
+    assert repo is not None  # a foreign key
+    bounty = await load_bounty(session, repo, task.number, lock=True)
+    issue = issue_of(repo, task)
+    decision = decide_event(bounty, issue, event, policy_of(settings, repo), now, Actor(actor))
+    await save_decision(session, repo, issue, decision, source=source, now=now)
+    return decision
+
+
 async def load_books(session: AsyncSession) -> tuple[list[Bounty], list[Any]]:
     """Every task and the whole journal, for the audit and the export."""
     from bountybot.ledger.audit import JournalEntry, JournalTransaction
@@ -279,5 +319,5 @@ async def load_books(session: AsyncSession) -> tuple[list[Bounty], list[Any]]:
     return bounties, journal
 
 
-__all__ = ["ensure_repo", "insert_for", "repo_ref", "load_books",
-           "load_bounty", "load_bounty_by_id", "save_decision", "to_bounty"]
+__all__ = ["decide_on_task", "ensure_repo", "insert_for", "issue_of", "load_books", "load_bounty",
+           "load_bounty_by_id", "policy_of", "repo_ref", "save_decision", "to_bounty"]
