@@ -93,7 +93,7 @@ async def insert_new(session: Any, rows: list[dict[str, Any]]) -> set[tuple[str,
     return {(forge, delivery) for forge, delivery in result.all()}
 
 
-def _json_error(status: int, message: str) -> web.Response:
+def json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
@@ -111,14 +111,14 @@ def gitlab_token_ok(secret: str, header: str | None) -> bool:
     return header is not None and hmac.compare_digest(secret.encode(), header.encode())
 
 
-async def _read_body(request: web.Request) -> bytes | web.Response:
+async def read_body(request: web.Request) -> bytes | web.Response:
     limit = request.app[SETTINGS].server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        return _json_error(413, f"the body is larger than {limit} bytes")
+        return json_error(413, f"the body is larger than {limit} bytes")
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return _json_error(413, f"the body is larger than {limit} bytes")
+        return json_error(413, f"the body is larger than {limit} bytes")
 
 
 def _parses(body: bytes) -> bool:
@@ -140,7 +140,7 @@ async def store_delivery(request: web.Request, forge: str, delivery_id: str, kin
         fresh = await request.app[INBOX].store(values)
     except Exception:
         log.exception("webhook.store_failed", extra={"forge": forge, "delivery": delivery_id})
-        return _json_error(503, "the delivery could not be stored; please deliver it again")
+        return json_error(503, "the delivery could not be stored; please deliver it again")
     if not fresh:
         event(log, "webhook.duplicate", forge=forge, delivery=delivery_id, kind=kind)
         return web.json_response({"status": "duplicate", "delivery": delivery_id}, status=200)
@@ -202,19 +202,19 @@ async def receive(request: web.Request, edge: Edge) -> web.Response:
     forge = getattr(request.app[SETTINGS], edge.forge)
     secret = forge.webhook_secret
     if secret is None or not forge.enabled():
-        return _json_error(404, f"{edge.name} is off on this service: set {edge.turn_on}"
+        return json_error(404, f"{edge.name} is off on this service: set {edge.turn_on}"
                                 " to turn it on")
-    body = await _read_body(request)
+    body = await read_body(request)
     if isinstance(body, web.Response):
         return body
     if not edge.authentic(secret.get_secret_value(), body, request.headers):
         event(log, edge.refused_event, logging.WARNING, forge=edge.forge, remote=request.remote)
-        return _json_error(401, edge.refused)
+        return json_error(401, edge.refused)
     named = edge.identify(request.headers)
     if isinstance(named, str):
-        return _json_error(400, named)
+        return json_error(400, named)
     if not _parses(body):
-        return _json_error(400, "the body is not a JSON object")
+        return json_error(400, "the body is not a JSON object")
     return await store_delivery(request, edge.forge, *named, body)
 
 

@@ -57,7 +57,7 @@ from bountybot.states import PledgeState
 from bountybot.storage import tables as t
 from bountybot.storage.bounties import decide_on_task
 from bountybot.storage.uow import UnitOfWork
-from bountybot.webhooks import _json_error, _read_body, insert_new
+from bountybot.webhooks import insert_new, json_error, read_body
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,10 @@ def stripe_on(settings: Any) -> bool:
 async def receive(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if not stripe_on(settings):
-        return _json_error(404, "Stripe is off on this service: set payments.provider = stripe,"
+        return json_error(404, "Stripe is off on this service: set payments.provider = stripe,"
                                 " BOUNTYBOT_STRIPE_API_KEY and BOUNTYBOT_STRIPE_WEBHOOK_SECRET"
                                 " to turn it on")
-    body = await _read_body(request)
+    body = await read_body(request)
     if isinstance(body, web.Response):
         return body
     try:
@@ -87,12 +87,12 @@ async def receive(request: web.Request) -> web.Response:
     except WebhookSignatureError as e:
         log_event(log, "webhook.bad_signature", logging.WARNING, forge="stripe",
                   remote=request.remote, why=str(e))
-        return _json_error(401, "bad or missing Stripe-Signature")
+        return json_error(401, "bad or missing Stripe-Signature")
     except WebhookPayloadError as e:
-        return _json_error(400, str(e))
+        return json_error(400, str(e))
     event_id, kind = stripe_event.get("id"), stripe_event["type"]
     if not isinstance(event_id, str) or not event_id:
-        return _json_error(400, "the event has no id")
+        return json_error(400, "the event has no id")
     now = request.app[CLOCK]()
     try:
         async with UnitOfWork(request.app[SESSIONMAKER]) as uow:
@@ -114,7 +114,7 @@ async def receive(request: web.Request) -> web.Response:
                 uow.after_commit(wake)
     except Exception:
         log.exception("stripe.event_failed", extra={"delivery": event_id, "kind": kind})
-        return _json_error(500, "the event could not be applied; Stripe delivers it again")
+        return json_error(500, "the event could not be applied; Stripe delivers it again")
     log_event(log, "webhook.handled", forge="stripe", delivery=event_id, kind=kind,
               note=note or "")
     return web.json_response({"status": "handled", "delivery": event_id})
