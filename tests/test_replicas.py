@@ -443,7 +443,13 @@ async def check(db: AsyncEngine, fake: FakeGitHub, cluster: Cluster, sending: Se
         if d.comment_id is None:
             continue
         # The bot's side, strictly: one message per comment, a reaction or a reply.
-        assert (d.comment_id in acked) != (d.comment_id in replied), d
+        if (d.comment_id in acked) == (d.comment_id in replied):
+            trace = await rows(db, "SELECT id, kind, state, attempts, dedup_key FROM outbox"
+                                   f" WHERE payload->>'comment_id' = '{d.comment_id}'")
+            handled_rows = await rows(db, "SELECT id, task_id FROM handled_comment"
+                                          f" WHERE comment_id = '{d.comment_id}'")
+            raise AssertionError(f"comment {d.comment_id} ({d.kind}): outbox {trace},"
+                                 f" handled_comment {handled_rows}")
         reactions = fake.reactions(d.comment_id)
         assert len(reactions) <= 1, reactions
         assert not (reactions and d.comment_id in replied), d  # never both
