@@ -18,6 +18,8 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot import webhooks
 from bountybot.app import SESSIONMAKER, SETTINGS
@@ -57,7 +59,7 @@ class Runtime:
     # own, or one made from the settings at startup).
     payments: PaymentWorker | None = None
     gateway: Any = None
-    sessionmaker: Any = None
+    sessionmaker: async_sessionmaker[AsyncSession] | None = None
     # The one clock of the worker, the sweeps and the outbox: tests move it instead of sleeping.
     clock: Callable[[], datetime] = utc_now
     background: bool = True
@@ -154,6 +156,7 @@ def scheduled_jobs(runtime: Runtime, settings: Settings) -> dict[str, tuple[floa
     if settings.scheduler.sync_minutes and runtime.clients:
         from bountybot.reconcile import Reconciler
 
+        assert runtime.sessionmaker is not None  # set when the loops start
         reconciler = Reconciler(runtime.sessionmaker, settings, runtime.clients, runtime.clock,
                                 on_stored=runtime.wake_worker.set)
 
