@@ -279,8 +279,12 @@ def parse_comment(text: str, *, bot_login: str, currency: str, min_pledge: int |
             continue
         word = word.lower()
         if len(found) >= max_commands:
-            found.append(CommandRefusal(number, raw, "command.too_many", {"max": max_commands}))
-        elif len(raw) > MAX_LINE:
+            # One refusal for all the rest: a comment of thousands of command lines costs no
+            # more to answer (and to record) than one of eleven.
+            found.append(CommandRefusal(number, raw[:MAX_LINE], "command.too_many",
+                                        {"max": max_commands}))
+            break
+        if len(raw) > MAX_LINE:
             found.append(CommandRefusal(number, raw, "command.too_long", {"max": MAX_LINE}))
         elif name is None:
             found.append(CommandRefusal(number, raw, "command.unknown", {"word": word}))
@@ -425,10 +429,10 @@ register(
 )
 register(
     "command.too_many",
-    "`{raw}` was not read: bountybot reads at most {max} commands per comment. Write the others"
-    " in a new comment.",
-    "`{raw}` n'a pas été lue : bountybot lit au plus {max} commandes par commentaire. Écrivez les"
-    " autres dans un nouveau commentaire.",
+    "`{raw}` and the commands after it were not read: bountybot reads at most {max} commands"
+    " per comment. Write the others in a new comment.",
+    "`{raw}` et les commandes suivantes n'ont pas été lues : bountybot lit au plus {max}"
+    " commandes par commentaire. Écrivez les autres dans un nouveau commentaire.",
 )
 register(
     "command.too_long",

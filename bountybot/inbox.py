@@ -14,9 +14,12 @@ worker goes on: one bad delivery never stops the others.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import random
+import re
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -28,6 +31,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.clock import Clock, backoff, utc_now
+from bountybot.commands import Command, CommandName, CommandRefusal, parse_comment
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient, ForgeError, RepoRef
 from bountybot.forges.events import (
@@ -36,6 +40,7 @@ from bountybot.forges.events import (
     Normalized,
     Transfer,
     happenings_from_payload,
+    valid_number,
 )
 from bountybot.forges.github_events import normalize as normalize_github
 from bountybot.logs import event
@@ -50,7 +55,8 @@ from bountybot.rules import (
     decide_event,
     needs_maintainer,
 )
-from bountybot.rules.policy import policy_from_settings
+from bountybot.rules.decide import is_bot
+from bountybot.rules.policy import Policy, policy_from_settings
 from bountybot.storage import tables as t
 from bountybot.storage.bounties import (
     ensure_repo,
@@ -72,17 +78,66 @@ def _first_line(error: BaseException) -> str:
 
 
 def normalize(forge: str, kind: str, payload: dict[str, Any], settings: Settings) -> Normalized:
-    if kind == SYNC_EVENT:  # stored by reconciliation, already normalized
-        return Normalized(happenings=happenings_from_payload(payload))
+    """What a stored delivery means, with every happening checked against what the forge could
+    have sent (see `checked`)."""
+    if kind == SYNC_EVENT:  # stored by reconciliation, already normalized, read from the API
+        happenings = [replace(h, what=replace(h.what, verified=True))
+                      if isinstance(h.what, Comment) else h
+                      for h in happenings_from_payload(payload)]
+        return checked(forge, Normalized(happenings=happenings))
     if forge == "github":
-        return normalize_github(kind, payload, label=settings.bot.label,
-                                bot_login=settings.bot.login)
+        return checked(forge, normalize_github(kind, payload, label=settings.bot.label,
+                                               bot_login=settings.bot.login))
     if forge == "gitlab":
         from bountybot.forges.gitlab_events import normalize as normalize_gitlab
 
-        return normalize_gitlab(kind, payload, label=settings.bot.label,
-                                bot_login=settings.bot.login)
+        return checked(forge, normalize_gitlab(kind, payload, label=settings.bot.label,
+                                               bot_login=settings.bot.login))
     return Normalized(ignored=f"no adapter for {forge}")
+
+
+_FORGE_ID = re.compile(r"[0-9]{1,20}")
+_LOGIN = re.compile(r"[^\x00-\x1f\x7f]{1,255}")
+
+
+def _valid_repo(forge: str, ref: RepoRef) -> bool:
+    return (ref.forge == forge and bool(_FORGE_ID.fullmatch(ref.forge_repo_id))
+            and 0 < len(ref.full_path) <= 512 and "\x00" not in ref.full_path
+            and (ref.installation_id is None or bool(_FORGE_ID.fullmatch(ref.installation_id))))
+
+
+def _valid(forge: str, h: Happening) -> bool:
+    """Whether a happening holds only what its forge could have said: issue and pull request
+    numbers in the forges' range (and the INTEGER columns'), ids as digits, logins of a sane
+    length, a repo of the delivery's own forge. Anything else never reaches a query."""
+    if not valid_number(h.number) or (h.repo is not None and not _valid_repo(forge, h.repo)):
+        return False
+    if h.repo is None and not (0 < len(h.repo_path) <= 512 and "\x00" not in h.repo_path):
+        return False
+    what = h.what
+    if isinstance(what, Comment):
+        return bool(_FORGE_ID.fullmatch(what.id)) and bool(_LOGIN.fullmatch(what.author.login))
+    if isinstance(what, LinkOpened | LinkClosed):
+        return valid_number(what.number) and len(what.author) <= 255 and len(what.repo) <= 512
+    return True
+
+
+def checked(forge: str, normalized: Normalized) -> Normalized:
+    """`normalized` less what no forge could have sent; the delivery's record says so."""
+    kept = [h for h in normalized.happenings if _valid(forge, h)]
+    repos = [ref for ref in normalized.repos if _valid_repo(forge, ref)]
+    transfer = normalized.transfer
+    if transfer is not None and not (
+            _valid_repo(forge, transfer.old) and _valid_repo(forge, transfer.new)
+            and valid_number(transfer.old_number) and valid_number(transfer.new_number)):
+        transfer = None
+    dropped = (len(normalized.happenings) - len(kept) + len(normalized.repos) - len(repos)
+               + (transfer is None and normalized.transfer is not None))
+    if not dropped:
+        return normalized
+    note = f"{dropped} part(s) refused: numbers, ids or repos no {forge} payload holds"
+    return Normalized(repos=repos, happenings=kept, transfer=transfer,
+                      ignored=f"{normalized.ignored}; {note}" if normalized.ignored else note)
 
 
 @dataclass
@@ -205,12 +260,28 @@ class DeliveryWorker:
         if not isinstance(what, Comment) or h.repo is None:
             return h
         policy = policy_from_settings(self.settings)
-        if not needs_maintainer(what, policy):
+        if is_bot(what.author, policy):
+            return h
+        commands = [item for item in _items(what.body, policy) if isinstance(item, Command)]
+        if not commands:
             return h
         client = self.clients.get(h.repo.forge)
-        maintainer = client is not None and await client.is_maintainer(h.repo, what.author.login)
-        return replace(h, what=replace(what, author=replace(what.author,
-                                                               is_maintainer=maintainer)))
+        if h.repo.forge == "gitlab" and not what.verified and any(
+                c.name not in (CommandName.HELP, CommandName.STATUS) for c in commands):
+            if client is None:
+                raise ForgeError("no gitlab client to confirm a note with")
+            what = await _confirmed_note(client, h, what, policy)
+        if needs_maintainer(what, policy):
+            maintainer = client is not None and await client.is_maintainer(
+                h.repo, what.author.login)
+            what = replace(what, author=replace(what.author, is_maintainer=maintainer))
+        awarded = {share.login.lower(): share.login for c in commands
+                   if c.name == CommandName.AWARD for share in c.shares}
+        if awarded and client is not None:
+            unknown = [login for login in awarded.values()
+                       if await client.user_login(h.repo, login) is None]
+            what = replace(what, unknown_users=frozenset(unknown))
+        return replace(h, what=what)
 
     async def _apply(self, batch: list[tuple[int, str, str, Normalized, list[Happening]]]
                      ) -> int:
@@ -293,34 +364,39 @@ class DeliveryWorker:
         source = f"delivery:{forge}:{name}"
         for ref in normalized.repos:
             await ensure_repo(session, ref.forge, ref.forge_repo_id, ref.full_path,
-                              ref.installation_id)
+                              ref.installation_id, private=ref.private)
         if normalized.transfer is not None:
             cache.clear()
             await self._transfer(session, normalized.transfer)
         written = False
         for h in happenings:
-            written |= await self._decide(session, cache, h, source, now)
+            written |= await self._decide(session, cache, forge, h, source, now)
         return written
 
-    async def _repo(self, session: AsyncSession, cache: _Cache, h: Happening) -> t.Repo | None:
+    async def _repo(self, session: AsyncSession, cache: _Cache, forge: str,
+                    h: Happening) -> t.Repo | None:
         if h.repo is not None:
             key = (h.repo.forge, h.repo.forge_repo_id)
             known = cache.repos.get(key)
             if known is not None and known.full_path == h.repo.full_path and (
                     known.installation_id == h.repo.installation_id
-                    or not h.repo.installation_id):
+                    or not h.repo.installation_id) and (
+                    h.repo.private is None or known.private == h.repo.private):
                 return known
             repo = await ensure_repo(session, h.repo.forge, h.repo.forge_repo_id,
-                                     h.repo.full_path, h.repo.installation_id)
+                                     h.repo.full_path, h.repo.installation_id,
+                                     private=h.repo.private)
             cache.repos[key] = repo
             return repo
-        # A reference by path to another repo: only one we already know.
-        stmt = select(t.Repo).where(func.lower(t.Repo.full_path) == h.repo_path.lower())
+        # A reference by path to another repo: only one we already know, on the delivery's own
+        # forge (a reference never crosses forges).
+        stmt = select(t.Repo).where(t.Repo.forge == forge,
+                                    func.lower(t.Repo.full_path) == h.repo_path.lower())
         return (await session.exec(stmt)).first()
 
-    async def _decide(self, session: AsyncSession, cache: _Cache, h: Happening, source: str,
-                      now: datetime) -> bool:
-        repo = await self._repo(session, cache, h)
+    async def _decide(self, session: AsyncSession, cache: _Cache, forge: str, h: Happening,
+                      source: str, now: datetime) -> bool:
+        repo = await self._repo(session, cache, forge, h)
         if repo is None:
             return False
         policy = policy_of(self.settings, repo)
@@ -330,25 +406,25 @@ class DeliveryWorker:
             bounty = cache.bounties[key]  # as this batch left it: no need to read it again
         else:
             bounty = await load_bounty(session, repo, h.number, lock=True)
-        handled: int | None = None
+        handled: list[int] = []
         if isinstance(h.what, Comment):
-            decision = decide_comment(bounty, issue, h.what, policy, now)
+            fresh = await _fresh_lines(session, repo.forge, h.what, policy, bounty, now)
+            if fresh is None:  # applied before (a webhook, an edit, a sync, a redelivery)
+                event(log, "comment.repeat", forge=repo.forge, comment=h.what.id,
+                      source=source)
+                return False
+            comment, handled = fresh
+            decision = decide_comment(bounty, issue, comment, policy, now)
         else:
             decision = decide_event(bounty, issue, h.what, policy, now)
         if decision.bounty is None and not decision.messages:
             cache.bounties[key] = None
             return False
-        if isinstance(h.what, Comment) and (decision.messages or decision.changed):
-            handled = await _first_time(session, repo.forge, h.what, bounty, now)
-            if handled is None:  # applied before (a webhook and a sync, or a redelivery)
-                event(log, "comment.repeat", forge=repo.forge, comment=h.what.id,
-                      source=source)
-                return False
         task_id = await save_decision(session, repo, issue, decision, source=source, now=now,
                                       summary_delay=self.summary_delay)
-        if handled is not None and bounty is None and task_id is not None:
+        if handled and bounty is None and task_id is not None:
             await session.exec(update(t.HandledComment)  # type: ignore[call-overload]
-                               .where(col(t.HandledComment.id) == handled)
+                               .where(col(t.HandledComment.id).in_(handled))
                                .values(task_id=task_id))
         cache.bounties[key] = decision.bounty
         return bool(decision.messages)
@@ -356,9 +432,11 @@ class DeliveryWorker:
     async def _transfer(self, session: AsyncSession, move: Transfer) -> None:
         """The issue moved: its task (and so its money) follows it to the new repo."""
         old = await ensure_repo(session, move.old.forge, move.old.forge_repo_id,
-                                move.old.full_path, move.old.installation_id)
+                                move.old.full_path, move.old.installation_id,
+                                private=move.old.private)
         new = await ensure_repo(session, move.new.forge, move.new.forge_repo_id,
-                                move.new.full_path, move.new.installation_id)
+                                move.new.full_path, move.new.installation_id,
+                                private=move.new.private)
         task = (await session.exec(select(t.Task).where(
             t.Task.repo_id == old.id, t.Task.number == move.old_number))).first()
         if task is None:
@@ -393,15 +471,102 @@ class DeliveryWorker:
         return finished
 
 
-async def _first_time(session: AsyncSession, forge: str, comment: Comment,
-                      bounty: Bounty | None, now: datetime) -> int | None:
-    """Record that this comment (this edit of it) is applied; None when it already was. In
-    the deciding transaction: the record and what the comment did commit together, and a
-    second worker applying the same comment at once waits on the unique key, then finds it."""
-    table = t.HandledComment.__table__  # type: ignore[attr-defined]
-    stmt = (insert_for(session)(table)
-            .values(forge=forge, comment_id=comment.id[:t.FORGE_ID],
-                    revision=(comment.revision or "")[:255],
-                    task_id=bounty.id if bounty is not None else None, handled_at=now)
-            .on_conflict_do_nothing().returning(table.c.id))
-    return (await session.exec(stmt)).scalar()
+def _items(body: str, policy: Policy) -> list[Command | CommandRefusal]:
+    return parse_comment(body, bot_login=policy.bot_login, currency=policy.currency,
+                         min_pledge=policy.min_pledge, max_pledge=policy.max_pledge)
+
+
+def _lines(body: str, policy: Policy) -> list[str]:
+    """The command lines of a comment (read or refused), as written."""
+    return [item.raw.strip() for item in _items(body, policy)]
+
+
+async def _confirmed_note(client: ForgeClient, h: Happening, what: Comment,
+                          policy: Policy) -> Comment:
+    """A GitLab note as the API has it: the instance's webhook token is one secret for every
+    project, so whoever holds it could send a note "by" anyone. The note must exist on that
+    issue, by that author; only the command lines that both the hook and the API show are
+    applied. An unconfirmed note applies nothing (the log says why)."""
+    assert h.repo is not None
+    found = await client.comment(h.repo, h.number, what.id)
+    if found is None or found[0].lower() != what.author.login.lower():
+        event(log, "note.unconfirmed", logging.WARNING, forge=h.repo.forge,
+              repo=h.repo.full_path, note=what.id,
+              why="no such note" if found is None else "another author")
+        return replace(what, body="", verified=True)
+    there = Counter(_lines(found[1], policy))
+    kept = []
+    for line in _lines(what.body, policy):
+        if there[line] > 0:
+            there[line] -= 1
+            kept.append(line)
+    return replace(what, body="\n".join(kept), verified=True)
+
+
+# A `handled_comment.revision` that names one command line of a comment (see `_fresh_lines`);
+# rows written before lines were recorded name a whole comment ("") or one edit of it.
+LINE = "line:"
+MAX_COMMANDS = 10  # per comment, over all its edits (DESIGN.md: at most 10 read per comment)
+
+
+def _line_keys(lines: list[str]) -> list[tuple[str, str]]:
+    """(key, line) for each command line: the line's text without case, and which occurrence
+    of that text it is, so `/pledge 5` written twice is two commands, and the same two lines
+    read again (a redelivery, an edit, a sync) are the same two keys."""
+    seen: Counter[str] = Counter()
+    keys = []
+    for line in lines:
+        digest = hashlib.sha256(line.casefold().encode()).hexdigest()[:40]
+        keys.append((f"{LINE}{digest}:{seen[digest]}", line))
+        seen[digest] += 1
+    return keys
+
+
+async def _fresh_lines(session: AsyncSession, forge: str, comment: Comment, policy: Policy,
+                       bounty: Bounty | None, now: datetime
+                       ) -> tuple[Comment, list[int]] | None:
+    """The comment with only the command lines never applied before, and the ids of the rows
+    that now record them; None when there are none. A comment's commands are applied once,
+    whichever of its webhook, an edit's webhook, a redelivery or reconciliation brings them
+    first, in any order: each command line is recorded (`handled_comment`, one row per line)
+    in the deciding transaction, and a second worker applying the same line at once waits on
+    the unique key, then finds it taken."""
+    if is_bot(comment.author, policy):
+        return comment, []
+    lines = _lines(comment.body, policy)
+    if not lines:
+        return comment, []
+    table = t.HandledComment
+    done = list((await session.exec(select(table.revision).where(
+        table.forge == forge, table.comment_id == comment.id[:t.FORGE_ID]))).all())
+    whole = [rev for rev in done if not rev.startswith(LINE)]
+    if whole and comment.previous is None:
+        return None  # applied whole, before lines were recorded
+    skip: set[str] = set()
+    if whole and comment.previous is not None:  # its text before the edit was applied then
+        skip = {key for key, _ in _line_keys(_lines(comment.previous, policy))}
+    wanted = [(key, line) for key, line in _line_keys(lines)
+              if key not in skip and key not in done]
+    room = MAX_COMMANDS - (len(done) - len(whole))
+    if len(wanted) > room:
+        event(log, "comment.too_many", logging.WARNING, forge=forge, comment=comment.id,
+              dropped=len(wanted) - max(room, 0))
+        wanted = wanted[:max(room, 0)]
+    if not wanted:
+        return None
+    stmt = (insert_for(session)(t.HandledComment.__table__)  # type: ignore[attr-defined]
+            .values([dict(forge=forge, comment_id=comment.id[:t.FORGE_ID], revision=key,
+                          task_id=bounty.id if bounty is not None else None, handled_at=now)
+                     for key, _ in wanted])
+            .on_conflict_do_nothing().returning(t.HandledComment.id,  # type: ignore[arg-type]
+                                                t.HandledComment.revision))
+    taken = {revision: row_id for row_id, revision in (await session.exec(stmt)).all()}
+    fresh = [(key, line) for key, line in wanted if key in taken]
+    if not fresh:
+        return None
+    revision = comment.revision
+    if done or len(fresh) < len(lines):
+        # The rest of a comment partly applied before: its reply is a reply of its own.
+        revision = f"{comment.revision or ''}+{fresh[0][0][len(LINE):len(LINE) + 12]}"
+    body = "\n".join(line for _, line in fresh)
+    return replace(comment, body=body, revision=revision), list(taken.values())

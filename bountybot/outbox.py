@@ -63,6 +63,23 @@ Sessionmaker = async_sessionmaker[AsyncSession]
 T = TypeVar("T")
 
 
+# The longest comment each forge takes, in characters (GitHub answers 422 above 65,536; GitLab
+# refuses notes above 1,000,000). Every body is cut to fit before it is sent.
+COMMENT_LIMITS = {"github": 65_536, "gitlab": 1_000_000}
+_CUT = "\n\n…"
+
+
+def fit_comment(text: str, marker: str, forge: str) -> str:
+    """`text` with `marker` after it, cut (at a line, with an ellipsis) to fit the forge's
+    comment size: a reply that the forge would refuse is never sent."""
+    limit = COMMENT_LIMITS.get(forge, 65_536) - len(marker) - len(_CUT)
+    if len(text) <= limit:
+        return text + marker
+    cut = text[:limit]
+    line = cut.rfind("\n")
+    return (cut[:line] if line > limit // 2 else cut) + _CUT + marker
+
+
 def message_marker(outbox_id: int) -> str:
     """The hidden line in a reply or notice that finds it again after a crash."""
     return f"<!-- bountybot:msg:{outbox_id} -->"
@@ -359,7 +376,7 @@ class OutboxSender:
                     job, False, lambda: client.find_comment(repo, job.number, marker))
                 if found:
                     return None, True
-            body = f"{job.text}\n\n{marker}"
+            body = fit_comment(job.text, f"\n\n{marker}", repo.forge)
             await self._call(job, True, lambda: client.create_comment(repo, job.number, body))
             return None, False
         raise ForgeError(f"unknown message kind {job.kind!r}")
@@ -377,7 +394,7 @@ class OutboxSender:
         policy = policy_from_settings(self.settings, locale=job.locale)
         marker = summary_marker(job.task_id)
         text = render_summary(bounty, policy.locale, policy.fee_bp)
-        body = marker + text.removeprefix(SUMMARY_MARKER)
+        body = fit_comment(marker + text.removeprefix(SUMMARY_MARKER), "", repo.forge)
         comment_id = task.summary_comment_id
         if comment_id:
             try:

@@ -84,7 +84,9 @@ def test_an_edit_is_read_only_for_the_commands_it_adds():
     data["changes"]["body"]["from"] = "/pledge 2O"
     data["comment"]["body"] = "/pledge 20\nthanks"
     (h,) = norm("issue_comment", data).happenings
-    assert h.what.body == "/pledge 20" and h.what.revision
+    # The whole text, with the text before: the worker applies the lines never applied before.
+    assert h.what.body == "/pledge 20\nthanks" and h.what.previous == "/pledge 2O"
+    assert h.what.revision
     assert added_commands("/claim\n/pledge 5", "/claim\n/pledge 5\n/status",
                           bot_login="bountybot") == "/status"
 
@@ -101,8 +103,10 @@ def test_a_pull_request_that_fixes_an_issue_is_a_link():
     data["pull_request"]["body"] = "Fixes #1, closes Codertocat/Other#4"
     hs = norm("pull_request", data).happenings
     link = LinkOpened(2, "Codertocat", data["pull_request"]["html_url"])
+    elsewhere = LinkOpened(2, "Codertocat", data["pull_request"]["html_url"],
+                           repo="Codertocat/Hello-World")
     assert [(h.repo_path, h.number, h.what) for h in hs] == [
-        ("Codertocat/Hello-World", 1, link), ("Codertocat/Other", 4, link)]
+        ("Codertocat/Hello-World", 1, link), ("Codertocat/Other", 4, elsewhere)]
     assert hs[0].repo is not None and hs[1].repo is None
 
 

@@ -284,8 +284,10 @@ def test_a_full_issue_url_and_a_cross_project_ref():
     text = ("Fixes http://example.com/gitlabhq/gitlab-test/-/issues/5\n"
             "Closes other-group/sub/other#6, https://elsewhere.example/x/y/-/issues/7")
     n = norm("Merge Request Hook", mr(text))
+    # The link to another project's issue says which project the merge request is in.
     assert links(n) == [("gitlabhq/gitlab-test", True, 5, OPENED),
-                        ("other-group/sub/other", False, 6, OPENED)]
+                        ("other-group/sub/other", False, 6,
+                         LinkOpened(1, "", URL, repo="gitlabhq/gitlab-test"))]
     assert n.happenings[1].repo is None and n.happenings[1].author_id == 51
 
 

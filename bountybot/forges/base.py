@@ -40,6 +40,9 @@ class RepoRef:
     forge_repo_id: str
     full_path: str
     installation_id: str | None = None
+    # Whether the forge says the repo is private (None when the payload does not say): its
+    # data then stays out of the public pages, API and export unless published.
+    private: bool | None = None
 
 
 class ForgeError(Exception):
@@ -82,6 +85,20 @@ class ForgeClient(Protocol):
     async def username(self, repo: RepoRef, user_id: int) -> str:
         """The username of the forge user `user_id` (cached): GitLab's Merge Request Hook
         names the author only by id. GitHub's payloads always carry logins."""
+        ...
+
+    async def comment(self, repo: RepoRef, number: int, comment_id: str
+                      ) -> tuple[str, str] | None:
+        """(author's login, body) of comment `comment_id` on issue `number`, as the forge has
+        it now; None when there is no such comment on that issue. How the worker confirms a
+        GitLab note before applying its commands: a note hook proves only that its sender
+        held the instance's webhook token."""
+        ...
+
+    async def user_login(self, repo: RepoRef, login: str) -> str | None:
+        """The login of the account named `login` (as the forge writes it), None when no
+        account has that name (cached briefly): nobody is awarded under a name that is no
+        account."""
         ...
 
     async def changes(self, repo: RepoRef, *, label: str, since: datetime | None,

@@ -4,8 +4,8 @@ what reconciliation reads of a repo, stored in the inbox as happenings (`SYNC_EV
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,6 +60,47 @@ class Normalized:
     happenings: list[Happening] = field(default_factory=list)
     transfer: Transfer | None = None
     ignored: str | None = None  # why nothing came of it, for the delivery's record
+
+
+# Issue and pull request numbers are INTEGER columns, and the forges number from 1: a number
+# outside this range in a payload is no issue of theirs (and must not reach the database).
+MAX_NUMBER = 2**31 - 1
+
+
+def valid_number(value: object) -> bool:
+    """Whether `value` is an issue or pull request number a forge could have given."""
+    return type(value) is int and 1 <= value <= MAX_NUMBER
+
+
+def own_or_other(repo: RepoRef, path: str, number: int, what: Event) -> Happening:
+    """The happening for issue `path#number`, said by a pull request of `repo`: about `repo`
+    itself, or about an issue of another repo of the same forge, named by path (the worker
+    looks it up among the repos of that forge only). A link from another repo says where the
+    pull request is, so that it never pays by itself."""
+    if path.lower() == repo.full_path.lower():
+        return Happening(repo.full_path, repo, number, what)
+    if isinstance(what, LinkOpened | LinkClosed):
+        what = replace(what, repo=repo.full_path)
+    return Happening(path, None, number, what)
+
+
+def after_the_fact(happenings: Sequence[Happening], merged_at: str,
+                   updated_at: str | None) -> tuple[Happening, ...]:
+    """Merges read by reconciliation: their text is today's. Unless the pull request was not
+    touched after it was merged, it may have been edited since, so the merge only counts for
+    tasks it was linked to while open (`LinkClosed.only_linked`)."""
+    if updated_at is not None and parse_time(updated_at) <= parse_time(merged_at):
+        return tuple(happenings)
+    return tuple(replace(h, what=replace(h.what, only_linked=True))
+                 if isinstance(h.what, LinkClosed) else h for h in happenings)
+
+
+def edited_since_created(comment: dict[str, Any]) -> bool:
+    """Whether a REST comment (or note) was edited after it was written."""
+    created, updated = comment.get("created_at"), comment.get("updated_at")
+    if not isinstance(created, str) or not isinstance(updated, str):
+        return False
+    return parse_time(updated) > parse_time(created)
 
 
 # -- reconciliation ------------------------------------------------------------------------
@@ -119,6 +160,7 @@ def _what_to_dict(what: Comment | Event) -> dict[str, Any]:
     if isinstance(what, Comment):
         # Only what the forge said: whether the author maintains the repo is asked again.
         return {"type": "Comment", "id": what.id, "body": what.body, "revision": what.revision,
+                "previous": what.previous,
                 "author": {"login": what.author.login, "is_bot": what.author.is_bot}}
     if type(what).__name__ not in _EVENTS:
         raise TypeError(f"{type(what).__name__} is not a forge event")
@@ -130,7 +172,8 @@ def _what_from_dict(data: dict[str, Any]) -> Comment | Event:
     if kind == "Comment":
         author = data.pop("author")
         return Comment(author=Actor(str(author["login"]), is_bot=bool(author["is_bot"])),
-                       **data)
+                       id=str(data["id"]), body=str(data["body"]),
+                       revision=data.get("revision"), previous=data.get("previous"))
     event: Comment | Event = _EVENTS[kind](**data)
     return event
 

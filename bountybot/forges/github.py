@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,8 @@ TOKEN_REFRESH_MARGIN = timedelta(minutes=1)
 # GitHub's advice when a rate-limit answer says nothing about when to come back.
 _MAINTAINER_ROLES = frozenset({"admin", "maintain", "write"})
 _MAX_MESSAGE = 200
+# A GitHub login: letters, digits and single hyphens, at most 39 characters.
+_LOGIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})")
 T = TypeVar("T")
 
 
@@ -106,6 +109,7 @@ class GitHubClient:
         # PyGithub asserts an int timeout (Github and GithubIntegration), so round up.
         self._timeout = max(1, math.ceil(timeout))
         self._maintainers: dict[tuple[str, str], tuple[datetime, bool]] = {}
+        self._users: dict[str, tuple[datetime, str | None]] = {}
         self._token_github = self._new_github(Auth.Token(token)) if token is not None else None
         self._integration: GithubIntegration | None = None
         if app_id is not None and private_key is not None:
@@ -230,6 +234,31 @@ class GitHubClient:
                     return str(comment["id"])
             url, params = _next_link(headers.get("link")), None  # the link carries the query
         return None
+
+    async def comment(self, repo: RepoRef, number: int, comment_id: str
+                      ) -> tuple[str, str] | None:
+        if not comment_id.isdigit():
+            return None
+        _, data = await self._request(
+            repo, "GET", f"{_repo_path(repo)}/issues/comments/{int(comment_id)}",
+            none_if_missing=True)
+        if not data or not str(data.get("issue_url") or "").endswith(f"/issues/{number}"):
+            return None
+        return str((data.get("user") or {}).get("login") or ""), str(data.get("body") or "")
+
+    async def user_login(self, repo: RepoRef, login: str) -> str | None:
+        if not _LOGIN.fullmatch(login):  # GitHub's own rule for a login: no need to ask
+            return None
+        key = login.lower()
+        now = self._clock()
+        cached = self._users.get(key)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        _, data = await self._request(repo, "GET", f"/users/{quote(login, safe='')}",
+                                      none_if_missing=True)
+        found = str(data["login"]) if data and data.get("login") else None
+        self._users[key] = (now + self._maintainer_ttl, found)
+        return found
 
     async def is_maintainer(self, repo: RepoRef, login: str) -> bool:
         key = (repo.full_path.lower(), login.lower())

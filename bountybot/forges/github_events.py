@@ -15,7 +15,10 @@ from bountybot.forges.events import (
     Happening,
     Normalized,
     Transfer,
+    after_the_fact,
     carries_commands,
+    edited_since_created,
+    own_or_other,
     parse_time,
     since_or_later,
 )
@@ -41,7 +44,12 @@ def _repo(payload: dict[str, Any], repository: dict[str, Any] | None = None) -> 
     installation = payload.get("installation") or {}
     inst = installation.get("id")
     return RepoRef(FORGE, str(repository["id"]), repository["full_name"],
-                   str(inst) if inst is not None else None)
+                   str(inst) if inst is not None else None, _private(repository))
+
+
+def _private(repository: dict[str, Any]) -> bool | None:
+    private = repository.get("private")
+    return private if isinstance(private, bool) else None
 
 
 def _actor(user: dict[str, Any]) -> Actor:
@@ -81,12 +89,14 @@ def normalize(event: str, payload: dict[str, Any], *, label: str, bot_login: str
     if event == "installation":
         inst = str(payload["installation"]["id"])
         if action in ("created", "new_permissions_accepted", "unsuspend"):
-            return Normalized(repos=[RepoRef(FORGE, str(r["id"]), r["full_name"], inst)
+            return Normalized(repos=[RepoRef(FORGE, str(r["id"]), r["full_name"], inst,
+                                             _private(r))
                                      for r in payload.get("repositories") or []])
         return Normalized(ignored=f"installation {action}")
     if event == "installation_repositories":
         inst = str(payload["installation"]["id"])
-        return Normalized(repos=[RepoRef(FORGE, str(r["id"]), r["full_name"], inst)
+        return Normalized(repos=[RepoRef(FORGE, str(r["id"]), r["full_name"], inst,
+                                         _private(r))
                                  for r in payload.get("repositories_added") or []])
     if event == "issues":
         return _issues(action, payload, label)
@@ -130,17 +140,21 @@ def _issue_comment(action: str | None, payload: dict[str, Any], bot_login: str) 
         return Normalized(ignored="comment on a pull request")
     comment = payload["comment"]
     body = comment.get("body") or ""
-    revision = None
+    revision = previous = None
     if action == "edited":
-        old = ((payload.get("changes") or {}).get("body") or {}).get("from") or ""
-        body = added_commands(old, body, bot_login=bot_login)
+        # Commands an edit adds count only when the author made it: anyone who may edit a
+        # comment (a maintainer, a moderator) must not pledge in someone else's name.
+        editor = str((payload.get("sender") or {}).get("login") or "")
+        if not editor or editor.lower() != str(comment["user"]["login"]).lower():
+            return Normalized(ignored="edit made by someone other than the comment's author")
+        previous = ((payload.get("changes") or {}).get("body") or {}).get("from") or ""
         revision = comment.get("updated_at") or "edit"
-        if not body:
+        if not added_commands(previous, body, bot_login=bot_login):
             return Normalized(ignored="edit adds no command")
     elif action != "created":
         return Normalized(ignored=f"issue_comment {action}")
     repo = _repo(payload)
-    what = Comment(str(comment["id"]), _actor(comment["user"]), body, revision)
+    what = Comment(str(comment["id"]), _actor(comment["user"]), body, revision, previous)
     return Normalized(happenings=[Happening(repo.full_path, repo, issue["number"], what,
                                             issue.get("title") or "", issue.get("html_url", ""))])
 
@@ -159,6 +173,10 @@ def _pull_request(action: str | None, payload: dict[str, Any]) -> Normalized:
 
     now = refs(pr.get("title"), pr.get("body"))
     events: list[tuple[str, int, Event]] = []
+    if action == "edited" and (pr.get("state") != "open" or pr.get("merged")):
+        # What a pull request closes is fixed when it ends: an edit of a closed or merged
+        # one never links, unlinks or pays.
+        return Normalized(ignored="pull_request edited while closed")
     if action in ("opened", "reopened", "synchronize", "ready_for_review"):
         events = [(path, n, LinkOpened(number, author, url)) for path, n in now]
     elif action == "edited":
@@ -175,11 +193,7 @@ def _pull_request(action: str | None, payload: dict[str, Any]) -> Normalized:
                   for path, n in now]
     if not events:
         return Normalized(ignored=f"pull_request {action} links no issue")
-    happenings = [
-        Happening(path, repo if path.lower() == repo.full_path.lower() else None, n, ev)
-        for path, n, ev in events
-    ]
-    return Normalized(happenings=happenings)
+    return Normalized(happenings=[own_or_other(repo, path, n, ev) for path, n, ev in events])
 
 
 
@@ -209,11 +223,15 @@ def synced_comment(comment: dict[str, Any], repo: RepoRef,
                    issues: Mapping[int, dict[str, Any]], *, bot_login: str,
                    since: datetime | None) -> Found | None:
     """A comment from `GET .../issues/comments`, when it is new since `since`, on an issue (not
-    a pull request), written by someone other than a bot, and carries commands. An older
-    comment edited since is not read: the text before the edit, which tells which commands
-    the edit added, is gone (GitLab's note edits are not read for the same reason)."""
+    a pull request), written by someone other than a bot, never edited, and carries commands.
+    An edited comment is not read: the API does not say who edited it, nor what the text was
+    before (GitLab's note edits are not read for the same reason)."""
     html = comment.get("html_url") or ""
     if "/pull/" in urlsplit(html).path or not since_or_later(comment.get("created_at"), since):
+        return None
+    if edited_since_created(comment):
+        # Who edited it is not said: the commands of an edited comment are read only from the
+        # edit's webhook, which names the editor (a comment's commands are applied once).
         return None
     if not carries_commands(comment.get("body") or "", bot_login=bot_login):
         return None
@@ -235,7 +253,9 @@ def synced_comment(comment: dict[str, Any], repo: RepoRef,
 
 def synced_merge(pull: dict[str, Any], repo: RepoRef, since: datetime | None) -> Found | None:
     """A pull request from `GET .../pulls?state=closed`, merged since `since`, that closes
-    issues. One merged earlier and only touched since (a late comment) is not a new merge."""
+    issues. One merged earlier and only touched since (a late comment) is not a new merge.
+    The text read now may have been edited after the merge: unless the pull request was not
+    touched since it was merged, its merge counts only for tasks it was linked to while open."""
     merged_at = pull.get("merged_at")
     if not merged_at or not since_or_later(merged_at, since):
         return None
@@ -245,5 +265,5 @@ def synced_merge(pull: dict[str, Any], repo: RepoRef, since: datetime | None) ->
     normalized = _pull_request("closed", payload)
     if not normalized.happenings:
         return None
-    return Found("merge", f"merge:{pull['id']}", parse_time(merged_at),
-                 tuple(normalized.happenings))
+    happenings = after_the_fact(normalized.happenings, merged_at, pull.get("updated_at"))
+    return Found("merge", f"merge:{pull['id']}", parse_time(merged_at), happenings)

@@ -183,6 +183,34 @@ class GitLabClient:
         await self._run("POST", f"/projects/{pid}/issues/{number}/notes/{note_id}/award_emoji",
                         award)
 
+    async def comment(self, repo: RepoRef, number: int, comment_id: str
+                      ) -> tuple[str, str] | None:
+        if not comment_id.isdigit():
+            return None
+        pid, note_id = _project_id(repo), int(comment_id)
+
+        def read() -> tuple[str, str] | None:
+            try:
+                data = self._issue(pid, number).notes.get(note_id).attributes
+            except requests.HTTPError as e:
+                # "404 Not found": no such note on this issue. Any other answer (and "404
+                # Project Not Found") is an error to retry, not a verdict on the note.
+                if e.response is not None and e.response.status_code == 404 \
+                        and "project" not in _said(e.response).lower():
+                    return None
+                raise
+            author = str((data.get("author") or {}).get("username") or "")
+            return author, str(data.get("body") or "")
+
+        return await self._run("GET", f"/projects/{pid}/issues/{number}/notes/{note_id}", read)
+
+    async def user_login(self, repo: RepoRef, login: str) -> str | None:
+        user_id = await self._user_id(login)
+        if user_id is None:
+            return None
+        cached = self._usernames.get(user_id)
+        return cached[1] if cached is not None else login
+
     async def is_maintainer(self, repo: RepoRef, login: str) -> bool:
         pid = _project_id(repo)
         key = (pid, login.lower())

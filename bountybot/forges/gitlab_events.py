@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import re
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,11 +34,14 @@ from bountybot.forges.events import (
     Found,
     Happening,
     Normalized,
+    after_the_fact,
     carries_commands,
+    edited_since_created,
+    own_or_other,
     parse_time,
     since_or_later,
 )
-from bountybot.forges.links import closing_refs, same_repo
+from bountybot.forges.links import closing_refs
 from bountybot.rules import (
     Actor,
     Comment,
@@ -79,8 +83,15 @@ def is_bot_user(user: dict[str, Any]) -> bool:
             or name.endswith(("-bot", "_bot")))
 
 
+# GitLab's visibility levels: 0 private, 10 internal (any signed-in user), 20 public. Only a
+# public project's data is public here.
+_PUBLIC = 20
+
+
 def _repo(project: dict[str, Any]) -> RepoRef:
-    return RepoRef(FORGE, str(project["id"]), project["path_with_namespace"], None)
+    level = project.get("visibility_level")
+    private = None if isinstance(level, bool) or not isinstance(level, int) else level < _PUBLIC
+    return RepoRef(FORGE, str(project["id"]), project["path_with_namespace"], None, private)
 
 
 def _titles(labels: list[dict[str, Any]] | None) -> set[str]:
@@ -209,11 +220,8 @@ def _merge_request(payload: dict[str, Any], repo: RepoRef,
         return Normalized(ignored=f"merge request {action} links no issue")
     author_id = mr.get("author_id")
     # An issue of another project is named by path only: the worker looks the project up.
-    return Normalized(happenings=[
-        Happening(repo.full_path, repo, n, ev, author_id=author_id)
-        if same_repo(path, repo.full_path) else Happening(path, None, n, ev, author_id=author_id)
-        for path, n, ev in events
-    ])
+    return Normalized(happenings=[replace(own_or_other(repo, path, n, ev), author_id=author_id)
+                                  for path, n, ev in events])
 
 
 # -- the REST API, read by reconciliation ---------------------------------------------------
@@ -240,7 +248,7 @@ def synced_note(note: dict[str, Any], repo: RepoRef, issue: dict[str, Any], *,
     by a person (not a system note, not a bot) and carries commands. Edits are not read, as
     on the hooks (see the module docstring)."""
     if note.get("system") or note.get("noteable_type", "Issue") != "Issue" \
-            or not since_or_later(note.get("created_at"), since):
+            or not since_or_later(note.get("created_at"), since) or edited_since_created(note):
         return None
     author = note.get("author") or {}
     login = str(author.get("username") or "")
@@ -265,10 +273,9 @@ def synced_merge(mr: dict[str, Any], repo: RepoRef, since: datetime | None) -> F
     project_url = url.split("/-/merge_requests/")[0] if "/-/merge_requests/" in url else None
     author = str((mr.get("author") or {}).get("username") or "")
     merged = LinkClosed(mr["iid"], author, merged=True, url=url or None)
-    happenings = tuple(
-        Happening(repo.full_path, repo, n, merged) if same_repo(path, repo.full_path)
-        else Happening(path, None, n, merged)
-        for path, n in _refs(repo, project_url, mr.get("title"), mr.get("description")))
+    happenings = [own_or_other(repo, path, n, merged)
+                  for path, n in _refs(repo, project_url, mr.get("title"), mr.get("description"))]
     if not happenings:
         return None
-    return Found("merge", f"merge:{mr['id']}", parse_time(merged_at), happenings)
+    return Found("merge", f"merge:{mr['id']}", parse_time(merged_at),
+                 after_the_fact(happenings, merged_at, mr.get("updated_at")))

@@ -13,6 +13,8 @@ GITLAB_KEYWORDS = (r"clos(?:e[sd]?|ing)|fix(?:e[sd]|ing)?|resolv(?:e[sd]?|ing)"
 
 _PATH = r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+"
 _MAX_TEXT = 65_536
+# Issue numbers are INTEGER columns: `#2147483648` names no issue (and must reach no query).
+_MAX_NUMBER = 2**31 - 1
 
 
 def _pattern(keywords: str) -> re.Pattern[str]:
@@ -39,7 +41,7 @@ def _from_url(url: str, web_host: str, forge: str) -> tuple[str, int] | None:
     if forge == "gitlab" and not found:
         path, found, number = parts.path.strip("/").rpartition("issues/")
         path = path.rstrip("/").removesuffix("/-")
-    if not found or not number.isdigit() or not path:
+    if not found or not number.isdigit() or len(number) > 10 or not path:
         return None
     return path.rstrip("/"), int(number)
 
@@ -57,11 +59,12 @@ def closing_refs(text: str | None, *, forge: str, repo_path: str,
         for ref in _ONE_REF.finditer(match.group("refs")):
             if ref.group(0).lower().startswith("http"):
                 parsed = _from_url(ref.group(0), web_host, forge)
-                if parsed:
-                    found.setdefault(parsed, None)
+            elif len(ref.group("num")) <= 10:
+                parsed = (ref.group("path") or repo_path, int(ref.group("num")))
             else:
-                path = ref.group("path") or repo_path
-                found.setdefault((path, int(ref.group("num"))), None)
+                parsed = None
+            if parsed and 1 <= parsed[1] <= _MAX_NUMBER:
+                found.setdefault(parsed, None)
     return list(found)
 
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from bountybot.i18n import register
 from bountybot.money import format_money
-from bountybot.rules.model import Claim, Link
+from bountybot.rules.model import Claim, Link, same_login
 from bountybot.rules.work import Refused, Work
 from bountybot.states import ClaimState, LinkState, TaskState
 
@@ -92,14 +92,21 @@ def record_claim(w: Work) -> None:
         new_claim(w, login)
         w.move_task(TaskState.CLAIMED, "claim")
         return
-    if claim.developer == login:
+    if same_login(claim.developer, login):
         expires = claim.expires_at.strftime("%Y-%m-%d") if claim.expires_at else "review"
         raise Refused("claim.already_yours", developer=login, expires=expires)
-    if login in task.waiting:
-        raise Refused("claim.already_waiting", developer=login,
-                      position=task.waiting.index(login) + 1)
+    position = _waiting_at(task.waiting, login)
+    if position is not None:
+        raise Refused("claim.already_waiting", developer=login, position=position + 1)
     task.waiting.append(login)
     w.trail("waiting.joined", developer=login, position=len(task.waiting))
+
+
+def _waiting_at(waiting: list[str], login: str) -> int | None:
+    for i, name in enumerate(waiting):
+        if same_login(name, login):
+            return i
+    return None
 
 
 def end_claim(w: Work, claim: Claim, new: ClaimState, why: str) -> None:
@@ -113,7 +120,8 @@ def end_claim(w: Work, claim: Claim, new: ClaimState, why: str) -> None:
         w.notice("claim.promoted", developer=nxt,
                  expires=promoted.expires_at.strftime("%Y-%m-%d") if promoted.expires_at else "")
         # The new claimant may already have a pull request open.
-        if any(link.author == nxt and link.state == LinkState.OPEN for link in task.links):
+        if any(link.own and same_login(link.author, nxt) and link.state == LinkState.OPEN
+               for link in task.links):
             to_review(w, promoted)
     else:
         w.move_task(TaskState.FUNDED, why)
@@ -124,16 +132,17 @@ def unclaim(w: Work, target: str | None) -> None:
     assert w.actor is not None
     login = w.actor.login
     who = target or login
-    if who != login and not w.actor.is_maintainer:
+    revoked = not same_login(who, login)
+    if revoked and not w.actor.is_maintainer:
         raise Refused("unclaim.not_yours")
     claim = task.live_claim()
-    if claim is not None and claim.developer == who:
-        revoked = who != login
+    if claim is not None and same_login(claim.developer, who):
         end_claim(w, claim, ClaimState.REVOKED if revoked else ClaimState.RELEASED,
                   "revoke" if revoked else "unclaim")
         return
-    if who in task.waiting:
-        task.waiting.remove(who)
+    position = _waiting_at(task.waiting, who)
+    if position is not None:
+        who = task.waiting.pop(position)
         w.trail("waiting.left", developer=who)
         return
     raise Refused("unclaim.nothing", developer=who)
@@ -158,36 +167,44 @@ def back_to_active(w: Work, claim: Claim) -> None:
     w.move_task(TaskState.CLAIMED, "link closed")
 
 
-def link_opened(w: Work, number: int, author: str, url: str | None) -> None:
+def _trail_link(w: Work, action: str, link: Link) -> None:
+    extra = {"repo": link.repo_path} if link.repo_path else {}
+    w.trail(action, number=link.number, author=link.author, **extra)
+
+
+def link_opened(w: Work, number: int, author: str, url: str | None, repo: str = "") -> None:
+    """A pull request says it closes the task. Only one of the task's own repo puts the
+    claimant's claim in review: a pull request anyone opens in a repo of their own is shown,
+    but must not stop the claim's clock."""
     task = w.task()
-    link = task.link(number)
+    link = task.link(number, repo)
     if link is None:
-        link = Link(number, author, LinkState.OPEN, url)
+        link = Link(number, author, LinkState.OPEN, url, repo_path=repo)
         task.links.append(link)
-        w.trail("link.open", number=number, author=author)
+        _trail_link(w, "link.open", link)
     elif link.state != LinkState.OPEN:
         if link.state == LinkState.MERGED:
             return  # a merge is final
         link.state = LinkState.OPEN
-        w.trail("link.reopened", number=number, author=author)
+        _trail_link(w, "link.reopened", link)
     claim = task.live_claim()
-    if claim is not None and claim.developer == author:
+    if link.own and claim is not None and same_login(claim.developer, author):
         to_review(w, claim)
 
 
-def link_closed(w: Work, number: int) -> None:
+def link_closed(w: Work, number: int, repo: str = "") -> None:
     """A linked pull request was closed without merge."""
     task = w.task()
-    link = task.link(number)
+    link = task.link(number, repo)
     if link is None or link.state != LinkState.OPEN:
         return
     link.state = LinkState.CLOSED
-    w.trail("link.closed", number=number, author=link.author)
+    _trail_link(w, "link.closed", link)
     claim = task.live_claim()
-    if (claim is not None and claim.state == ClaimState.IN_REVIEW
-            and claim.developer == link.author
-            and not any(other.author == link.author and other.state == LinkState.OPEN
-                        for other in task.links)):
+    if (link.own and claim is not None and claim.state == ClaimState.IN_REVIEW
+            and same_login(claim.developer, link.author)
+            and not any(other.own and same_login(other.author, link.author)
+                        and other.state == LinkState.OPEN for other in task.links)):
         back_to_active(w, claim)
 
 

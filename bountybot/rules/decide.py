@@ -26,6 +26,15 @@ class Comment:
     body: str
     # Set for an edit: the bot answers the commands an edit adds, once per edit.
     revision: str | None = None
+    # For an edit, the text before it (as the forge said), so that the commands it already
+    # held are not applied again.
+    previous: str | None = None
+    # The text was read from the forge's API (reconciliation, or a GitLab note confirmed by
+    # the worker), not only from a webhook payload.
+    verified: bool = False
+    # Logins the forge says do not exist (asked by the worker for /award): nobody is paid
+    # under a name that is no account.
+    unknown_users: frozenset[str] = frozenset()
 
 
 # Normalized events, as the forge adapters produce them and the sweeps raise them.
@@ -56,17 +65,27 @@ class IssueRetitled:
 
 @dataclass(frozen=True, slots=True)
 class LinkOpened:
+    """Pull request `number` says it closes the issue. `repo` is empty when the pull request
+    is in the task's own repo, else the path of the other repo (of the same forge) it is in."""
+
     number: int
     author: str
     url: str | None = None
+    repo: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class LinkClosed:
+    """Pull request `number` was closed, merged or not. `only_linked`: what it closes was read
+    after the fact (reconciliation, from a text that may have been edited since the merge),
+    so the merge counts only for a task it was linked to while open."""
+
     number: int
     author: str
     merged: bool
     url: str | None = None
+    repo: str = ""
+    only_linked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +149,11 @@ def is_bot(actor: Actor, policy: Policy) -> bool:
     login = actor.login.lower()
     return actor.is_bot or login == policy.bot_login.lower() or login.endswith("[bot]")
 
+
+# A reply holds at most a dozen sentences (a comment's commands are capped); this bound only
+# guards against a sentence that quotes too much. The outbox cuts every body to the forge's
+# own limit as well.
+MAX_REPLY = 20_000
 
 MAINTAINER_COMMANDS = frozenset({CommandName.GOAL, CommandName.DEADLINE, CommandName.CANCEL,
                                  CommandName.AWARD, CommandName.DISPUTE})
@@ -216,6 +240,7 @@ def decide_comment(bounty: Bounty | None, issue: IssueRef, comment: Comment, pol
     items = parse_comment(comment.body, bot_login=policy.bot_login, currency=policy.currency,
                           min_pledge=policy.min_pledge, max_pledge=policy.max_pledge)
     w = Work(bounty, policy, now, comment.author)
+    w.unknown_users = comment.unknown_users
     if not items:
         return Decision(bounty)
     _due(w)
@@ -238,7 +263,7 @@ def decide_comment(bounty: Bounty | None, issue: IssueRef, comment: Comment, pol
     if accepted:
         w.say(Message("reaction", comment_id=comment.id, revision=comment.revision))
     if w.words:
-        w.say(Message("reply", comment_id=comment.id, text="\n\n".join(w.words),
+        w.say(Message("reply", comment_id=comment.id, text="\n\n".join(w.words)[:MAX_REPLY],
                       revision=comment.revision))
     return _finish(w)
 
@@ -267,12 +292,12 @@ def decide_event(bounty: Bounty | None, issue: IssueRef, event: Event, policy: P
             tasks.cancel(w, "issue deleted", by_command=False)
         case IssueRetitled(title):
             tasks.retitle(w, title)
-        case LinkOpened(number, author, url):
-            claims.link_opened(w, number, author, url)
-        case LinkClosed(number, author, True, url):
-            payouts.merged(w, number, author, url)
-        case LinkClosed(number, _author, False, _url):
-            claims.link_closed(w, number)
+        case LinkOpened(number, author, url, repo):
+            claims.link_opened(w, number, author, url, repo)
+        case LinkClosed(number, author, True, url, repo, only_linked):
+            payouts.merged(w, number, author, url, repo, only_linked=only_linked)
+        case LinkClosed(number, _author, False, _url, repo):
+            claims.link_closed(w, number, repo)
         case Tick():
             pass
         case PledgeConfirmed(pledge_id, reference):

@@ -21,6 +21,12 @@ from bountybot.states import (
 )
 
 
+def same_login(a: str, b: str) -> bool:
+    """Logins (and repo paths) compare without case: GitHub and GitLab both ignore it, so
+    `@DAVE` is dave."""
+    return a.casefold() == b.casefold()
+
+
 @dataclass(frozen=True, slots=True)
 class Actor:
     """Who did something on the forge; `is_maintainer` is asked of the forge by the adapter."""
@@ -101,6 +107,14 @@ class Link:
     state: LinkState
     url: str | None = None
     id: int | None = None
+    # Empty for a pull request of the task's own repo; else the path of the other repo (same
+    # forge) it was opened in. Such a link is shown, but never puts a claim in review nor
+    # pays by itself: a maintainer of the task's repo confirms it with /award.
+    repo_path: str = ""
+
+    @property
+    def own(self) -> bool:
+        return not self.repo_path
 
 
 @dataclass
@@ -170,15 +184,15 @@ class Bounty:
 
     def backers(self) -> list[str]:
         """Distinct backers with held money, in the order they first pledged."""
-        seen: dict[str, None] = {}
+        seen: dict[str, str] = {}
         for p in self.pledges:
             if p.state == PledgeState.HELD:
-                seen.setdefault(p.backer, None)
-        return list(seen)
+                seen.setdefault(p.backer.casefold(), p.backer)
+        return list(seen.values())
 
     def backer_total(self, login: str, states: frozenset[PledgeState]) -> Money:
         return sum_money(
-            (p.amount for p in self.pledges if p.backer == login and p.state in states),
+            (p.amount for p in self.pledges if same_login(p.backer, login) and p.state in states),
             self.currency,
         )
 
@@ -189,9 +203,10 @@ class Bounty:
                 return claim
         return None
 
-    def link(self, number: int) -> Link | None:
+    def link(self, number: int, repo_path: str = "") -> Link | None:
+        """The link of pull request `number` of the task's repo (or of `repo_path`)."""
         for link in self.links:
-            if link.number == number:
+            if link.number == number and same_login(link.repo_path, repo_path):
                 return link
         return None
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from bountybot.commands import AwardShare
 from bountybot.i18n import register, translate
 from bountybot.ledger import ESCROW, EXTERNAL, FEES, Leg, Posting, developer_account, move
 from bountybot.money import Money, format_money, to_decimal
 from bountybot.rules.claims import link_opened
-from bountybot.rules.model import Payout
+from bountybot.rules.model import Payout, same_login
 from bountybot.rules.release import release_time
 from bountybot.rules.work import Refused, Work
 from bountybot.states import (
@@ -79,6 +81,26 @@ register(
     " (ou un partage, `/award @{author} 50% @autre 50%`), ou `/cancel`.",
 )
 register(
+    "merge.other_repo",
+    "Pull request {repo}#{number} by @{author} was merged in another repository and says it"
+    " closes this task. A merge elsewhere pays nobody by itself: a maintainer of this repository"
+    " who accepts the work pays it with `/award @{author}` (or a split), or `/cancel`.",
+    "La demande de fusion {repo}#{number} de @{author} a été fusionnée dans un autre dépôt et dit"
+    " clore cette tâche. Une fusion ailleurs ne paie personne d'elle-même : un mainteneur de ce"
+    " dépôt qui accepte le travail le paie avec `/award @{author}` (ou un partage), ou `/cancel`.",
+)
+register(
+    "award.bot",
+    "@{developer} is a bot: it cannot be awarded a bounty. Name the developers who did the work.",
+    "@{developer} est un robot : une prime ne peut pas lui être attribuée. Nommez les"
+    " développeurs qui ont fait le travail.",
+)
+register(
+    "award.unknown",
+    "@{developer} is no account on this forge: check the spelling of the login.",
+    "@{developer} n'est pas un compte de cette forge : vérifiez l'orthographe de l'identifiant.",
+)
+register(
     "merge.not_funded",
     "Pull request #{number} by @{author} was merged, but this task has not reached its goal"
     " ({held} of {goal}). A maintainer can lower the goal with `/goal` and `/award` it, or"
@@ -94,9 +116,26 @@ def fee_of(total: Money, fee_bp: int) -> Money:
     return Money(total.minor * fee_bp // 10_000, total.currency)
 
 
+def _payee(w: Work, login: str) -> str:
+    """The login to pay for an /award share: never the bot or another bot, nor a name the
+    forge says has no account; written as the task already knows the person (`@DAVE` is the
+    @dave who claimed it), so one person has one account in the books."""
+    bot = w.policy.bot_login.lower().removesuffix("[bot]")
+    name = login.lower()
+    if name.removesuffix("[bot]") == bot or name.endswith("[bot]"):
+        raise Refused("award.bot", developer=login)
+    if any(same_login(login, unknown) for unknown in w.unknown_users):
+        raise Refused("award.unknown", developer=login)
+    task = w.task()
+    known = [c.developer for c in task.claims] + [li.author for li in task.links] + [
+        p.backer for p in task.pledges]
+    return next((k for k in known if same_login(k, login)), login)
+
+
 def split(w: Work, shares: tuple[AwardShare, ...], payable: Money, *,
           fee_note: bool = True) -> list[tuple[str, Money]]:
     """Turn /award shares into amounts that add up to exactly `payable`, or refuse."""
+    shares = tuple(dataclasses.replace(s, login=_payee(w, s.login)) for s in shares)
     cur = payable.currency
     fixed: dict[str, int] = {}
     rest: str | None = None
@@ -183,22 +222,32 @@ def _plain(amount: Money) -> str:
     return str(to_decimal(amount))
 
 
-def merged(w: Work, number: int, author: str, url: str | None) -> None:
-    """A linked pull request was merged: pay the claimant, or ask a maintainer to /award."""
+def merged(w: Work, number: int, author: str, url: str | None, repo: str = "", *,
+           only_linked: bool = False) -> None:
+    """A linked pull request was merged: pay the claimant, or ask a maintainer to /award.
+    Only a merge into the task's own repo pays by itself; one in another repo is shown and
+    left to a maintainer. `only_linked`: the merge counts only if the pull request was linked
+    to this task before (what it closes was read after the fact)."""
     task = w.task()
-    link = task.link(number)
+    link = task.link(number, repo)
     if link is None:
-        link_opened(w, number, author, url)
-        link = task.link(number)
+        if only_linked:
+            return
+        link_opened(w, number, author, url, repo)
+        link = task.link(number, repo)
         assert link is not None
     if link.state == LinkState.MERGED:
         return
     link.state = LinkState.MERGED
-    w.trail("link.merged", number=number, author=author)
+    w.trail("link.merged", number=number, author=author, **({"repo": repo} if repo else {}))
     if task.state in FINAL_TASK_STATES:
         return
+    if not link.own:
+        if task.state != TaskState.OPEN:
+            w.notice("merge.other_repo", repo=repo, number=number, author=author)
+        return
     claim = task.live_claim()
-    if claim is not None and claim.developer == author:
+    if claim is not None and same_login(claim.developer, author):
         complete(w, (AwardShare(author),), "merge")
         return
     if task.state == TaskState.OPEN:

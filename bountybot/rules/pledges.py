@@ -6,7 +6,7 @@ from bountybot.i18n import register
 from bountybot.ledger import ESCROW, backer_account, move
 from bountybot.money import Money, format_money
 from bountybot.payments.base import PaymentKind, PaymentRequest
-from bountybot.rules.model import Pledge
+from bountybot.rules.model import Pledge, same_login
 from bountybot.rules.work import Refused, Work
 from bountybot.states import FINAL_TASK_STATES, PledgeState, TaskState
 
@@ -111,7 +111,8 @@ def withdraw(w: Work) -> None:
     task = w.task()
     assert w.actor is not None
     mine = [p for p in task.pledges
-            if p.backer == w.actor.login and p.state in (PledgeState.PENDING, PledgeState.HELD)]
+            if same_login(p.backer, w.actor.login)
+            and p.state in (PledgeState.PENDING, PledgeState.HELD)]
     if task.state in FINAL_TASK_STATES:
         raise Refused("withdraw.over", state=task.state.value)
     if not mine:

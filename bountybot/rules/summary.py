@@ -158,7 +158,8 @@ def render_summary(b: Bounty, locale: str, fee_bp: int) -> str:
     if b.waiting:
         out.append(f"**{t('summary.waiting')}:** " + ", ".join(f"@{w}" for w in b.waiting))
     if b.links:
-        items = ", ".join(f"#{link.number} @{link.author} ({state_word(locale, link.state)})"
+        items = ", ".join(f"{link.repo_path}#{link.number} @{link.author}"
+                          f" ({state_word(locale, link.state)})"
                           for link in b.links)
         out.append(f"**{t('summary.links')}:** {items}")
     shown = [p for p in b.payouts if p.state != PayoutState.CANCELLED]

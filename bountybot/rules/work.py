@@ -112,6 +112,8 @@ class Work:
         self.payments: list[PaymentRequest] = []
         # Sentences for the one reply to the comment being decided (joined by the caller).
         self.words: list[str] = []
+        # Logins the forge said have no account (see `Comment.unknown_users`).
+        self.unknown_users: frozenset[str] = frozenset()
 
     @property
     def who(self) -> str:

@@ -38,13 +38,15 @@ from bountybot.storage import tables as t
 
 
 async def ensure_repo(session: AsyncSession, forge: str, forge_repo_id: str, full_path: str,
-                      installation_id: str | None = None) -> t.Repo:
-    """The repo row for the forge's stable id; a rename only updates its path."""
+                      installation_id: str | None = None, *,
+                      private: bool | None = None) -> t.Repo:
+    """The repo row for the forge's stable id; a rename only updates its path, and whether it
+    is private follows what the forge last said (None: the payload did not say)."""
     row = (await session.exec(select(t.Repo).where(
         t.Repo.forge == forge, t.Repo.forge_repo_id == forge_repo_id))).first()
     if row is None:
         row = t.Repo(forge=forge, forge_repo_id=forge_repo_id, full_path=full_path,
-                     installation_id=installation_id)
+                     installation_id=installation_id, private=bool(private))
         session.add(row)
         await session.flush()
     else:
@@ -52,12 +54,15 @@ async def ensure_repo(session: AsyncSession, forge: str, forge_repo_id: str, ful
             row.full_path = full_path
         if installation_id and row.installation_id != installation_id:
             row.installation_id = installation_id
+        if private is not None and row.private != private:
+            row.private = private
     return row
 
 
 def repo_ref(row: t.Repo) -> RepoRef:
     """The forge's view of a stored repo."""
-    return RepoRef(row.forge, row.forge_repo_id, row.full_path, row.installation_id)
+    return RepoRef(row.forge, row.forge_repo_id, row.full_path, row.installation_id,
+                   row.private)
 
 
 def _money(minor: int | None, currency: str) -> Money | None:
@@ -106,7 +111,7 @@ async def to_bounty(session: AsyncSession, repo: t.Repo, task: t.Task) -> Bounty
               for c in await _children(session, t.Claim, task.id)]
     waiting = [w.login for w in sorted(await _children(session, t.Waiting, task.id),
                                        key=lambda w: w.position)]
-    links = [Link(li.number, li.author, li.state, li.url, li.id)
+    links = [Link(li.number, li.author, li.state, li.url, li.id, li.repo_path)
              for li in await _children(session, t.Link, task.id)]
     payouts = [Payout(p.developer, Money(p.amount_minor, cur), p.state, p.created_at,
                       p.reference, p.paid_at, p.id, p.due_at, p.released_at)
@@ -185,7 +190,8 @@ async def _save_task(session: AsyncSession, repo: t.Repo, b: Bounty, now: dateti
             **({"created_at": c.created_at} if c.id is None else {})), before, new)
     for li in b.links:
         await _update(session, t.Link, li, dict(task_id=task_id, number=li.number, author=li.author,
-                                          state=li.state, url=li.url), before, new)
+                                          state=li.state, url=li.url, repo_path=li.repo_path),
+                      before, new)
     for po in b.payouts:
         await _update(session, t.Payout, po, dict(
             task_id=task_id, developer=po.developer, amount_minor=po.amount.minor,

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
@@ -150,6 +151,11 @@ class Repo(Base, table=True):
     installation_id: str | None = Field(default=None, sa_type=String(FORGE_ID))
     locale: str | None = Field(default=None, sa_type=String(16))
     currency: str | None = Field(default=None, sa_type=String(3))
+    # Private (GitHub `private`, GitLab visibility not public), as the forge last said: such a
+    # repo's tasks, people and amounts stay out of the public API and export unless `published`
+    # (turned on by the operator for the repo's maintainers: `bountybot repos publish`).
+    private: bool = Field(default=False, sa_column_kwargs={"server_default": sa_false()})
+    published: bool = Field(default=False, sa_column_kwargs={"server_default": sa_false()})
     created_at: datetime = _created()
 
 
@@ -238,13 +244,18 @@ class Waiting(Base, table=True):
 
 
 class Link(Base, table=True):
-    """A pull/merge request (by its number) that says it closes the task's issue."""
+    """A pull/merge request (by its number) that says it closes the task's issue. `repo_path`
+    is empty for one of the task's own repo, else the path of the other repo it was opened in
+    (on the same forge): such a link never pays by itself; a maintainer confirms it with
+    `/award`."""
 
     __tablename__ = "link"
-    __table_args__ = (UniqueConstraint("task_id", "number"),)
+    __table_args__ = (UniqueConstraint("task_id", "repo_path", "number"),)
 
     id: int | None = Field(default=None, primary_key=True)
     task_id: int = Field(foreign_key="task.id")
+    repo_path: str = Field(default="", sa_type=String(512),
+                           sa_column_kwargs={"server_default": ""})
     number: int
     author: str = _login()
     state: LinkState = Field(default=LinkState.OPEN, sa_type=StateString(LinkState))
@@ -324,6 +335,7 @@ class Delivery(Base, table=True):
     __table_args__ = (
         UniqueConstraint("forge", "delivery_id"),
         Index(None, "state", "id"),
+        Index(None, "topic", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -331,6 +343,10 @@ class Delivery(Base, table=True):
     delivery_id: str = Field(sa_type=String(255))
     event: str = Field(sa_type=String(64))
     payload: str = Field(sa_type=Text)
+    # What the delivery is about (`github:<repo id>:<issue or pull number>`), read at the door:
+    # deliveries with the same topic are applied one after another in the order received,
+    # whichever replica takes them. None when it is about no issue (a ping, an installation).
+    topic: str | None = Field(default=None, sa_type=String(255))
     state: DeliveryState = Field(
         default=DeliveryState.PENDING, sa_type=StateString(DeliveryState)
     )

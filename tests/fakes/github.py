@@ -167,6 +167,8 @@ class FakeGitHub(RecordingServer):
         self._apps: dict[int, _App] = {}
         self._installations: dict[int, int] = {}
         self._user_ids: dict[str, int] = {}
+        # Logins with no account (GET /users/{login} answers 404); every other login exists.
+        self.missing_users: set[str] = set()
         self._ids = itertools.count(1_000_001)
         self._rate_reset = int(time.time()) + 3600
 
@@ -189,6 +191,8 @@ class FakeGitHub(RecordingServer):
         app.router.add_get("/repositories/{repo_id:\\d+}/issues/{number:\\d+}/comments",
                            fake._list_comments)
         app.router.add_patch(repo + "/issues/comments/{comment:\\d+}", fake._edit_comment)
+        app.router.add_get(repo + "/issues/comments/{comment:\\d+}", fake._get_comment)
+        app.router.add_get("/users/{login}", fake._get_user)
         app.router.add_post(repo + "/issues/comments/{comment:\\d+}/reactions", fake._react)
         app.router.add_get(repo + "/collaborators/{login}/permission", fake._permission)
         app.router.add_get(repo + "/issues", fake._list_issues)
@@ -485,6 +489,15 @@ class FakeGitHub(RecordingServer):
                 for rel, p in rels
             )
         return response
+
+    async def _get_comment(self, request: web.Request) -> web.Response:
+        return self._answer(self._comment_json(self._comment(request)))
+
+    async def _get_user(self, request: web.Request) -> web.Response:
+        login = request.match_info["login"]
+        if login.lower() in {name.lower() for name in self.missing_users}:
+            raise Refused(404, "Not Found")
+        return self._answer(self._user(login))
 
     async def _edit_comment(self, request: web.Request) -> web.Response:
         comment = self._comment(request)
