@@ -547,7 +547,8 @@ async def _fresh_lines(session: AsyncSession, forge: str, comment: Comment, poli
         skip = {key for key, _ in _line_keys(_lines(comment.previous, policy))}
     wanted = [(key, line) for key, line in _line_keys(lines)
               if key not in skip and key not in done]
-    room = MAX_COMMANDS - (len(done) - len(whole))
+    # Ten commands and the one refusal that says no more are read, over all of its edits.
+    room = MAX_COMMANDS + 1 - (len(done) - len(whole))
     if len(wanted) > room:
         event(log, "comment.too_many", logging.WARNING, forge=forge, comment=comment.id,
               dropped=len(wanted) - max(room, 0))

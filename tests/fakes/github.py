@@ -261,6 +261,18 @@ class FakeGitHub(RecordingServer):
         self._pulls[(path, number)] = pull
         return pull
 
+    def edit_comment_text(self, comment_id: int, body: str) -> FakeComment:
+        """Someone edits a comment, sending no webhook (GitHub moves its `updated_at`)."""
+        comment = self._comments[comment_id]
+        comment.body, comment.updated_at = body, self.clock()
+        return comment
+
+    def edit_pull(self, full_path: str, number: int, body: str) -> FakePull:
+        """Someone edits a pull request's description, sending no webhook."""
+        pull = self._pulls[(self._repo(full_path).full_path, number)]
+        pull.body, pull.updated_at = body, self.clock()
+        return pull
+
     def merge_pull(self, full_path: str, number: int) -> FakePull:
         """Merge a pull request, sending no webhook."""
         pull = self._pulls[(self._repo(full_path).full_path, number)]
