@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from gitlab_harness import PROJECT, PROJECT_ID, USERS, GitLabBot
 from sqlmodel import select
 
 from bountybot.app import SESSIONMAKER, SETTINGS
@@ -20,7 +21,6 @@ from bountybot.storage import tables as t
 from fakes.github import FakeGitHub
 from fixtures import payload
 from github_harness import REPO, REPO_ID, GitHubBot
-from gitlab_harness import PROJECT, PROJECT_ID, USERS, GitLabBot
 
 HELD = frozenset({PledgeState.HELD})
 
