@@ -23,10 +23,11 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import func, or_, tuple_, update
+from sqlalchemy import exists, func, or_, tuple_, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -77,10 +78,15 @@ def _first_line(error: BaseException) -> str:
     return (text.splitlines() or [""])[0][:200]
 
 
-def normalize(forge: str, kind: str, payload: dict[str, Any], settings: Settings) -> Normalized:
-    """What a stored delivery means, with every happening checked against what the forge could
-    have sent (see `checked`)."""
-    if kind == SYNC_EVENT:  # stored by reconciliation, already normalized, read from the API
+def normalize(forge: str, kind: str, payload: dict[str, Any], settings: Settings,
+              name: str | None = None) -> Normalized:
+    """What a stored delivery `name` means, with every happening checked against what the forge
+    could have sent (see `checked`)."""
+    if kind == SYNC_EVENT:
+        # Stored by reconciliation, already normalized, read from the API: trusted only under
+        # the delivery ids reconciliation gives (the doors refuse both the kind and the ids).
+        if name is not None and not name.startswith(f"sync:{forge}:"):
+            return Normalized(ignored=f"{SYNC_EVENT} is internal; not from {name[:40]!r}")
         happenings = [replace(h, what=replace(h.what, verified=True))
                       if isinstance(h.what, Comment) else h
                       for h in happenings_from_payload(payload)]
@@ -153,6 +159,24 @@ class _Cache:
         self.bounties.clear()
 
 
+class _Ready(NamedTuple):
+    """A delivery read and understood, waiting for its turn in the batch's transaction."""
+
+    id: int
+    forge: str
+    name: str  # the forge's delivery id, for the logs
+    topic: str | None
+    normalized: Normalized
+    happenings: list[Happening]
+
+
+def _error_text(error: BaseException) -> str:
+    """The reason kept on a failed delivery: storable whatever the error quotes (a NUL, half
+    of a surrogate pair), or recording the failure would fail in turn."""
+    text = f"{type(error).__name__}: {error}"[:2000]
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
 class DeliveryWorker:
     """Applies stored deliveries, oldest first."""
 
@@ -173,19 +197,40 @@ class DeliveryWorker:
         self.clashed = False
 
     async def due(self, limit: int) -> list[int]:
+        """The deliveries to apply next, oldest first. A delivery about an issue (its `topic`)
+        is never due while an earlier one about the same issue is pending, unless that one is
+        in the same batch (a batch applies in order): not while it waits for its retry time,
+        nor while another replica applies it (what that one does must be seen first)."""
         now = self.clock()
+        d, earlier = t.Delivery, aliased(t.Delivery, name="earlier")
+        pending = t.DeliveryState.PENDING
         # A plain read (no unit of work): on SQLite it takes no write lock, so the webhooks
         # storing new deliveries are not held up by the worker looking for work. On PostgreSQL
         # it skips the rows another replica is applying right now (their lock is only
         # glanced at: the session ends at once), so each replica takes the next ones instead
         # of all reading the same batch and all but one finding it taken.
         async with self.sessionmaker() as session:
-            stmt = (select(t.Delivery.id)
-                    .where(t.Delivery.state == t.DeliveryState.PENDING,
-                           or_(col(t.Delivery.next_attempt_at).is_(None),
-                               col(t.Delivery.next_attempt_at) <= now))
-                    .order_by(col(t.Delivery.id)).limit(limit))
-            rows = await session.exec(for_update_skip_locked(stmt, session.get_bind().dialect))
+            # Those behind a delivery waiting for its retry time go before the limit: they
+            # would fill the batch with nothing to do.
+            behind_waiting = exists().where(
+                col(earlier.topic) == col(d.topic), col(earlier.id) < col(d.id),
+                col(earlier.state) == pending, col(earlier.next_attempt_at) > now)
+            first = (select(col(d.id), col(d.topic))
+                     .where(d.state == pending,
+                            or_(col(d.next_attempt_at).is_(None), col(d.next_attempt_at) <= now),
+                            or_(col(d.topic).is_(None), ~behind_waiting))
+                     .order_by(col(d.id)).limit(limit))
+            candidates = for_update_skip_locked(  # type: ignore[type-var]  # S: one column
+                first, session.get_bind().dialect).cte("candidate")
+            # Then those behind one that is no candidate: another replica holds it (SKIP LOCKED
+            # left it out), or it became pending meanwhile.
+            behind_other = exists().where(
+                col(earlier.topic) == candidates.c.topic, col(earlier.id) < candidates.c.id,
+                col(earlier.state) == pending, col(earlier.id).not_in(select(candidates.c.id)))
+            stmt = (select(candidates.c.id)
+                    .where(or_(candidates.c.topic.is_(None), ~behind_other))
+                    .order_by(candidates.c.id))
+            rows = await session.exec(stmt)
             return [i for i in rows.all() if i is not None]
 
     async def run_once(self, limit: int = 100) -> int:
@@ -219,29 +264,89 @@ class DeliveryWorker:
     async def handle_batch(self, ids: list[int]) -> int:
         """Apply deliveries in id order, in one transaction with a savepoint each: one commit
         (and on SQLite one turn of the write lock) for a batch, while a delivery that fails
-        rolls back alone. Returns how many were finished (handled, or failed for good)."""
+        rolls back alone. Should the batch fail outside every savepoint (reading it, locking
+        its tasks, committing), its deliveries are tried again one by one, so the one at fault
+        is counted like any failure and the others are applied: no delivery, whatever it holds,
+        stops the others. Returns how many were finished (handled, or failed for good)."""
+        try:
+            return await self._handle(ids)
+        except Exception as error:
+            if is_conflict(error):
+                raise  # another replica was in the way: nobody's fault, the loop goes again
+            log.exception("worker.batch_failed", extra={"deliveries": len(ids)})
+            if len(ids) == 1:  # alone already: this one is at fault
+                return await self._failed(ids[0], error, passing=False)
+        return await self._one_by_one(ids)
+
+    async def _one_by_one(self, ids: list[int]) -> int:
+        now = self.clock()
+        d = t.Delivery
+        async with self.sessionmaker() as session:
+            # Not the payloads: one of them may be what cannot be read.
+            rows = (await session.exec(select(
+                d.id, d.topic, or_(col(d.next_attempt_at).is_(None),
+                                   col(d.next_attempt_at) <= now))
+                .where(col(d.id).in_(ids), d.state == t.DeliveryState.PENDING)
+                .order_by(col(d.id)))).all()
+        finished = 0
+        waiting: set[str] = set()  # topics whose earlier delivery stays pending
+        for delivery_id, topic, due in rows:
+            assert delivery_id is not None
+            if topic is not None and topic in waiting:
+                continue
+            if not due:  # counted already by the batch that failed (unreadable, forge down)
+                if topic is not None:
+                    waiting.add(topic)
+                continue
+            try:
+                done = await self._handle([delivery_id])
+            except Exception as error:
+                if is_conflict(error):
+                    event(log, "delivery.conflict", delivery=delivery_id,
+                          error=_first_line(error))
+                    self.clashed = True
+                    break
+                log.exception("delivery.error", extra={"delivery": delivery_id})
+                done = await self._failed(delivery_id, error, passing=False)
+            finished += done
+            if not done and topic is not None:
+                waiting.add(topic)
+        return finished
+
+    async def _handle(self, ids: list[int]) -> int:
         async with self.sessionmaker() as session:
             rows = (await session.exec(select(t.Delivery).where(
                 col(t.Delivery.id).in_(ids), t.Delivery.state == t.DeliveryState.PENDING)
                 .order_by(col(t.Delivery.id)))).all()
-            work = [(r.id, r.forge, r.event, r.payload, r.delivery_id) for r in rows]
-        ready: list[tuple[int, str, str, Normalized, list[Happening]]] = []
+            work = [(r.id, r.forge, r.event, r.payload, r.delivery_id, r.topic) for r in rows]
+        ready: list[_Ready] = []
         finished = 0
-        for delivery_id, forge, kind, body, name in work:
+        # A delivery that stays pending holds back the later ones about the same issue, in this
+        # batch as in `due`: they are applied after it, or after it has failed for good.
+        waiting: set[str] = set()
+        for delivery_id, forge, kind, body, name, topic in work:
             assert delivery_id is not None
+            if topic is not None and topic in waiting:
+                continue
             try:
-                normalized = normalize(forge, kind, json.loads(body), self.settings)
+                normalized = normalize(forge, kind, json.loads(body), self.settings, name)
                 happenings = [await self._who(forge, h) for h in normalized.happenings]
             except ForgeError as error:  # the forge could not say who maintains the repo
-                finished += await self._failed(delivery_id, name, error,
-                                               passing=error.retryable)
-                # Later deliveries may be about the same task: keep their order.
-                break
+                done = await self._failed(delivery_id, error, passing=error.retryable)
+                finished += done
+                if topic is None:
+                    break  # about what, the inbox does not say: keep the order of all the rest
+                if not done:
+                    waiting.add(topic)
+                continue
             except Exception as error:
                 log.exception("delivery.unreadable", extra={"delivery": name})
-                finished += await self._failed(delivery_id, name, error, passing=False)
+                done = await self._failed(delivery_id, error, passing=False)
+                finished += done
+                if not done and topic is not None:
+                    waiting.add(topic)
                 continue
-            ready.append((delivery_id, forge, name, normalized, happenings))
+            ready.append(_Ready(delivery_id, forge, name, topic, normalized, happenings))
         if ready:
             finished += await self._apply(ready)
         return finished
@@ -283,76 +388,97 @@ class DeliveryWorker:
             what = replace(what, unknown_users=frozenset(unknown))
         return replace(h, what=what)
 
-    async def _apply(self, batch: list[tuple[int, str, str, Normalized, list[Happening]]]
-                     ) -> int:
+    async def _apply(self, batch: list[_Ready]) -> int:
         now = self.clock()
         done = 0
-        failures: list[tuple[int, str, Exception]] = []
+        failures: list[tuple[int, Exception]] = []
         async with UnitOfWork(self.sessionmaker, priority=BACKGROUND) as uow:
             session = uow.session
             stmt = for_update_skip_locked(select(t.Delivery).where(
-                col(t.Delivery.id).in_([item[0] for item in batch])), uow.dialect)
+                col(t.Delivery.id).in_([item.id for item in batch])), uow.dialect)
             rows = {r.id: r for r in (await session.exec(stmt)).all()}
-            await self._lock_tasks(session, [item for item in batch if item[0] in rows])
+            behind = await self._behind_others(session, [i for i in rows if i is not None])
+            await self._lock_tasks(session, [item for item in batch
+                                             if item.id in rows and item.id not in behind])
             written = False
             cache = _Cache()
-            for delivery_id, forge, name, normalized, happenings in batch:
+            waiting: set[str] = set()  # topics of the deliveries that failed here
+            for item in batch:
                 if done and uow.contended:
                     break  # webhooks wait to store deliveries: commit, do the rest next turn
-                row = rows.get(delivery_id)
+                row = rows.get(item.id)
                 if row is None or row.state != t.DeliveryState.PENDING:
                     continue  # taken or finished by another worker meanwhile
+                if item.id in behind or (item.topic is not None and item.topic in waiting):
+                    continue  # after an earlier delivery about the same issue, next turn
                 try:
                     async with session.begin_nested():
-                        written |= await self._one(session, cache, forge, name, normalized,
-                                                   happenings, now)
+                        written |= await self._one(session, cache, item.forge, item.name,
+                                                   item.normalized, item.happenings, now)
                 except Exception as error:
                     cache.clear()  # what it held may be what was just rolled back
                     if is_conflict(error):
                         # Another replica's transaction was in the way (a deadlock, the same
                         # new task created twice): no failure. This delivery and the rest of
                         # the batch stay due, in order, and are tried again at once.
-                        event(log, "delivery.conflict", delivery=name,
+                        event(log, "delivery.conflict", delivery=item.name,
                               error=_first_line(error))
                         self.clashed = True
                         break
-                    log.exception("delivery.error", extra={"delivery": name})
-                    failures.append((delivery_id, name, error))
+                    log.exception("delivery.error", extra={"delivery": item.name})
+                    failures.append((item.id, error))
+                    if item.topic is not None:
+                        waiting.add(item.topic)
                     continue
                 row.state = t.DeliveryState.HANDLED
                 row.handled_at = now
-                row.error = normalized.ignored
+                row.error = item.normalized.ignored
                 done += 1
-                event(log, "delivery.handled", forge=forge, delivery=name,
-                      happenings=len(happenings), note=normalized.ignored or "")
+                event(log, "delivery.handled", forge=item.forge, delivery=item.name,
+                      happenings=len(item.happenings), note=item.normalized.ignored or "")
             if written and self.on_written is not None:
                 uow.after_commit(self.on_written)
-        for delivery_id, name, failure in failures:
-            done += await self._failed(delivery_id, name, failure, passing=False)
+        # Counted once the batch has committed: should the commit fail, the batch is tried
+        # again one by one (`handle_batch`), and these fail again on their own.
+        for delivery_id, failure in failures:
+            done += await self._failed(delivery_id, failure, passing=False)
         return done
 
-    async def _lock_tasks(self, session: AsyncSession,
-                          batch: list[tuple[int, str, str, Normalized, list[Happening]]]
-                          ) -> None:
+    async def _behind_others(self, session: AsyncSession, taken: list[int]) -> set[int]:
+        """Which of the deliveries this transaction has taken come after a pending delivery
+        about the same issue that it has not: `due` leaves those out, but two replicas may both
+        have read a batch before either took it, and each taken a part."""
+        if not taken:
+            return set()
+        d, earlier = t.Delivery, aliased(t.Delivery, name="earlier")
+        stmt = select(d.id).where(
+            col(d.id).in_(taken), col(d.topic).is_not(None),
+            exists().where(col(earlier.topic) == col(d.topic), col(earlier.id) < col(d.id),
+                           col(earlier.state) == t.DeliveryState.PENDING,
+                           col(earlier.id).not_in(taken)))
+        return {i for i in (await session.exec(stmt)).all() if i is not None}
+
+    async def _lock_tasks(self, session: AsyncSession, batch: list[_Ready]) -> None:
         """On PostgreSQL, lock every existing task the batch is about, in id order, before
         deciding anything. Two batches on two replicas then wait for each other, instead of
-        each holding a task the other needs next (a deadlock, which costs a second to detect)."""
+        each holding a task the other needs next (a deadlock, which costs a second to detect).
+        Should this fail, the batch is tried again one by one (`handle_batch`)."""
         if session.get_bind().dialect.name != "postgresql":
             return
         by_id: set[tuple[str, str, int]] = set()
-        by_path: set[tuple[str, int]] = set()
-        for *_, happenings in batch:
-            for h in happenings:
+        by_path: set[tuple[str, str, int]] = set()
+        for item in batch:
+            for h in item.happenings:
                 if h.repo is not None:
                     by_id.add((h.repo.forge, h.repo.forge_repo_id, h.number))
-                else:
-                    by_path.add((h.repo_path.lower(), h.number))
+                else:  # a path names a repo of the delivery's own forge only
+                    by_path.add((item.forge, h.repo_path.lower(), h.number))
         which = []
         if by_id:
             which.append(tuple_(t.Repo.forge, t.Repo.forge_repo_id, t.Task.number)
                          .in_(sorted(by_id)))
         if by_path:
-            which.append(tuple_(func.lower(t.Repo.full_path), t.Task.number)
+            which.append(tuple_(t.Repo.forge, func.lower(t.Repo.full_path), t.Task.number)
                          .in_(sorted(by_path)))
         if which:
             await session.exec(select(t.Task.id).join(t.Repo, col(t.Task.repo_id) == t.Repo.id)
@@ -448,26 +574,32 @@ class DeliveryWorker:
                                  detail={"from": f"{old.full_path}#{move.old_number}",
                                          "to": f"{new.full_path}#{move.new_number}"}))
 
-    async def _failed(self, delivery_id: int, name: str, error: Exception,
-                      *, passing: bool) -> bool:
+    async def _failed(self, delivery_id: int, error: Exception, *, passing: bool) -> bool:
+        """Count a failed try of a pending delivery: tried again after a backoff, or marked
+        failed after `max_attempts` (never for a passing reason). True when failed for good."""
         now = self.clock()
+        d = t.Delivery
         async with UnitOfWork(self.sessionmaker) as uow:
-            row = await uow.session.get(t.Delivery, delivery_id)
-            if row is None or row.state != t.DeliveryState.PENDING:
+            # Only these columns, never the row: its payload may be what cannot be read.
+            found = (await uow.session.exec(select(d.delivery_id, d.attempts).where(
+                d.id == delivery_id, d.state == t.DeliveryState.PENDING).with_for_update())
+                ).first()
+            if found is None:
                 return False
-            row.attempts += 1
-            row.error = f"{type(error).__name__}: {error}"[:2000]
-            if row.attempts >= self.max_attempts and not passing:
-                row.state = t.DeliveryState.FAILED
-                finished = True
+            name, attempts = found[0], found[1] + 1
+            reason = _error_text(error)
+            finished = attempts >= self.max_attempts and not passing
+            values: dict[str, Any] = dict(attempts=attempts, error=reason)
+            if finished:
+                values["state"] = t.DeliveryState.FAILED
             else:
                 delay = (error.retry_after if isinstance(error, ForgeError)
-                         and error.retry_after else backoff(row.attempts, self.retry_delay,
-                                                            3600.0))
-                row.next_attempt_at = now + timedelta(seconds=min(delay, 3600.0))
-                finished = False
+                         and error.retry_after else backoff(attempts, self.retry_delay, 3600.0))
+                values["next_attempt_at"] = now + timedelta(seconds=min(delay, 3600.0))
+            await uow.session.exec(update(d).where(  # type: ignore[call-overload]
+                col(d.id) == delivery_id).values(**values))
         event(log, "delivery.failed" if finished else "delivery.retry", logging.WARNING,
-              delivery=name, attempts=row.attempts, error=row.error)
+              delivery=name, attempts=attempts, error=reason)
         return finished
 
 
