@@ -4,6 +4,11 @@ Long-lived resources live in `app.cleanup_ctx` under typed `web.AppKey`s (aiohtt
 so they are opened when the server starts and closed when it stops, and tests get the same
 wiring. A feature (the webhooks, the pages, the API) is a `setup(app)` function that adds its
 routes and resources; `default_features()` lists the ones the service runs with.
+
+Public reads go through a database pool of their own (`READER`), never the one the webhooks
+and workers write through (`SESSIONMAKER`), and the heavy ones (exports, statements, ledgers,
+task lists) take a turn from `READ_GATE` first: however many people download the books at once,
+a webhook is still stored at once and `/healthz` still answers.
 """
 
 from __future__ import annotations
@@ -11,16 +16,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from sqlalchemy import text
+from sqlalchemy import case, func, or_, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot import __version__
 from bountybot.config import Settings
+from bountybot.connections import ConnectionGuard
 from bountybot.logs import event
+from bountybot.storage import tables as t
 from bountybot.storage.engine import create_engine, create_sessionmaker
 
 log = logging.getLogger(__name__)
@@ -28,12 +40,52 @@ log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONMAKER = web.AppKey("sessionmaker", async_sessionmaker[AsyncSession])
+READ_ENGINE = web.AppKey("read_engine", AsyncEngine)
+READER = web.AppKey("reader", async_sessionmaker[AsyncSession])
+CONNECTIONS = web.AppKey("connections", ConnectionGuard)
 
 Feature = Callable[[web.Application], object]
 """Adds a feature's routes (and its own cleanup_ctx entries) to the app."""
 
 # A health check must answer before a load balancer gives up on it.
 HEALTH_DB_TIMEOUT = 3.0
+# Connections of the read pool beyond the heavy reads' turns, for the light reads (one task).
+LIGHT_READS = 4
+# What a refused public read is told: long enough for a turn to free up (an export of large
+# books takes seconds), short enough for a dashboard to come back soon.
+RETRY_AFTER_SECONDS = 5
+
+
+class Busy(Exception):
+    """Every turn for a heavy public read stayed taken for `server.read_wait_seconds`."""
+
+    retry_after = RETRY_AFTER_SECONDS
+
+
+class ReadGate:
+    """At most `turns` heavy public reads at once (each holds a read connection, and on
+    PostgreSQL a snapshot, for as long as it runs); the next waits up to `wait` seconds for a
+    turn, then is refused with `Busy` rather than queued without end."""
+
+    def __init__(self, turns: int, wait: float) -> None:
+        self.turns = turns
+        self.wait = wait
+        self._free = asyncio.Semaphore(turns)
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self.wait):
+                await self._free.acquire()
+        except TimeoutError:
+            raise Busy from None
+        try:
+            yield
+        finally:
+            self._free.release()
+
+
+READ_GATE = web.AppKey("read_gate", ReadGate)
 
 
 def default_features() -> list[Feature]:
@@ -49,43 +101,93 @@ def create_app(
     settings: Settings,
     *,
     engine: AsyncEngine | None = None,
+    read_engine: AsyncEngine | None = None,
     features: Iterable[Feature] | None = None,
 ) -> web.Application:
-    """The application for `settings`. An `engine` passed in stays the caller's to dispose;
-    otherwise one is made from `database.url` at startup and disposed at cleanup."""
-    app = web.Application(client_max_size=settings.server.max_body_bytes)
+    """The application for `settings`. An `engine` (and a `read_engine`) passed in stay the
+    caller's to dispose; otherwise they are made from `database.url` at startup and disposed at
+    cleanup. Given an `engine` and no `read_engine`, the public reads share it (tests)."""
+    server = settings.server
+    guard = ConnectionGuard(max_connections=server.max_connections,
+                            header_timeout=server.header_timeout_seconds)
+    app = web.Application(client_max_size=server.max_body_bytes,
+                          middlewares=[guard.middleware, read_body_in_time])
     app[SETTINGS] = settings
-    app.cleanup_ctx.append(_database(engine))
+    app[CONNECTIONS] = guard
+    app[READ_GATE] = ReadGate(server.read_concurrency, server.read_wait_seconds)
+    app.cleanup_ctx.append(_database(engine, read_engine))
     app.router.add_get("/healthz", healthz)
     for setup in default_features() if features is None else features:
         setup(app)
     return app
 
 
+def _read_engine(settings: Settings) -> AsyncEngine | None:
+    """The public reads' own engine: `read_concurrency` connections for the heavy reads plus a
+    few for the light ones, none beyond (a read that finds none free in time is a 503, never a
+    wait on the writers' pool). None for an in-memory SQLite database, which a second engine
+    could not see."""
+    server = settings.server
+    url = make_url(settings.database.url)
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        return None
+    return create_engine(settings.database.url, pool_size=server.read_concurrency + LIGHT_READS,
+                         max_overflow=0, pool_timeout=max(server.read_wait_seconds, 0.5))
+
+
 def _database(
-    given: AsyncEngine | None,
+    given: AsyncEngine | None, given_reader: AsyncEngine | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def database(app: web.Application) -> AsyncIterator[None]:
-        engine = given if given is not None else create_engine(app[SETTINGS].database.url)
+        settings = app[SETTINGS]
+        engine = given if given is not None else create_engine(settings.database.url)
+        reader = given_reader
+        if reader is None and given is None:
+            reader = _read_engine(settings)
+        owned = [e for e, mine in ((engine, given is None), (reader, given_reader is None))
+                 if mine and e is not None]
         app[ENGINE] = engine
         app[SESSIONMAKER] = create_sessionmaker(engine)
+        app[READ_ENGINE] = reader or engine
+        app[READER] = create_sessionmaker(reader or engine)
         try:
             yield
         finally:
-            if given is None:
-                await engine.dispose()
+            for owned_engine in owned:
+                await owned_engine.dispose()
 
     return database
 
 
+async def _queue(engine: AsyncEngine, now: datetime) -> tuple[int, float | None]:
+    """Pending deliveries, and how long the one due the longest has been due (seconds), in one
+    query on the `(state, id)` index: a delivery is due when it has no retry time or it is past."""
+    due = or_(col(t.Delivery.next_attempt_at).is_(None), col(t.Delivery.next_attempt_at) <= now)
+    since = func.coalesce(t.Delivery.next_attempt_at, t.Delivery.received_at)
+    stmt = select(func.count(), func.min(case((due, since)))).where(
+        col(t.Delivery.state) == t.DeliveryState.PENDING)
+    async with engine.connect() as conn:
+        pending, oldest = (await conn.execute(stmt)).one()
+    if oldest is None:
+        return int(pending), None
+    return int(pending), max(0.0, round((now - oldest).total_seconds(), 1))
+
+
 async def healthz(request: web.Request) -> web.Response:
-    """200 when the database answers `SELECT 1`, else 503; says which forges are on."""
+    """200 when the database answers and no delivery has waited past `server.queue_stall_seconds`
+    since it was due; 503 `unavailable` or `stalled` otherwise. Says which forges are on."""
     settings = request.app[SETTINGS]
+    queue: dict[str, Any] | None = None
+    status = "ok"
     try:
         async with asyncio.timeout(HEALTH_DB_TIMEOUT):
-            async with request.app[ENGINE].connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            pending, oldest = await _queue(request.app[ENGINE], datetime.now(UTC))
         database = "ok"
+        queue = {"pending": pending, "oldest_due_seconds": oldest}
+        if oldest is not None and oldest > settings.server.queue_stall_seconds:
+            status = "stalled"
+            event(log, "health.queue_stalled", logging.WARNING, pending=pending,
+                  oldest_due_seconds=oldest)
     except Exception as e:  # any failure means unhealthy; the reason goes to the log only
         reason = (str(e).splitlines() or [""])[0][:200]
         event(
@@ -93,14 +195,41 @@ async def healthz(request: web.Request) -> web.Response:
             error=type(e).__name__, reason=reason,
         )
         database = "unreachable"
-    healthy = database == "ok"
+        status = "unavailable"
     body = {
-        "status": "ok" if healthy else "unavailable",
+        "status": status,
         "database": database,
+        "queue": queue,
         "forges": settings.forges_enabled(),
         "version": __version__,
     }
-    return web.json_response(body, status=200 if healthy else 503)
+    return web.json_response(body, status=200 if status == "ok" else 503)
+
+
+@web.middleware
+async def read_body_in_time(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A request body (a webhook's payload) must arrive within `server.body_timeout_seconds`:
+    read here, under that deadline, before the handler (whose `read()` then gets it at once).
+    Only for a route that exists, and only up to the size limit, so nothing is read in vain."""
+    server = request.app[SETTINGS].server
+    length = request.content_length
+    if (request.body_exists and request.match_info.http_exception is None
+            and (length is None or length <= server.max_body_bytes)):
+        try:
+            async with asyncio.timeout(server.body_timeout_seconds):
+                await request.read()
+        except TimeoutError:
+            event(log, "http.body_timeout", logging.INFO, path=request.path,
+                  remote=request.remote or "-")
+            response = web.json_response(
+                {"error": f"the body did not arrive within {server.body_timeout_seconds:g}"
+                          " seconds"}, status=408)
+            response.force_close()  # the stream stopped mid-body: nothing after it can be read
+            return response
+        except web.HTTPRequestEntityTooLarge:
+            return web.json_response(
+                {"error": f"the body is larger than {server.max_body_bytes} bytes"}, status=413)
+    return await handler(request)
 
 
 class AccessLogger(AbstractAccessLogger):

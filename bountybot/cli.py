@@ -18,7 +18,7 @@ from typing import Any
 
 from bountybot import __version__
 from bountybot.config import ConfigError, Settings, env_name, unknown_environment
-from bountybot.logs import RedactSecrets, event, log_level, setup_logging
+from bountybot.logs import RedactSecrets, event, flush_suppressed, log_level, setup_logging
 
 log = logging.getLogger("bountybot")
 
@@ -133,6 +133,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ids from `bountybot outbox` (default: every dead message)")
     retry.set_defaults(run=cmd_outbox)
 
+    deliveries = commands.add_parser(
+        "deliveries", parents=[config],
+        help="list the webhook deliveries waiting or failed; apply failed ones again")
+    deliveries.add_argument("--state", choices=["pending", "failed", "handled", "all"],
+                            default=None,
+                            help="which deliveries to list (default: pending and failed)")
+    deliveries.set_defaults(run=cmd_deliveries, deliveries_command=None)
+    delivery_commands = deliveries.add_subparsers(dest="deliveries_command",
+                                                  metavar="DELIVERIES_COMMAND")
+    again = delivery_commands.add_parser(
+        "retry", parents=[config_again],
+        help="apply failed deliveries again, their tries reset (the ids given, or --failed)")
+    again.add_argument("ids", type=int, nargs="*", metavar="ID",
+                       help="ids from `bountybot deliveries`")
+    again.add_argument("--failed", action="store_true", help="every failed delivery")
+    again.set_defaults(run=cmd_deliveries)
+    give_up = delivery_commands.add_parser(
+        "fail", parents=[config_again],
+        help="give up on pending deliveries: they are marked failed and never applied")
+    give_up.add_argument("ids", type=int, nargs="+", metavar="ID",
+                         help="ids from `bountybot deliveries`")
+    give_up.add_argument("--why", metavar="TEXT", help="the reason, kept on the delivery")
+    give_up.set_defaults(run=cmd_deliveries)
+
     payments = commands.add_parser(
         "payments", parents=[config],
         help="list the calls to the payment provider (Stripe) not done; retry dead ones")
@@ -156,6 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--repo", metavar="PATH",
                       help="only this repo (owner/name, or a GitLab project's full path)")
     sync.set_defaults(run=cmd_sync)
+
+    repos = commands.add_parser(
+        "repos", parents=[config],
+        help="list the repos known, and whether their data is public; publish a private one's")
+    repos.set_defaults(run=cmd_repos, repos_command=None)
+    repo_commands = repos.add_subparsers(dest="repos_command", metavar="REPOS_COMMAND")
+    for verb, says in (("publish", "show a private repo's tasks, people and amounts in the"
+                                   " public API and export, for its maintainers"),
+                       ("unpublish", "keep a private repo's data out of them again")):
+        sub = repo_commands.add_parser(verb, parents=[config_again], help=says)
+        sub.add_argument("forge", choices=["github", "gitlab"])
+        sub.add_argument("path", metavar="PATH",
+                         help="the repo's full path (owner/name), or its id from `bountybot repos`")
+        sub.set_defaults(run=cmd_repos)
 
     for name, summary in (
         ("demo", "run a local demonstration"),
@@ -227,7 +265,8 @@ async def _run_server(settings: Settings) -> int:
     # `--help` or by a refused configuration.
     from aiohttp import web
 
-    from bountybot.app import AccessLogger, create_app
+    from bountybot.app import CONNECTIONS, AccessLogger, create_app
+    from bountybot.connections import BACKLOG, fit_to_open_files, open_files_limit
 
     # The handlers go in first, so that a signal during startup still means a clean stop.
     stop = asyncio.Event()
@@ -236,26 +275,44 @@ async def _run_server(settings: Settings) -> int:
     for sig in signals:
         with contextlib.suppress(NotImplementedError):  # no loop signal handlers on Windows
             loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(create_app(settings), access_log_class=AccessLogger)
+    server = settings.server
+    app = create_app(settings)
+    guard = app[CONNECTIONS]
+    files = open_files_limit()
+    guard.max_connections = fit_to_open_files(server.max_connections, files)
+    if guard.max_connections < server.max_connections:
+        event(log, "server.connections_capped", logging.WARNING,
+              max_connections=guard.max_connections, open_files=files,
+              hint="raise the open files limit (LimitNOFILE, ulimit -n)")
+    runner = web.AppRunner(app, access_log_class=AccessLogger,
+                           keepalive_timeout=server.keepalive_timeout_seconds)
+    listener: asyncio.Server | None = None
     try:
         await runner.setup()
-        site = web.TCPSite(runner, settings.server.host, settings.server.port)
+        assert runner.server is not None
+        # Our own listener rather than a web.TCPSite: its connections go through the guard
+        # (connection cap, request head deadline), which a site has no hook for.
         try:
-            await site.start()
+            listener = await loop.create_server(guard.wrap(runner.server), server.host,
+                                                server.port, backlog=BACKLOG)
         except OSError as e:
             raise CommandError(
-                f"cannot listen on {settings.server.host}:{settings.server.port}: "
-                f"{e.strerror or e}"
+                f"cannot listen on {server.host}:{server.port}: {e.strerror or e}"
             ) from None
-        log.info(start_line(settings, runner.addresses[0][1]))
+        log.info(start_line(settings, listener.sockets[0].getsockname()[1]))
         await stop.wait()
         event(log, "server.stopping")
     finally:
         for sig in signals:
             with contextlib.suppress(NotImplementedError):
                 loop.remove_signal_handler(sig)
+        if listener is not None:
+            listener.close()  # accept no one new; the connections open are closed next
         await runner.cleanup()  # runs cleanup_ctx: the engine is disposed
+        if listener is not None:
+            await listener.wait_closed()
     event(log, "server.stopped")
+    flush_suppressed()
     return 0
 
 
@@ -407,7 +464,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     async def work(sessionmaker: Any) -> None:
         export = export_json if args.format == "json" else export_csv
-        await export(sessionmaker, write, locale=settings.bot.locale)
+        # The operator's own books, whole: private repos included.
+        await export(sessionmaker, write, locale=settings.bot.locale, public=False)
 
     try:
         _with_books(settings, "export", work)
@@ -495,7 +553,7 @@ def cmd_statement(args: argparse.Namespace) -> int:
 
     async def work(sessionmaker: Any) -> Any:
         async with sessionmaker() as session:
-            return await statement(session, args.forge, args.role, args.login)
+            return await statement(session, args.forge, args.role, args.login, public=False)
 
     try:
         result = _with_books(settings, "read a statement", work)
@@ -535,6 +593,65 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     dead = sum(1 for r in rows if r.state == "dead")
     if dead:
         print(f"\n{dead} dead: `bountybot outbox retry` sends them again")
+    return 0
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{max(int(seconds), 0)}s"
+
+
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    from bountybot.clock import utc_now
+    from bountybot.deliveries import fail_pending, list_deliveries, retry_failed
+    from bountybot.storage.tables import DeliveryState
+
+    settings = load_settings(args)
+    setup_logging(settings, level=log_level())
+    if args.deliveries_command == "retry":
+        if bool(args.ids) == args.failed:
+            raise CommandError("deliveries retry: give delivery ids or --failed (one of the two)",
+                               code=2)
+        revived = _with_books(settings, "retry deliveries",
+                              lambda sm: retry_failed(sm, args.ids or None))
+        if args.ids and len(revived) < len(args.ids):
+            print(f"{len(args.ids) - len(revived)} of the ids given are not failed deliveries",
+                  file=sys.stderr)
+        print(f"{len(revived)} failed delivery(ies) queued again; a running service applies"
+              " them within seconds, in order with the others about the same issue")
+        return 0 if revived or not args.ids else 1
+    if args.deliveries_command == "fail":
+        failed = _with_books(settings, "fail deliveries",
+                             lambda sm: fail_pending(sm, args.ids, args.why))
+        if len(failed) < len(args.ids):
+            print(f"{len(args.ids) - len(failed)} of the ids given are not pending deliveries",
+                  file=sys.stderr)
+        print(f"{len(failed)} pending delivery(ies) marked failed; they will not be applied"
+              " (`bountybot deliveries retry ID` to change that)")
+        return 0 if failed else 1
+    states = (frozenset(DeliveryState) if args.state == "all"
+              else {DeliveryState(args.state)} if args.state
+              else {DeliveryState.PENDING, DeliveryState.FAILED})
+    rows = _with_books(settings, "list deliveries", lambda sm: list_deliveries(sm, states))
+    if not rows:
+        print("no delivery waits or failed" if args.state is None
+              else f"no {args.state} delivery")
+        return 0
+    redact = RedactSecrets(settings.secrets().values()).redact
+    now = utc_now()
+    print(f"{'id':>8}  {'state':<8} {'forge':<7} {'kind':<16} {'tries':>5} {'age':>5}"
+          "  topic / last error")
+    for row in rows:
+        age = _age((now - row.received_at).total_seconds())
+        error = redact(row.error_line)
+        print(f"{row.id:>8}  {row.state:<8} {row.forge:<7} {row.kind:<16} {row.attempts:>5}"
+              f" {age:>5}  {row.topic or '-'}" + (f"  {error}" if error else ""))
+    failed_count = sum(1 for r in rows if r.state == DeliveryState.FAILED)
+    if failed_count:
+        print(f"\n{failed_count} failed: `bountybot deliveries retry --failed` applies them"
+              " again")
     return 0
 
 
@@ -592,6 +709,46 @@ def cmd_payments(args: argparse.Namespace) -> int:
     dead = sum(1 for op in rows if op.state == PaymentOpState.DEAD)
     if dead:
         print(f"\n{dead} dead: `bountybot payments retry` gives them another round")
+    return 0
+
+
+# repos ---------------------------------------------------------------------------------------
+
+
+def cmd_repos(args: argparse.Namespace) -> int:
+    from bountybot.repos import HEADER, RepoError, list_repos, set_published
+
+    settings = load_settings(args)
+    setup_logging(settings, level=log_level())
+    if args.repos_command in ("publish", "unpublish"):
+        publish = args.repos_command == "publish"
+        try:
+            repo, changed = _with_books(settings, f"{args.repos_command} a repo",
+                                        lambda sm: set_published(sm, args.forge, args.path,
+                                                                 publish))
+        except RepoError as e:
+            raise CommandError(f"repos {args.repos_command}: {e}") from None
+        name = f"{repo.forge} {repo.path}"
+        if publish:
+            print(f"{name}: its tasks, people and amounts are public now"
+                  if changed else f"{name} is published already")
+        elif not repo.private:
+            print(f"{name} is a public repo: its data stays public")
+        else:
+            print(f"{name}: its data is out of the public API and export now"
+                  if changed else f"{name} is not published")
+        return 0
+    rows = _with_books(settings, "list repos", list_repos)
+    if not rows:
+        print("no repo is known yet")
+        return 0
+    print(HEADER)
+    for row in rows:
+        print(row.line())
+    hidden = sum(1 for row in rows if not row.public)
+    if hidden:
+        print(f"\n{hidden} private repo(s) hidden from the public API and export:"
+              " `bountybot repos publish FORGE PATH` shows one's data")
     return 0
 
 

@@ -137,6 +137,23 @@ class ServerSettings(_Section):
     public_url: str | None = None
     # GitHub caps webhook payloads at 25 MB; anything bigger is refused before it is read.
     max_body_bytes: int = Field(default=25 * MB, ge=1024)
+    # Public reads (exports, statements, ledgers, task lists) at once; they have a pool of
+    # database connections of their own, so however many arrive, webhooks are still stored.
+    read_concurrency: int = Field(default=4, ge=1, le=64)
+    # How long a public read over that bound waits for its turn before a 503 with Retry-After.
+    read_wait_seconds: float = Field(default=2.0, ge=0, le=60)
+    # A connection has this long to send a whole request head (line and headers), from its
+    # opening or from its head's first byte: no socket stays open by sending nothing, or a
+    # byte at a time (slowloris).
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # A request body (a webhook's payload) has this long to arrive once its head is in.
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    # An idle keep-alive connection is closed after this long.
+    keepalive_timeout_seconds: float = Field(default=75.0, gt=0, le=3600)
+    # Open connections at most; past it an idle one is closed to make room, else the new one.
+    max_connections: int = Field(default=1000, ge=1)
+    # /healthz answers 503 "stalled" when a due delivery has waited longer than this.
+    queue_stall_seconds: int = Field(default=300, ge=1)
 
     _public_url_is_http = field_validator("public_url")(_check_http_url)
 

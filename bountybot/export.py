@@ -4,7 +4,9 @@ payment provider, as JSON, or as a spreadsheet-friendly CSV of the ledger; strea
 
 Both exports page through the tables by id (`WHERE id > last ORDER BY id LIMIT n`) inside one
 read-only snapshot, and hand each page to `write` as soon as it is encoded, so memory stays flat
-however large the books are and every figure in one file comes from the same moment.
+however large the books are and every figure in one file comes from the same moment. Shaping
+and encoding a page (formatting its amounts above all) is CPU work: it runs in the export
+threads (`_off_loop`), so that the event loop stays free to answer webhooks while exports run.
 
 JSON (`export_json`), one object:
 
@@ -27,6 +29,11 @@ one-time links or the provider's error messages (`api.views.payment_op_json`).
 
 `counts` comes last: a download cut short does not parse, and one that parses can be checked.
 
+`public=True` (the default, and what `GET /api/v1/export.*` asks for) leaves out what belongs to
+a private repo its operator has not published (`api.views.shown_publicly`): the repo, its tasks,
+their ledger transactions, audit lines and payment operations. The operator's own
+`bountybot export` passes `public=False`: it is their books, whole.
+
 CSV (`export_csv`): one row per ledger entry, joined with its transaction and task (`CSV_COLUMNS`),
 in ledger order. UTF-8 with a byte order mark, so spreadsheets show `€` correctly. A text cell
 that a spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@`) is prefixed with
@@ -35,14 +42,18 @@ that a spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@`) is 
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
+from sqlalchemy import ColumnElement, or_
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -57,6 +68,7 @@ from bountybot.api.views import (
     payment_op_json,
     reading,
     repo_json,
+    shown_publicly,
     task_json,
     transaction_json,
 )
@@ -67,7 +79,16 @@ Write = Callable[[bytes], Awaitable[None]]
 """Where the export goes: a response's `write`, or a file's, wrapped in a coroutine."""
 
 FORMAT = "bountybot-export/1"
-PAGE_SIZE = 500
+# Rows per query; also how much work the event loop does at a time for an export (loading a
+# page's rows), so it is kept small enough to leave the loop to others every few milliseconds.
+PAGE_SIZE = 200
+# The export threads. Exports are few at once (`server.read_concurrency`), and their pages are
+# CPU work that the GIL runs one at a time anyway: more threads would not go faster. Their own
+# pool, so the forge adapters' calls (`asyncio.to_thread`) never queue behind an export.
+ENCODER_THREADS = 4
+_encoders: ThreadPoolExecutor | None = None
+
+T = TypeVar("T")
 CSV_COLUMNS = (
     "transaction_key", "kind", "created_at", "task_id", "forge", "repo", "number", "account",
     "amount_minor", "currency", "amount_display", "memo",
@@ -79,6 +100,18 @@ LedgerRow = tuple[t.LedgerTransaction, t.Task | None, t.Repo | None]
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+async def _off_loop(work: Callable[[], T]) -> T:
+    """`work()` in an export thread: the event loop goes on meanwhile."""
+    global _encoders
+    if _encoders is None:  # made on first use, so importing this module starts nothing
+        _encoders = ThreadPoolExecutor(ENCODER_THREADS, thread_name_prefix="bountybot-export")
+    return await asyncio.get_running_loop().run_in_executor(_encoders, work)
+
+
+Page = Callable[[], list[Json]]
+"""A page of an export's array, to shape in an export thread: its items as JSON values."""
 
 
 async def _pages(session: AsyncSession, stmt: Any, key: Any,
@@ -102,20 +135,29 @@ async def _pages(session: AsyncSession, stmt: Any, key: Any,
             return
 
 
-def _ledger_pages(session: AsyncSession, size: int) -> AsyncIterator[Sequence[Any]]:
+def _public_or_none() -> ColumnElement[bool]:
+    """For a row outer-joined to its repo: no repo at all, or one shown publicly."""
+    return or_(col(t.Repo.id).is_(None), shown_publicly())
+
+
+def _ledger_pages(session: AsyncSession, size: int,
+                  public: bool) -> AsyncIterator[Sequence[Any]]:
     """Ledger transactions in order, each with its task and repo (None for a task-less one)."""
     stmt = (select(t.LedgerTransaction, t.Task, t.Repo)
             .outerjoin(t.Task, col(t.Task.id) == col(t.LedgerTransaction.task_id))
             .outerjoin(t.Repo, col(t.Repo.id) == col(t.Task.repo_id)))
+    if public:
+        stmt = stmt.where(_public_or_none())
     return _pages(session, stmt, col(t.LedgerTransaction.id), size)
 
 
 async def export_json(sessionmaker: async_sessionmaker[AsyncSession], write: Write, *,
                       locale: str = "en", now: datetime | None = None,
-                      page_size: int = PAGE_SIZE) -> None:
+                      page_size: int = PAGE_SIZE, public: bool = True) -> None:
     """Write the whole books as one JSON object (see the module's docstring), page by page.
 
-    `locale` is the bot's, for the `display` of amounts whose repo has no locale of its own.
+    `locale` is the bot's, for the `display` of amounts whose repo has no locale of its own;
+    `public=False` includes the private repos' data (the operator's export).
     """
     now = now or datetime.now(UTC)
     counts = {"repos": 0, "tasks": 0, "transactions": 0, "entries": 0, "audit_events": 0,
@@ -123,43 +165,64 @@ async def export_json(sessionmaker: async_sessionmaker[AsyncSession], write: Wri
     async with reading(sessionmaker) as session:
         await write(f'{{"format":{_dumps(FORMAT)},"generated_at":{_dumps(iso(now))}'.encode())
 
-        async def array(name: str, pages: AsyncIterator[list[Json]]) -> int:
+        async def array(name: str, pages: AsyncIterator[Page]) -> int:
             await write(f',\n"{name}":['.encode())
             n = 0
-            async for items in pages:
-                text = ",\n".join(_dumps(item) for item in items)
-                await write((",\n" if n else "\n").encode() + text.encode())
-                n += len(items)
+            async for page in pages:
+                def encode(page: Page = page) -> tuple[bytes, int]:
+                    items = page()
+                    return ",\n".join(_dumps(item) for item in items).encode(), len(items)
+
+                text, size = await _off_loop(encode)
+                await write((b",\n" if n else b"\n") + text)
+                n += size
             await write(b"]")
             return n
 
-        async def repos() -> AsyncIterator[list[Json]]:
-            async for rows in _pages(session, select(t.Repo), col(t.Repo.id), page_size):
-                yield [repo_json(r) for r in rows]
+        async def repos() -> AsyncIterator[Page]:
+            stmt = select(t.Repo).where(shown_publicly()) if public else select(t.Repo)
+            async for rows in _pages(session, stmt, col(t.Repo.id), page_size):
+                yield lambda rows=rows: [repo_json(r) for r in rows]
 
-        async def tasks() -> AsyncIterator[list[Json]]:
+        async def tasks() -> AsyncIterator[Page]:
             stmt = select(t.Task, t.Repo).join(t.Repo, col(t.Repo.id) == col(t.Task.repo_id))
+            if public:
+                stmt = stmt.where(shown_publicly())
             async for rows in _pages(session, stmt, col(t.Task.id), page_size):
                 loaded = await load_tasks(session, [(task, repo) for task, repo in rows])
-                yield [task_json(r, locale, full=True) for r in loaded]
+                yield lambda loaded=loaded: [task_json(r, locale, full=True) for r in loaded]
 
-        async def ledger() -> AsyncIterator[list[Json]]:
-            async for rows in _ledger_pages(session, page_size):
+        async def ledger() -> AsyncIterator[Page]:
+            async for rows in _ledger_pages(session, page_size, public):
                 entries = await load_entries(session, [id_of(txn) for txn, _, _ in rows])
                 counts["entries"] += sum(len(e) for e in entries.values())
-                yield [transaction_json(txn, entries[id_of(txn)], locale_of(repo, locale),
-                                        full=True) for txn, _, repo in rows]
+                yield lambda rows=rows, entries=entries: [
+                    transaction_json(txn, entries[id_of(txn)], locale_of(repo, locale),
+                                     full=True) for txn, _, repo in rows]
 
-        async def audit_events() -> AsyncIterator[list[Json]]:
+        async def audit_events() -> AsyncIterator[Page]:
             stmt = select(t.AuditEvent)
+            if public:
+                stmt = (stmt.outerjoin(t.Task, col(t.Task.id) == col(t.AuditEvent.task_id))
+                        .outerjoin(t.Repo, col(t.Repo.id) == col(t.Task.repo_id))
+                        .where(_public_or_none()))
             async for rows in _pages(session, stmt, col(t.AuditEvent.id), page_size):
-                yield [audit_json(item) for item in rows]
+                yield lambda rows=rows: [audit_json(item) for item in rows]
 
-        async def payment_ops() -> AsyncIterator[list[Json]]:
+        async def payment_ops() -> AsyncIterator[Page]:
             stmt = (select(t.PaymentOp, t.Repo)
                     .outerjoin(t.Repo, col(t.Repo.id) == col(t.PaymentOp.repo_id)))
+            if public:
+                # An operation names its repo, its task, or both: neither may be private.
+                task_repo = aliased(t.Repo)
+                stmt = (stmt.outerjoin(t.Task, col(t.Task.id) == col(t.PaymentOp.task_id))
+                        .outerjoin(task_repo, col(task_repo.id) == col(t.Task.repo_id))
+                        .where(_public_or_none(),
+                               or_(col(task_repo.id).is_(None), ~col(task_repo.private),
+                                   col(task_repo.published))))
             async for rows in _pages(session, stmt, col(t.PaymentOp.id), page_size):
-                yield [payment_op_json(op, locale_of(repo, locale)) for op, repo in rows]
+                yield lambda rows=rows: [payment_op_json(op, locale_of(repo, locale))
+                                         for op, repo in rows]
 
         counts["repos"] = await array("repos", repos())
         counts["tasks"] = await array("tasks", tasks())
@@ -177,23 +240,14 @@ def _cell(text: str | None) -> str:
 
 
 async def export_csv(sessionmaker: async_sessionmaker[AsyncSession], write: Write, *,
-                     locale: str = "en", page_size: int = PAGE_SIZE) -> None:
-    """Write the ledger as CSV, one row per entry (`CSV_COLUMNS`), page by page."""
+                     locale: str = "en", page_size: int = PAGE_SIZE,
+                     public: bool = True) -> None:
+    """Write the ledger as CSV, one row per entry (`CSV_COLUMNS`), page by page; `public=False`
+    includes the private repos' transactions (the operator's export)."""
     async with reading(sessionmaker) as session:
-        buffer = io.StringIO()
-        out = csv.writer(buffer)  # RFC 4180: CRLF line ends, quotes only where needed
-
-        async def flush() -> None:
-            await write(buffer.getvalue().encode())
-            buffer.seek(0)
-            buffer.truncate()
-
-        buffer.write("\ufeff")
-        out.writerow(CSV_COLUMNS)
-        await flush()
-        rows: Sequence[LedgerRow]
-        async for rows in _ledger_pages(session, page_size):
-            entries = await load_entries(session, [id_of(txn) for txn, _, _ in rows])
+        def encode(rows: Sequence[LedgerRow], entries: dict[int, list[t.LedgerEntry]]) -> bytes:
+            buffer = io.StringIO()
+            out = csv.writer(buffer)  # RFC 4180: CRLF line ends, quotes only where needed
             for txn, task, repo in rows:
                 shown = locale_of(repo, locale)
                 for e in entries[id_of(txn)]:
@@ -204,4 +258,13 @@ async def export_csv(sessionmaker: async_sessionmaker[AsyncSession], write: Writ
                         e.currency, amount(e.amount_minor, e.currency, shown)["display"],
                         _cell(txn.memo),
                     ])
-            await flush()
+            return buffer.getvalue().encode()
+
+        head = io.StringIO()
+        head.write("\ufeff")
+        csv.writer(head).writerow(CSV_COLUMNS)
+        await write(head.getvalue().encode())
+        rows: Sequence[LedgerRow]
+        async for rows in _ledger_pages(session, page_size, public):
+            entries = await load_entries(session, [id_of(txn) for txn, _, _ in rows])
+            await write(await _off_loop(lambda rows=rows, entries=entries: encode(rows, entries)))

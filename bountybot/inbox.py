@@ -1,14 +1,20 @@
 """The delivery worker: takes stored webhook deliveries in order and applies them.
 
 For each delivery: read it, turn the payload into normalized happenings (the forge adapter),
-ask the forge whether a commenter maintains the repo when a command needs it (outside any
-transaction, so no lock is held over HTTP), then in one unit of work: take the delivery again
-(`FOR UPDATE SKIP LOCKED` on PostgreSQL; skipped if another worker handled it meanwhile), load
-each task, decide, write the decision, mark the delivery handled. The outbox sends afterwards.
+drop what no forge could have sent (`checked`), ask the forge what the payload cannot be trusted
+to say (a GitLab note's existence and author, whether a commenter maintains the repo, whether
+an awarded login is an account; outside any transaction, so no lock is held over HTTP), then in
+one unit of work: take the delivery again (`FOR UPDATE SKIP LOCKED` on PostgreSQL; skipped if
+another worker handled it meanwhile), load each task, apply only the command lines of a comment
+never applied before (`_fresh_lines`), decide, write the decision, mark the delivery handled.
+The outbox sends afterwards.
 
-A delivery that fails for a passing reason (the forge is down) is tried again later; one that
-fails for any other reason is tried a few times, then marked failed with the reason, and the
-worker goes on: one bad delivery never stops the others.
+Deliveries about one issue (one `topic`) are applied in the order they were stored, whichever
+replica takes them: none is taken while an earlier one of its topic is pending. A delivery that
+fails for a passing reason (the forge is down) is tried again later; one that fails for any other
+reason, inside or outside its savepoint, is tried a few times, then marked failed with the
+reason, and the worker goes on: one bad delivery never stops the others (only its own issue
+waits for it). `bountybot deliveries` lists, retries and fails them.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ too and prints as it reads.
 The redacting filter sits on the handler, not on a logger, so it sees every record that
 reaches the output, whichever library logged it. Code must not log secrets in the first place;
 the filter is defence in depth for the day something does (an exception quoting a URL, say).
+So does the repeat limit: the same event (logger, message template, level) is written at most
+`REPEAT_BURST` times per `REPEAT_SECONDS`, then one `log.suppressed` line says how many were
+left out, so that a flood of refused requests costs a few lines instead of the disk.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -24,6 +30,10 @@ from bountybot.config import LOG_LEVEL_ENV, ConfigError, Settings
 REDACTED = "***"
 _FIELDS = "bountybot_fields"  # the LogRecord attribute that carries an event's key=values
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SUMMARY = "bountybot_summary"  # marks the `log.suppressed` records the repeat limit writes
+# A burst of 20 lets a real incident tell its story; past that, a line a minute per event.
+REPEAT_BURST = 20
+REPEAT_SECONDS = 60.0
 
 
 def event(
@@ -92,6 +102,107 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+@dataclass
+class _Window:
+    start: float
+    passed: int = 0
+    suppressed: int = 0
+
+
+EventKey = tuple[str, str, int]
+
+
+class RepeatLimit(logging.Filter):
+    """Lets the same event (logger name, message template, level) through at most `burst` times
+    per `seconds`; the rest are dropped and counted. The first record of an event after its
+    window (or any record once a window has passed, for events that went quiet) brings one
+    `log.suppressed event=<template> count=<n> seconds=<window>` line first, at the event's
+    level, so the log says a flood happened and how big it was.
+
+    The key is the template (`record.msg`), not the rendered line: a flood of
+    `webhook.bad_signature` from a thousand addresses is one event. It must sit before
+    `RedactSecrets`, which renders the message into `msg`. Thread-safe: the database driver and
+    the forge library log from their threads.
+    """
+
+    def __init__(self, handler: logging.Handler, *, burst: int = REPEAT_BURST,
+                 seconds: float = REPEAT_SECONDS, clock: Callable[[], float] = time.monotonic,
+                 max_events: int = 10_000) -> None:
+        super().__init__()
+        self.handler = handler
+        self.burst = burst
+        self.seconds = seconds
+        self.clock = clock
+        # Bounds the memory a stream of always-different messages (f-strings) could take:
+        # past it, new events pass unlimited until the next sweep frees expired windows.
+        self.max_events = max_events
+        self._windows: dict[EventKey, _Window] = {}
+        self._lock = threading.Lock()
+        self._swept = clock()
+
+    @staticmethod
+    def key(record: logging.LogRecord) -> EventKey:
+        template = record.msg if isinstance(record.msg, str) else type(record.msg).__name__
+        return record.name, template, record.levelno
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, _SUMMARY, False):
+            return True
+        key = self.key(record)
+        now = self.clock()
+        summaries: list[tuple[EventKey, _Window]] = []
+        with self._lock:
+            if now - self._swept >= self.seconds:
+                self._swept = now
+                for old_key, old in list(self._windows.items()):
+                    if now - old.start >= self.seconds:
+                        del self._windows[old_key]
+                        if old.suppressed:
+                            summaries.append((old_key, old))
+            window = self._windows.get(key)
+            if window is not None and now - window.start >= self.seconds:
+                del self._windows[key]
+                if window.suppressed:
+                    summaries.append((key, window))
+                window = None
+            if window is None and len(self._windows) < self.max_events:
+                window = self._windows[key] = _Window(now)
+            allowed = window is None or window.passed < self.burst
+            if window is not None:
+                if allowed:
+                    window.passed += 1
+                else:
+                    window.suppressed += 1
+        # Written outside the lock: the handler's own filters run again on these records.
+        for (name, template, level), old in summaries:
+            self.handler.handle(self._summary(name, template, level, old.suppressed))
+        return allowed
+
+    def flush(self) -> None:
+        """Write the pending `log.suppressed` lines now (at shutdown)."""
+        with self._lock:
+            pending = [(k, w) for k, w in self._windows.items() if w.suppressed]
+            self._windows.clear()
+        for (name, template, level), window in pending:
+            self.handler.handle(self._summary(name, template, level, window.suppressed))
+
+    def _summary(self, name: str, template: str, level: int, count: int) -> logging.LogRecord:
+        return logging.getLogger(name).makeRecord(
+            name, level, __file__, 0, "log.suppressed", (), None,
+            extra={_FIELDS: {"event": template, "count": count,
+                             "seconds": f"{self.seconds:g}"}, _SUMMARY: True})
+
+
+def flush_suppressed() -> None:
+    """Write what the repeat limits of our handlers still hold back (at shutdown), so that a
+    flood's last `log.suppressed` line is not lost with the process."""
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "_bountybot", False):
+            for f in handler.filters:
+                if isinstance(f, RepeatLimit):
+                    f.flush()
+
+
 def log_level(environ: dict[str, str] | None = None) -> int:
     """The level named by `BOUNTYBOT_LOG_LEVEL` (default INFO)."""
     name = (os.environ if environ is None else environ).get(LOG_LEVEL_ENV, "").strip().upper()
@@ -116,10 +227,15 @@ def setup_logging(
     """
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_bountybot", False)]:
+        for f in old.filters:
+            if isinstance(f, RepeatLimit):
+                f.flush()
         root.removeHandler(old)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler._bountybot = True  # type: ignore[attr-defined]
     handler.setFormatter(LineFormatter())
+    # First: it keys on the message template, which the redaction renders away.
+    handler.addFilter(RepeatLimit(handler))
     if settings is not None:
         handler.addFilter(RedactSecrets(settings.secrets().values()))
     root.addHandler(handler)

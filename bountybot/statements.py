@@ -9,6 +9,11 @@ ledger (created, reversed, paid with its reference).
 
 Logins are matched case-insensitively, as the forges treat them; one statement covers one
 forge. Totals are per currency, since a person may back tasks of repos in several currencies.
+
+`public=True` (the API's) leaves out every movement on a private repo's task that its operator
+has not published (`api.views.shown_publicly`), totals included; someone whose every movement
+is private is unknown there, in the same words as anyone else. The command line's statement
+(the operator's) shows everything.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bountybot.api.views import amount, iso
+from bountybot.api.views import amount, iso, shown_publicly
 from bountybot.ledger import Account
 from bountybot.money import Money, format_money
 from bountybot.states import PledgeState
@@ -84,22 +89,26 @@ class UnknownPerson(LookupError):
     """Nobody by that login has a pledge (or a payout) on that forge."""
 
 
+def _only_public(stmt: Any, public: bool) -> Any:
+    return stmt.where(shown_publicly()) if public else stmt
+
+
 async def _rows(session: AsyncSession, table: Any, person: str, forge: str,
-                login: str) -> tuple[list[Any], list[str]]:
+                login: str, public: bool) -> tuple[list[Any], list[str]]:
     """The person's rows of `table` (pledges, payouts) with their task and repo, oldest first,
     and the spellings of their login found there."""
-    rows = list((await session.exec(
+    rows = list((await session.exec(_only_public(
         select(table, t.Task, t.Repo)
         .join(t.Task, col(t.Task.id) == table.task_id)
         .join(t.Repo, col(t.Repo.id) == t.Task.repo_id)
         .where(t.Repo.forge == forge, func.lower(getattr(table, person)) == login.lower())
-        .order_by(col(table.id)))).all())
+        .order_by(col(table.id)), public))).all())
     if not rows:
         raise UnknownPerson(f"@{login} has no {table.__tablename__} on {forge}")
     return rows, sorted({getattr(row, person) for row, _, _ in rows})
 
 
-async def _entries(session: AsyncSession, accounts: list[str]) -> list[Any]:
+async def _entries(session: AsyncSession, accounts: list[str], public: bool) -> list[Any]:
     """The ledger entries on these accounts, with their transaction, task and repo, in order."""
     if not accounts:
         return []
@@ -110,7 +119,7 @@ async def _entries(session: AsyncSession, accounts: list[str]) -> list[Any]:
             .join(t.Repo, col(t.Repo.id) == t.Task.repo_id)
             .where(col(t.LedgerEntry.account).in_(accounts))
             .order_by(col(t.LedgerEntry.id)))
-    return list((await session.exec(stmt)).all())
+    return list((await session.exec(_only_public(stmt, public))).all())
 
 
 def _movement(task: t.Task, repo: t.Repo, at: datetime, what: str, money: Money,
@@ -124,14 +133,16 @@ def _subject(key: str) -> int:
     return int(key.rsplit(":", 1)[1])
 
 
-async def backer_statement(session: AsyncSession, forge: str, login: str) -> Statement:
-    rows, logins = await _rows(session, t.Pledge, "backer", forge, login)
+async def backer_statement(session: AsyncSession, forge: str, login: str, *,
+                           public: bool = True) -> Statement:
+    rows, logins = await _rows(session, t.Pledge, "backer", forge, login, public)
     out = Statement(forge, logins[0], "backer")
     totals: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(BACKER_TOTALS, 0))
     # The ledger transaction ids of each pledge's movements, to order them against the payout.
     moved: dict[int, dict[str, int]] = defaultdict(dict)
     for entry, txn, task, repo in await _entries(
-            session, [Account("backer", forge, name).render(None) for name in logins]):
+            session, [Account("backer", forge, name).render(None) for name in logins],
+            public):
         what = txn.kind.removeprefix("pledge.")
         money = Money(abs(entry.amount_minor), entry.currency)
         out.movements.append(_movement(task, repo, txn.created_at, what, money,
@@ -175,13 +186,15 @@ async def backer_statement(session: AsyncSession, forge: str, login: str) -> Sta
     return out
 
 
-async def developer_statement(session: AsyncSession, forge: str, login: str) -> Statement:
-    rows, logins = await _rows(session, t.Payout, "developer", forge, login)
+async def developer_statement(session: AsyncSession, forge: str, login: str, *,
+                              public: bool = True) -> Statement:
+    rows, logins = await _rows(session, t.Payout, "developer", forge, login, public)
     out = Statement(forge, logins[0], "developer")
     totals: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(DEVELOPER_TOTALS, 0))
     references = {t.id_of(p): p.reference for p, _, _ in rows}
     for entry, txn, task, repo in await _entries(
-            session, [Account("developer", forge, name).render(None) for name in logins]):
+            session, [Account("developer", forge, name).render(None) for name in logins],
+            public):
         money = Money(abs(entry.amount_minor), entry.currency)
         sums = totals[entry.currency]
         sums["owed"] += entry.amount_minor
@@ -211,10 +224,12 @@ async def developer_statement(session: AsyncSession, forge: str, login: str) -> 
     return out
 
 
-async def statement(session: AsyncSession, forge: str, role: Role, login: str) -> Statement:
+async def statement(session: AsyncSession, forge: str, role: Role, login: str, *,
+                    public: bool = True) -> Statement:
+    """The backer's or developer's statement; `public=False` includes private repos' tasks."""
     if role == "backer":
-        return await backer_statement(session, forge, login)
-    return await developer_statement(session, forge, login)
+        return await backer_statement(session, forge, login, public=public)
+    return await developer_statement(session, forge, login, public=public)
 
 
 def _labels(role: Role) -> dict[str, str]:

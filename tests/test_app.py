@@ -38,9 +38,9 @@ def closed_port() -> int:
         return port
 
 
-async def test_healthz_ok(tmp_path: Path) -> None:
+async def test_healthz_ok(sqlite_url: str) -> None:
     settings = settings_for(
-        f"sqlite+aiosqlite:///{tmp_path / 'health.db'}",
+        sqlite_url,
         github={"webhook_secret": SECRET, "token": "ghp_token"},
     )
     app = create_app(settings)
@@ -51,7 +51,8 @@ async def test_healthz_ok(tmp_path: Path) -> None:
         assert response.status == 200
         body = await response.json()
         text = await response.text()
-    assert body == {"status": "ok", "database": "ok", "forges": ["github"], "version": __version__}
+    assert body == {"status": "ok", "database": "ok", "forges": ["github"], "version": __version__,
+                    "queue": {"pending": 0, "oldest_due_seconds": None}}
     assert SECRET not in text
 
 
@@ -70,8 +71,8 @@ async def test_healthz_unreachable_database(caplog: pytest.LogCaptureFixture) ->
     assert "health.database_unreachable" in caplog.text
 
 
-async def test_given_engine_is_used_and_left_open(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'given.db'}")
+async def test_given_engine_is_used_and_left_open(tmp_path: Path, sqlite_url: str) -> None:
+    engine = create_engine(sqlite_url)  # migrated: /healthz reads the delivery queue
     # The settings name another database: the engine passed in must win.
     app = create_app(settings_for(f"sqlite+aiosqlite:///{tmp_path / 'other.db'}"), engine=engine)
     try:

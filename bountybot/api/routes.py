@@ -10,13 +10,22 @@
     GET /api/v1/statements/{forge}/developers/{login}  a developer's (`bountybot.statements`)
 
 Everything is public and read-only, so every answer under `/api/` carries
-`Access-Control-Allow-Origin: *` for dashboards hosted elsewhere. Every error is JSON,
-`{"error": "<what was wrong and what is allowed>"}`: a bad parameter is 400, an unknown task or
-route 404, an unreachable database 503, anything else 500 with the details in the log only.
+`Access-Control-Allow-Origin: *` for dashboards hosted elsewhere, and `OPTIONS` (a browser's
+CORS preflight) is answered 204 anywhere under it. Every error is JSON,
+`{"error": "<what was wrong and what is allowed>"}`: a bad parameter is 400 (a control character
+such as NUL anywhere in the path or the query is one), an unknown task or route 404, an
+unreachable database 503, anything else 500 with the details in the log only.
+
+Public means: a private repo's tasks, people and amounts are left out (a private task answers
+404 like an unknown one) unless its operator published them (`api.views.shown_publicly`).
+The reads use the public reads' own database pool (`app.READER`); the heavy ones (task lists,
+ledgers, statements, exports) each take a turn first (`app.READ_GATE`), and a request that
+finds none within `server.read_wait_seconds` is a 503 with `Retry-After`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -28,6 +37,7 @@ from typing import Any
 from aiohttp import hdrs, web
 from sqlalchemy import func
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from yarl import URL
@@ -36,14 +46,16 @@ from bountybot.api.views import (
     Json,
     amount,
     escrow_balance,
+    is_public,
     load_entries,
     load_tasks,
     locale_of,
     reading,
+    shown_publicly,
     task_json,
     transaction_json,
 )
-from bountybot.app import SESSIONMAKER, SETTINGS
+from bountybot.app import READ_GATE, READER, SETTINGS, Busy
 from bountybot.export import export_csv, export_json
 from bountybot.ledger import ESCROW
 from bountybot.logs import event
@@ -61,6 +73,18 @@ FORGES = ("github", "gitlab")
 # Task ids are INTEGER columns: a larger number cannot be a task (and PostgreSQL would refuse
 # to compare it), so it is answered 404 like any other unknown id.
 MAX_ID = 2**31 - 1
+# C0 controls, DEL and C1 controls: no parameter of the API has a use for them, and PostgreSQL
+# refuses a NUL in any text it is asked to compare.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# An export's client must take each chunk within this time: one that stops reading would
+# otherwise hold a turn of the heavy reads (and a snapshot of the books) for as long as it likes.
+SEND_TIMEOUT_SECONDS = 60
+PREFLIGHT_HEADERS = {
+    hdrs.ACCESS_CONTROL_ALLOW_METHODS: "GET, HEAD, OPTIONS",
+    hdrs.ACCESS_CONTROL_MAX_AGE: "86400",
+}
+# A header list a browser may ask to send (`Access-Control-Request-Headers`): tokens and commas.
+HEADER_LIST = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*")
 
 json_response = partial(web.json_response,
                         dumps=partial(json.dumps, ensure_ascii=False))
@@ -69,10 +93,12 @@ json_response = partial(web.json_response,
 class ApiError(Exception):
     """An answer other than 200, with the sentence that says what was wrong."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 class ExportInterrupted(Exception):
@@ -167,8 +193,9 @@ async def list_tasks(request: web.Request) -> web.Response:
         where.append(func.lower(col(t.Repo.full_path)) == repo.lower())
     if state:
         where.append(col(t.Task.state) == TaskState(state))
+    where.append(shown_publicly())
     joined = col(t.Repo.id) == col(t.Task.repo_id)
-    async with reading(request.app[SESSIONMAKER]) as session:
+    async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
         count = select(func.count()).select_from(t.Task).join(t.Repo, joined).where(*where)
         total = int((await session.exec(count)).one())
         offset = (page - 1) * per_page
@@ -188,17 +215,17 @@ async def list_tasks(request: web.Request) -> web.Response:
 
 
 async def _task(session: AsyncSession, task_id: int) -> tuple[t.Task, t.Repo]:
+    """The task and its repo; a private repo's task is unknown here, in the same words."""
     task = await session.get(t.Task, task_id)
-    if task is None:
+    repo = None if task is None else await session.get(t.Repo, task.repo_id)
+    if task is None or repo is None or not is_public(repo):
         raise ApiError(404, f"no task {task_id}")
-    repo = await session.get(t.Repo, task.repo_id)
-    assert repo is not None  # a foreign key
     return task, repo
 
 
 async def show_task(request: web.Request) -> web.Response:
     task_id = _task_id(request)
-    async with reading(request.app[SESSIONMAKER]) as session:
+    async with reading(request.app[READER]) as session:
         [rows] = await load_tasks(session, [await _task(session, task_id)])
         return json_response(task_json(rows, _locale(request)))
 
@@ -206,7 +233,7 @@ async def show_task(request: web.Request) -> web.Response:
 async def show_ledger(request: web.Request) -> web.Response:
     """The task's ledger transactions in order, and what its escrow holds now."""
     task_id = _task_id(request)
-    async with reading(request.app[SESSIONMAKER]) as session:
+    async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
         task, repo = await _task(session, task_id)
         locale = locale_of(repo, _locale(request))
         stmt = (select(t.LedgerTransaction).where(t.LedgerTransaction.task_id == task_id)
@@ -231,9 +258,9 @@ async def show_statement(request: web.Request) -> web.Response:
     if not 0 < len(login) <= t.LOGIN:
         raise ApiError(404, f"no such login {_shown(login)}")
     role: Role = "backer" if "/backers/" in request.path else "developer"
-    async with reading(request.app[SESSIONMAKER]) as session:
+    async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
         try:
-            found = await statement(session, forge, role, login)
+            found = await statement(session, forge, role, login, public=True)
         except UnknownPerson as e:
             raise ApiError(404, str(e)) from None
         return json_response(statement_json(found, _locale(request)))
@@ -256,7 +283,8 @@ async def _download(request: web.Request, suffix: str, content_type: str,
     async def write(data: bytes) -> None:
         if not response.prepared:
             await response.prepare(request)
-        await response.write(data)
+        async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+            await response.write(data)
 
     try:
         await produce(write)
@@ -274,13 +302,44 @@ async def _download(request: web.Request, suffix: str, content_type: str,
 
 async def download_json(request: web.Request) -> web.StreamResponse:
     now = datetime.now(UTC)
-    return await _download(request, "json", "application/json", lambda write: export_json(
-        request.app[SESSIONMAKER], write, locale=_locale(request), now=now), now)
+    async with request.app[READ_GATE].turn():
+        return await _download(request, "json", "application/json", lambda write: export_json(
+            request.app[READER], write, locale=_locale(request), now=now, public=True), now)
 
 
 async def download_csv(request: web.Request) -> web.StreamResponse:
-    return await _download(request, "csv", "text/csv", lambda write: export_csv(
-        request.app[SESSIONMAKER], write, locale=_locale(request)), datetime.now(UTC))
+    async with request.app[READ_GATE].turn():
+        return await _download(request, "csv", "text/csv", lambda write: export_csv(
+            request.app[READER], write, locale=_locale(request), public=True),
+            datetime.now(UTC))
+
+
+def preflight(request: web.Request) -> web.Response:
+    """A browser's CORS preflight: any origin may GET the API, with the headers it asks for."""
+    headers = dict(PREFLIGHT_HEADERS)
+    asked = request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_HEADERS, "").strip()
+    if asked and len(asked) <= 1000 and HEADER_LIST.fullmatch(asked):
+        headers[hdrs.ACCESS_CONTROL_ALLOW_HEADERS] = asked
+        headers[hdrs.VARY] = "Access-Control-Request-Headers"
+    else:
+        headers[hdrs.ACCESS_CONTROL_ALLOW_HEADERS] = "Accept, Accept-Language, Content-Type"
+    return web.Response(status=204, headers=headers)
+
+
+def _control_character(request: web.Request) -> str | None:
+    """What carries a control character (the path, or a query parameter), if anything does."""
+    if CONTROL.search(request.path):
+        return "the path"
+    for name, value in request.query.items():
+        if CONTROL.search(name) or CONTROL.search(value):
+            return f"the query parameter {_shown(name)}"
+    return None
+
+
+def _busy(retry_after: int) -> web.Response:
+    return json_response(
+        {"error": f"too many downloads and reports at once; try again in {retry_after} seconds"},
+        status=503, headers={hdrs.RETRY_AFTER: str(retry_after)})
 
 
 def _unavailable(error: BaseException) -> bool:
@@ -295,10 +354,20 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """Under `/api/`, every error is a JSON `{"error": ...}`; a traceback only goes to the log."""
     if not request.path.startswith(PREFIX):
         return await handler(request)
+    if request.method == hdrs.METH_OPTIONS:
+        # Answered here, not by a route: a catch-all route would turn unknown paths into 405s.
+        return preflight(request)
+    bad = _control_character(request)
+    if bad is not None:
+        return json_response({"error": f"{bad} contains a control character (such as NUL),"
+                                       " which no part of the API accepts"}, status=400)
     try:
         return await handler(request)
     except ApiError as e:
-        return json_response({"error": e.message}, status=e.status)
+        return json_response({"error": e.message}, status=e.status, headers=e.headers)
+    except Busy:
+        event(log, "api.busy", logging.INFO, path=request.path)
+        return _busy(Busy.retry_after)
     except ExportInterrupted:
         raise
     except web.HTTPException as e:
@@ -310,6 +379,9 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return json_response({"error": message.get(e.status, e.reason)}, status=e.status,
                              headers=headers)
     except Exception as e:
+        if isinstance(e, PoolTimeout):  # every connection of the read pool is taken
+            event(log, "api.busy", logging.INFO, path=request.path, error="pool_timeout")
+            return _busy(Busy.retry_after)
         if _unavailable(e):
             event(log, "api.database_unavailable", logging.WARNING, path=request.path,
                   error=type(e).__name__)
@@ -324,3 +396,5 @@ async def allow_any_origin(request: web.Request, response: web.StreamResponse) -
     """The API's data is public: let dashboards on other origins read it."""
     if request.path.startswith(PREFIX):
         response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = "*"
+        # Dashboards page with `Link` and back off with `Retry-After`: let them read both.
+        response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = "Link, Retry-After"

@@ -5,6 +5,10 @@ Every shape is built from table rows loaded a page at a time: one query for the 
 (with their repos), then one query per child table for all of the page's task ids, so a page of
 100 tasks costs six queries, not six hundred. The figures a task shows (`pledged`, `backers`,
 the live claim) are computed by the rules' own `Bounty`, so the API and the bot never disagree.
+
+A private repo's tasks, people and amounts are not public: every public read filters its rows
+by `shown_publicly()` (a public repo, or a private one its operator published with `bountybot
+repos publish`). The operator's own commands (`export`, `audit`, `statement`) see everything.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import func
+from sqlalchemy import ColumnElement, func, not_, or_
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -51,6 +55,17 @@ async def reading(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterat
             yield session
         finally:
             await session.rollback()
+
+
+def shown_publicly() -> ColumnElement[bool]:
+    """The condition on `repo` rows whose data the public may see: a public repo's, or a
+    private one's that its operator published."""
+    return or_(not_(col(t.Repo.private)), col(t.Repo.published))
+
+
+def is_public(repo: t.Repo) -> bool:
+    """`shown_publicly()` for a repo row already loaded."""
+    return not repo.private or repo.published
 
 
 def iso(moment: datetime | None) -> str | None:
