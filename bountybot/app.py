@@ -71,6 +71,9 @@ class ReadGate:
         self.turns = turns
         self.wait = wait
         self._free = asyncio.Semaphore(turns)
+        # Exports also take turns page by page (see `bountybot.export`): the event loop then
+        # has one export's page at most to do between two steps of a webhook.
+        self.pace = asyncio.Lock()
 
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:

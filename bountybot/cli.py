@@ -263,6 +263,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 async def _run_server(settings: Settings) -> int:
     # Imported here: the service stack (SQLAlchemy engine, routes) is not needed by
     # `--help` or by a refused configuration.
+    import gc
+
     from aiohttp import web
 
     from bountybot.app import CONNECTIONS, AccessLogger, create_app
@@ -290,6 +292,9 @@ async def _run_server(settings: Settings) -> int:
     try:
         await runner.setup()
         assert runner.server is not None
+        # What exists now (modules, the app) lives as long as the process: out of the garbage
+        # collector's sight, a full collection under load only scans what requests made.
+        gc.freeze()
         # Our own listener rather than a web.TCPSite: its connections go through the guard
         # (connection cap, request head deadline), which a site has no hook for.
         try:

@@ -7,6 +7,9 @@ read-only snapshot, and hand each page to `write` as soon as it is encoded, so m
 however large the books are and every figure in one file comes from the same moment. Shaping
 and encoding a page (formatting its amounts above all) is CPU work: it runs in the export
 threads (`_off_loop`), so that the event loop stays free to answer webhooks while exports run.
+Loading a page's rows (the ORM's work) does run in the loop; given a `pace` lock, exports take
+turns page by page, so the loop never has more than one export's page to do before it gets back
+to a webhook, however many exports run.
 
 JSON (`export_json`), one object:
 
@@ -43,12 +46,14 @@ that a spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@`) is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import ColumnElement, or_
@@ -114,6 +119,10 @@ Page = Callable[[], list[Json]]
 """A page of an export's array, to shape in an export thread: its items as JSON values."""
 
 
+def _each(shape: Callable[[Any], Json], rows: Sequence[Any]) -> list[Json]:
+    return [shape(row) for row in rows]
+
+
 async def _pages(session: AsyncSession, stmt: Any, key: Any,
                  size: int) -> AsyncIterator[Sequence[Any]]:
     """The rows of `stmt` a page at a time, ordered by the id column `key` (keyset paging:
@@ -151,13 +160,19 @@ def _ledger_pages(session: AsyncSession, size: int,
     return _pages(session, stmt, col(t.LedgerTransaction.id), size)
 
 
+def _turn(pace: asyncio.Lock | None) -> contextlib.AbstractAsyncContextManager[Any]:
+    return pace if pace is not None else contextlib.nullcontext()
+
+
 async def export_json(sessionmaker: async_sessionmaker[AsyncSession], write: Write, *,
                       locale: str = "en", now: datetime | None = None,
-                      page_size: int = PAGE_SIZE, public: bool = True) -> None:
+                      page_size: int = PAGE_SIZE, public: bool = True,
+                      pace: asyncio.Lock | None = None) -> None:
     """Write the whole books as one JSON object (see the module's docstring), page by page.
 
     `locale` is the bot's, for the `display` of amounts whose repo has no locale of its own;
-    `public=False` includes the private repos' data (the operator's export).
+    `public=False` includes the private repos' data (the operator's export); `pace`, a lock
+    the exports of one process share, held while a page is loaded and encoded.
     """
     now = now or datetime.now(UTC)
     counts = {"repos": 0, "tasks": 0, "transactions": 0, "entries": 0, "audit_events": 0,
@@ -165,15 +180,20 @@ async def export_json(sessionmaker: async_sessionmaker[AsyncSession], write: Wri
     async with reading(sessionmaker) as session:
         await write(f'{{"format":{_dumps(FORMAT)},"generated_at":{_dumps(iso(now))}'.encode())
 
+        def encode(page: Page) -> tuple[bytes, int]:
+            items = page()
+            return ",\n".join(_dumps(item) for item in items).encode(), len(items)
+
         async def array(name: str, pages: AsyncIterator[Page]) -> int:
             await write(f',\n"{name}":['.encode())
             n = 0
-            async for page in pages:
-                def encode(page: Page = page) -> tuple[bytes, int]:
-                    items = page()
-                    return ",\n".join(_dumps(item) for item in items).encode(), len(items)
-
-                text, size = await _off_loop(encode)
+            while True:
+                async with _turn(pace):
+                    page = await anext(pages, None)
+                    if page is None:
+                        break
+                    text, size = await _off_loop(partial(encode, page))
+                # Sent outside the turn: a slow client holds up its own export only.
                 await write((b",\n" if n else b"\n") + text)
                 n += size
             await write(b"]")
@@ -182,7 +202,7 @@ async def export_json(sessionmaker: async_sessionmaker[AsyncSession], write: Wri
         async def repos() -> AsyncIterator[Page]:
             stmt = select(t.Repo).where(shown_publicly()) if public else select(t.Repo)
             async for rows in _pages(session, stmt, col(t.Repo.id), page_size):
-                yield lambda rows=rows: [repo_json(r) for r in rows]
+                yield partial(_each, repo_json, rows)
 
         async def tasks() -> AsyncIterator[Page]:
             stmt = select(t.Task, t.Repo).join(t.Repo, col(t.Repo.id) == col(t.Task.repo_id))
@@ -190,15 +210,20 @@ async def export_json(sessionmaker: async_sessionmaker[AsyncSession], write: Wri
                 stmt = stmt.where(shown_publicly())
             async for rows in _pages(session, stmt, col(t.Task.id), page_size):
                 loaded = await load_tasks(session, [(task, repo) for task, repo in rows])
-                yield lambda loaded=loaded: [task_json(r, locale, full=True) for r in loaded]
+                yield partial(_each, lambda r: task_json(r, locale, full=True), loaded)
 
         async def ledger() -> AsyncIterator[Page]:
             async for rows in _ledger_pages(session, page_size, public):
                 entries = await load_entries(session, [id_of(txn) for txn, _, _ in rows])
                 counts["entries"] += sum(len(e) for e in entries.values())
-                yield lambda rows=rows, entries=entries: [
-                    transaction_json(txn, entries[id_of(txn)], locale_of(repo, locale),
-                                     full=True) for txn, _, repo in rows]
+
+                def shape(row: LedgerRow, entries: dict[int, list[t.LedgerEntry]] = entries
+                          ) -> Json:
+                    txn, _, repo = row
+                    return transaction_json(txn, entries[id_of(txn)], locale_of(repo, locale),
+                                            full=True)
+
+                yield partial(_each, shape, rows)
 
         async def audit_events() -> AsyncIterator[Page]:
             stmt = select(t.AuditEvent)
@@ -207,7 +232,7 @@ async def export_json(sessionmaker: async_sessionmaker[AsyncSession], write: Wri
                         .outerjoin(t.Repo, col(t.Repo.id) == col(t.Task.repo_id))
                         .where(_public_or_none()))
             async for rows in _pages(session, stmt, col(t.AuditEvent.id), page_size):
-                yield lambda rows=rows: [audit_json(item) for item in rows]
+                yield partial(_each, audit_json, rows)
 
         async def payment_ops() -> AsyncIterator[Page]:
             stmt = (select(t.PaymentOp, t.Repo)
@@ -221,8 +246,8 @@ async def export_json(sessionmaker: async_sessionmaker[AsyncSession], write: Wri
                                or_(col(task_repo.id).is_(None), ~col(task_repo.private),
                                    col(task_repo.published))))
             async for rows in _pages(session, stmt, col(t.PaymentOp.id), page_size):
-                yield lambda rows=rows: [payment_op_json(op, locale_of(repo, locale))
-                                         for op, repo in rows]
+                yield partial(_each, lambda row: payment_op_json(row[0], locale_of(row[1], locale)),
+                              rows)
 
         counts["repos"] = await array("repos", repos())
         counts["tasks"] = await array("tasks", tasks())
@@ -241,9 +266,9 @@ def _cell(text: str | None) -> str:
 
 async def export_csv(sessionmaker: async_sessionmaker[AsyncSession], write: Write, *,
                      locale: str = "en", page_size: int = PAGE_SIZE,
-                     public: bool = True) -> None:
+                     public: bool = True, pace: asyncio.Lock | None = None) -> None:
     """Write the ledger as CSV, one row per entry (`CSV_COLUMNS`), page by page; `public=False`
-    includes the private repos' transactions (the operator's export)."""
+    includes the private repos' transactions (the operator's export); `pace` as for JSON."""
     async with reading(sessionmaker) as session:
         def encode(rows: Sequence[LedgerRow], entries: dict[int, list[t.LedgerEntry]]) -> bytes:
             buffer = io.StringIO()
@@ -264,7 +289,12 @@ async def export_csv(sessionmaker: async_sessionmaker[AsyncSession], write: Writ
         head.write("\ufeff")
         csv.writer(head).writerow(CSV_COLUMNS)
         await write(head.getvalue().encode())
-        rows: Sequence[LedgerRow]
-        async for rows in _ledger_pages(session, page_size, public):
-            entries = await load_entries(session, [id_of(txn) for txn, _, _ in rows])
-            await write(await _off_loop(lambda rows=rows, entries=entries: encode(rows, entries)))
+        pages = _ledger_pages(session, page_size, public)
+        while True:
+            async with _turn(pace):
+                rows: Sequence[LedgerRow] | None = await anext(pages, None)
+                if rows is None:
+                    break
+                entries = await load_entries(session, [id_of(txn) for txn, _, _ in rows])
+                text = await _off_loop(partial(encode, rows, entries))
+            await write(text)

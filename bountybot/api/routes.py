@@ -293,8 +293,10 @@ async def _download(request: web.Request, suffix: str, content_type: str,
             raise
         # Re-raised, aiohttp closes the connection without the last chunk, so the download
         # is visibly incomplete (curl and browsers say so), never a file silently cut short.
-        event(log, "api.export_interrupted", logging.ERROR, path=request.path,
-              error=type(e).__name__)
+        # A client that stopped reading is its own business; anything else is ours.
+        slow = isinstance(e, TimeoutError)
+        event(log, "api.export_interrupted", logging.INFO if slow else logging.ERROR,
+              path=request.path, error="client_stopped_reading" if slow else type(e).__name__)
         raise ExportInterrupted(request.path) from e
     await response.write_eof()
     return response
@@ -304,13 +306,15 @@ async def download_json(request: web.Request) -> web.StreamResponse:
     now = datetime.now(UTC)
     async with request.app[READ_GATE].turn():
         return await _download(request, "json", "application/json", lambda write: export_json(
-            request.app[READER], write, locale=_locale(request), now=now, public=True), now)
+            request.app[READER], write, locale=_locale(request), now=now, public=True,
+            pace=request.app[READ_GATE].pace), now)
 
 
 async def download_csv(request: web.Request) -> web.StreamResponse:
     async with request.app[READ_GATE].turn():
         return await _download(request, "csv", "text/csv", lambda write: export_csv(
-            request.app[READER], write, locale=_locale(request), public=True),
+            request.app[READER], write, locale=_locale(request), public=True,
+            pace=request.app[READ_GATE].pace),
             datetime.now(UTC))
 
 
