@@ -33,7 +33,7 @@ def test_the_summary_shows_money_people_claim_links_and_fee():
     assert "| @alice | €60.00 |" in text and "| @bob | €40.00 |" in text
     assert "**Claimed by:** @carol (in review, clock stopped)" in text
     assert "**Waiting list:** @dave" in text and "#12 @carol (open)" in text
-    assert "2.5 %" in text and "/pledge" in text
+    assert "2.5%" in text and "/pledge" in text
     story.event(LinkClosed(12, "carol", merged=True))
     done = render_summary(story.task, "en", 250)
     assert "@carol €97.50 (pending)" in done and "/pledge <amount>" not in done

@@ -177,6 +177,15 @@ class Bounty:
             (p.amount for p in self.pledges if p.state == PledgeState.HELD), self.currency
         )
 
+    def raised(self) -> Money:
+        """What the backers gave and kept in: held pledges plus those paid out to developers
+        (refunded and withdrawn money is not counted). `held()` drops to zero at the payout;
+        this is what a finished task shows."""
+        return sum_money(
+            (p.amount for p in self.pledges
+             if p.state in (PledgeState.HELD, PledgeState.PAID_OUT)), self.currency
+        )
+
     def pending(self) -> Money:
         return sum_money(
             (p.amount for p in self.pledges if p.state == PledgeState.PENDING), self.currency
