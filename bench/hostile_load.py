@@ -55,8 +55,9 @@ def poison() -> dict[str, object]:
 async def seed(svc: wi.Service, tasks: int, pledges: int) -> None:
     """Books for the exports to read: `tasks` tasks of the bench repo, `pledges` each."""
     async with svc.sessionmaker() as session:
-        repo_id = (await session.exec(text(  # type: ignore[call-overload]
-            "SELECT id FROM repo WHERE forge_repo_id = :r"), params={"r": str(wi.REPO_ID)})).one()[0]
+        found = await session.exec(text(  # type: ignore[call-overload]
+            "SELECT id FROM repo WHERE forge_repo_id = :r"), params={"r": str(wi.REPO_ID)})
+        repo_id = found.one()[0]
         now = datetime.now(UTC)
         for start in range(0, tasks, 200):
             rows = [dict(repo_id=repo_id, number=10_000 + n, title=f"Task {n}", url="",
