@@ -16,6 +16,7 @@ the key, never echoing a secret.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -137,6 +138,11 @@ class ServerSettings(_Section):
     public_url: str | None = None
     # GitHub caps webhook payloads at 25 MB; anything bigger is refused before it is read.
     max_body_bytes: int = Field(default=25 * MB, ge=1024)
+    # Webhook body bytes read at once before their signature or token is checked, across all
+    # doors: what strangers can make the service hold. Past it a request waits up to
+    # unverified_body_wait_seconds for room, then gets 503 with Retry-After.
+    unverified_body_budget: int = Field(default=64 * MB, ge=1024)
+    unverified_body_wait_seconds: float = Field(default=2.0, ge=0, le=60)
     # Public reads (exports, statements, ledgers, task lists) at once; they have a pool of
     # database connections of their own, so however many arrive, webhooks are still stored.
     read_concurrency: int = Field(default=4, ge=1, le=64)
@@ -156,6 +162,15 @@ class ServerSettings(_Section):
     queue_stall_seconds: int = Field(default=300, ge=1)
 
     _public_url_is_http = field_validator("public_url")(_check_http_url)
+
+    @model_validator(mode="after")
+    def _budget_fits_a_body(self) -> ServerSettings:
+        if self.unverified_body_budget < self.max_body_bytes:
+            raise ValueError(
+                f"unverified_body_budget ({self.unverified_body_budget}) is below"
+                f" max_body_bytes ({self.max_body_bytes}): a body that large could never be read"
+            )
+        return self
 
 
 class DatabaseSettings(_Section):
@@ -279,8 +294,34 @@ class GitLabSettings(_Section):
     token: SecretStr | None = None
     # Who counts as a maintainer: 40 is Maintainer, 50 Owner (GitLab's access levels).
     maintainer_access_level: int = Field(default=40, ge=10, le=60)
+    # Webhook secrets of single projects or groups, by path (`group/sub/project`, `group`), for
+    # hooks their maintainers set up: such a secret is good only for deliveries about a
+    # project at or under its path. In the environment: a JSON object.
+    project_secrets: dict[str, SecretStr] = Field(default_factory=dict)
 
     _url_is_http = field_validator("url")(_check_http_url)
+
+    @field_validator("project_secrets", mode="before")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        # Never quotes a value: they are secrets.
+        if isinstance(value, str):  # BOUNTYBOT_GITLAB_PROJECT_SECRETS
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except ValueError:
+                raise ValueError('not JSON: write {"group/project": "secret", ...}') from None
+        if not isinstance(value, dict):
+            raise ValueError("must map project or group paths to secrets")
+        paths: dict[str, Any] = {}
+        for path, secret in value.items():
+            # GitLab paths are unique without case; payloads spell them as created.
+            key = str(path).strip("/").lower()
+            if not re.fullmatch(r"[^\s/]+(/[^\s/]+)*", key) or len(key) > 512:
+                raise ValueError(f"{str(path)[:80]!r} is not a project or group path")
+            if key in paths:
+                raise ValueError(f"{key!r} is given twice")
+            paths[key] = secret
+        return paths
 
     def enabled(self) -> bool:
         return self.webhook_secret is not None and self.token is not None
@@ -442,6 +483,9 @@ class Settings(BaseSettings):
             value = getattr(getattr(self, section), key)
             if isinstance(value, SecretStr) and value.get_secret_value():
                 found[f"{section}.{key}"] = value.get_secret_value()
+        for path, secret in self.gitlab.project_secrets.items():
+            if secret.get_secret_value():
+                found[f"gitlab.project_secrets[{path}]"] = secret.get_secret_value()
         if self.database.password:
             found["database.url"] = self.database.password
         return found
@@ -472,7 +516,7 @@ class Settings(BaseSettings):
             for key, value in self.secrets().items():
                 if key == "database.url":
                     continue
-                section, name = key.split(".")
+                section, name = key.partition("[")[0].split(".")
                 if is_placeholder(value):
                     problems.append(
                         f"{key} is a placeholder, not a secret: set a real one "
@@ -525,7 +569,7 @@ _SECRET_KEYS = {
     f"{s}.{k}"
     for s, k in Settings.iter_keys()
     if _section_model(s).model_fields[k].annotation == SecretStr | None
-} | {"database.url"}
+} | {"database.url", "gitlab.project_secrets"}
 
 
 def _describe(error: ValidationError) -> str:
@@ -536,7 +580,8 @@ def _describe(error: ValidationError) -> str:
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             msg = "unknown key"
-        elif key not in _SECRET_KEYS and item["loc"] and len(item["loc"]) > 1:
+        elif (".".join(key.split(".")[:2]) not in _SECRET_KEYS and item["loc"]
+              and len(item["loc"]) > 1):
             value = item.get("input")
             if isinstance(value, str | int | Decimal | bool) and repr(value) not in msg:
                 msg = f"{msg} (got {value!r})"

@@ -1,12 +1,15 @@
 """`POST /webhooks/stripe`: Stripe's word on payments, checked, stored once and applied.
 
-The door, in this order: Stripe off (404), too large (413), signature (`Stripe-Signature`,
-checked by stripe-python against `stripe.webhook_secret`: 401), not a Stripe event in JSON
-(400). Then, in one unit of work: the event is stored in the inbox (`delivery`, forge
-`stripe`, unique by the event id, so a redelivery is answered 200 and changes nothing) and
-applied at once, through the rules. Applied here rather than by the delivery worker because
-an event needs no forge call (nothing to wait for) and Stripe redelivers on any non-2xx for
-three days: a failure rolls everything back, answers 500, and Stripe tries again.
+The door, in this order: Stripe off (404), a `Stripe-Signature` that is not printable ASCII
+(401, before any byte of the body is read), too large (413: Stripe's events are a few
+kilobytes, so at most `MAX_BODY`) or no room in the budget of unverified bodies (503, see
+`bountybot.bodies`), signature (checked by stripe-python against `stripe.webhook_secret`: 401),
+not a Stripe event in strict JSON (400). Then, in one unit of work: the event is stored in the
+inbox (`delivery`, forge `stripe`, unique by the event id, so a redelivery is answered 200
+and changes nothing) and applied at once, through the rules. Applied here rather than by the
+delivery worker because an event needs no forge call (nothing to wait for) and Stripe
+redelivers on any non-2xx for three days: a failure rolls everything back, answers 500, and
+Stripe tries again.
 
 What each event does:
 
@@ -29,6 +32,7 @@ are stored and ignored.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -38,6 +42,16 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.app import SESSIONMAKER, SETTINGS
+from bountybot.bodies import (
+    BODY_BUDGET,
+    DOOR,
+    EXPECTED,
+    MAX_DEPTH,
+    Refusal,
+    parse_object,
+    read_body,
+    setup_doors,
+)
 from bountybot.logs import event as log_event
 from bountybot.payments.base import PaymentKind
 from bountybot.payments.ops import (
@@ -57,7 +71,7 @@ from bountybot.states import PledgeState
 from bountybot.storage import tables as t
 from bountybot.storage.bounties import decide_on_task
 from bountybot.storage.uow import UnitOfWork
-from bountybot.webhooks import insert_new, json_error, read_body
+from bountybot.webhooks import insert_new, json_error
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +79,10 @@ log = logging.getLogger(__name__)
 WAKE: web.AppKey[Callable[[], None]] = web.AppKey("stripe_wake")
 # The time decisions are made at (the service's one clock).
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("stripe_clock")
+# Stripe's events are a few kilobytes (an object and what changed in it); a megabyte leaves a
+# wide margin and keeps what a stranger can send small.
+MAX_BODY = 1024 * 1024
+_SIGNATURE_HEADER = re.compile(r"[\x20-\x7e]{1,8192}")
 
 
 def stripe_on(settings: Any) -> bool:
@@ -79,17 +97,32 @@ async def receive(request: web.Request) -> web.Response:
         return json_error(404, "Stripe is off on this service: set payments.provider = stripe,"
                                 " BOUNTYBOT_STRIPE_API_KEY and BOUNTYBOT_STRIPE_WEBHOOK_SECRET"
                                 " to turn it on")
-    body = await read_body(request)
-    if isinstance(body, web.Response):
-        return body
+    header = request.headers.get("Stripe-Signature")
+    if header is None or not _SIGNATURE_HEADER.fullmatch(header):
+        # stripe-python compares signatures as str, which fails on anything but ASCII.
+        return _bad_signature(request, "missing, or not printable ASCII")
+    server = settings.server
     try:
-        stripe_event = _verified(settings, body, request.headers.get("Stripe-Signature"))
-    except WebhookSignatureError as e:
-        log_event(log, "webhook.bad_signature", logging.WARNING, forge="stripe",
-                  remote=request.remote, why=str(e))
-        return json_error(401, "bad or missing Stripe-Signature")
-    except WebhookPayloadError as e:
-        return json_error(400, str(e))
+        async with request.app[BODY_BUDGET].holding() as hold:
+            raw = await read_body(request, limit=min(MAX_BODY, server.max_body_bytes),
+                                  hold=hold, timeout=server.body_timeout_seconds)
+            body = bytes(raw)
+            try:
+                stripe_event = _verified(settings, body, header)
+            except WebhookPayloadError as e:
+                return json_error(400, str(e))
+            except (WebhookSignatureError, ValueError, TypeError) as e:
+                # ValueError, TypeError: a header stripe-python could not take apart.
+                return _bad_signature(request, str(e) if isinstance(e, WebhookSignatureError)
+                                      else "malformed")
+            except RecursionError:
+                return json_error(400, f"the body is nested too deeply: {EXPECTED}, nested at"
+                                       f" most {MAX_DEPTH} levels")
+            hold.release()
+            # Signed by Stripe, and still read as strictly as a forge's body (no NaN, no BOM).
+            parse_object(body)
+    except Refusal as refusal:
+        return refusal.response()
     event_id, kind = stripe_event.get("id"), stripe_event["type"]
     if not isinstance(event_id, str) or not event_id:
         return json_error(400, "the event has no id")
@@ -120,6 +153,12 @@ async def receive(request: web.Request) -> web.Response:
     return web.json_response({"status": "handled", "delivery": event_id})
 
 
+def _bad_signature(request: web.Request, why: str) -> web.Response:
+    log_event(log, "webhook.bad_signature", logging.WARNING, forge="stripe",
+              remote=request.remote, why=why)
+    return json_error(401, "bad or missing Stripe-Signature")
+
+
 def _verified(settings: Any, body: bytes, header: str | None) -> dict[str, Any]:
     """The event, signed with the endpoint's secret or the Connect endpoint's."""
     secrets = [s.get_secret_value() for s in (settings.stripe.webhook_secret,
@@ -133,7 +172,8 @@ def _verified(settings: Any, body: bytes, header: str | None) -> dict[str, Any]:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post("/webhooks/stripe", receive)
+    setup_doors(app)
+    app.router.add_post("/webhooks/stripe", receive, name=f"{DOOR}stripe")
 
 
 # -- applying events -------------------------------------------------------------------------
