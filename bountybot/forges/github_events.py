@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from bountybot.commands import parse_comment
 from bountybot.forges.base import RepoRef
 from bountybot.forges.events import (
     Found,
@@ -62,23 +61,6 @@ def _web_host(payload: dict[str, Any]) -> str:
 
 def _has_label(labels: list[dict[str, Any]] | None, label: str) -> bool:
     return any((item.get("name") or "").lower() == label.lower() for item in labels or [])
-
-
-def added_commands(old: str, new: str, *, bot_login: str) -> str:
-    """The lines of an edited comment that hold commands the old text did not: an edit that
-    fixes a typo in `/pledge 2O` to `/pledge 20` is read; one that only rewords prose is not."""
-    def lines(text: str) -> list[str]:
-        items = parse_comment(text, bot_login=bot_login, currency="EUR")
-        return [item.raw.strip() for item in items]
-
-    before = lines(old)
-    fresh = []
-    for raw in lines(new):
-        if raw in before:
-            before.remove(raw)
-        else:
-            fresh.append(raw)
-    return "\n".join(fresh)
 
 
 def normalize(event: str, payload: dict[str, Any], *, label: str, bot_login: str) -> Normalized:
@@ -149,8 +131,11 @@ def _issue_comment(action: str | None, payload: dict[str, Any], bot_login: str) 
             return Normalized(ignored="edit made by someone other than the comment's author")
         previous = ((payload.get("changes") or {}).get("body") or {}).get("from") or ""
         revision = comment.get("updated_at") or "edit"
-        if not added_commands(previous, body, bot_login=bot_login):
-            return Normalized(ignored="edit adds no command")
+        # Not only the lines the edit added: the comment's own webhook may have been lost, and
+        # reconciliation never reads an edited comment. The worker applies the command lines
+        # never applied before (`inbox._fresh_lines`), whatever the edit changed.
+        if not carries_commands(body, bot_login=bot_login):
+            return Normalized(ignored="edit leaves no command")
     elif action != "created":
         return Normalized(ignored=f"issue_comment {action}")
     repo = _repo(payload)
