@@ -1,7 +1,8 @@
-"""The `bountybot` command line: serve, db upgrade, audit, and the commands still to come.
+"""The `bountybot` command line: serve, db upgrade, audit, export and the books' other commands.
 
 Every command returns an exit code: 0 done, 1 failed (the audit found problems, the database
-is unreachable), 2 refused (bad usage, bad configuration, not available yet). A refusal is one
+is unreachable), 2 refused (bad usage, bad configuration, not available yet), 141 when the
+reader of stdout went away (`bountybot export | head`; see `SIGPIPE_EXIT`). A refusal is one
 line on stderr that says what to do; no traceback for a mistake an operator can fix.
 """
 
@@ -10,7 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -22,10 +25,13 @@ from bountybot.logs import RedactSecrets, event, flush_suppressed, log_level, se
 
 log = logging.getLogger("bountybot")
 
-# What each command still waits for, said plainly instead of pretending it works.
-COMING = {
-    "demo": "the demo issue (a local forge, made-up secrets, a scripted story)",
-}
+# `bountybot demo` is not built yet (a later issue): said plainly when called.
+DEMO = (
+    "not built yet. It will play a few bounties (funded, claimed, paid on a merge, refunded)"
+    " through the real service on a fresh SQLite file, with a built-in stand-in forge and"
+    " nothing to set up, then serve the public pages and print their addresses. Until then,"
+    " the quick start in README.md runs the real service in two commands."
+)
 
 
 class CommandError(Exception):
@@ -36,10 +42,32 @@ class CommandError(Exception):
         self.code = code
 
 
+class _Listing(argparse.HelpFormatter):
+    """`bountybot --help`: each command and its description on one line."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=18)
+        # argparse measures the commands two columns short of where it prints them, so the
+        # longest ("deliveries") would go on a line of its own: make room for it.
+        self._action_max_length = 16
+
+
+def _command(group: Any, name: str, summary: str, description: str | None = None,
+             **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand: `summary` is its line in the listing of `--help` (one line: keep it under
+    60 characters), `description` what its own `--help` says (the summary, by default)."""
+    parser: argparse.ArgumentParser = group.add_parser(
+        name, help=summary, description=description or summary[:1].upper() + summary[1:] + ".",
+        formatter_class=_Listing, **kwargs)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bountybot",
         description="Crowdfund work on GitHub and GitLab issues, with public books.",
+        epilog="`bountybot COMMAND --help` says more about each command.",
+        formatter_class=_Listing,
     )
     parser.add_argument("--version", action="version", version=f"bountybot {__version__}")
     config = argparse.ArgumentParser(add_help=False)
@@ -50,58 +78,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = commands.add_parser("serve", parents=[config], help="run the HTTP service")
+    serve = _command(commands, "serve", "run the service: webhooks, workers, API, pages",
+                     "Run the HTTP service: the webhook endpoints, the delivery and outbox"
+                     " workers, the scheduler, the JSON API and the public pages.",
+                     parents=[config])
     serve.add_argument("--host", help="address to listen on (server.host)")
     serve.add_argument("--port", type=int, help="port to listen on (server.port)")
     serve.set_defaults(run=cmd_serve)
 
-    db = commands.add_parser("db", help="database maintenance")
+    db = _command(commands, "db", "database maintenance (`db upgrade`)",
+                  "Database maintenance.")
     db.set_defaults(run=lambda args: _usage(db))
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND")
-    upgrade = db_commands.add_parser(
-        "upgrade", parents=[config], help="apply the database migrations"
-    )
+    upgrade = _command(db_commands, "upgrade", "apply the database migrations",
+                       parents=[config])
     upgrade.set_defaults(run=cmd_db_upgrade)
 
-    audit = commands.add_parser(
-        "audit", parents=[config], help="check every invariant of the books (exit 1 if one fails)"
-    )
+    audit = _command(commands, "audit", "check every invariant of the books",
+                     "Check every invariant of the books (exit 1 if one fails).",
+                     parents=[config])
     audit.add_argument("--provider", action="store_true",
                        help="also compare the books with the payment provider's records (Stripe)")
     audit.set_defaults(run=cmd_audit)
 
-    export = commands.add_parser(
-        "export", parents=[config], help="export everything: repos, tasks, ledger, audit trail"
-    )
+    export = _command(commands, "export", "write all the books out, as JSON or CSV",
+                      "Export everything: repos, tasks, ledger, audit trail (JSON), or the"
+                      " ledger (CSV), to stdout or a file.", parents=[config])
     export.add_argument("--format", choices=["json", "csv"], default="json")
     export.add_argument("--output", "-o", metavar="FILE", help="write here (default: stdout)")
     export.set_defaults(run=cmd_export)
 
-    payouts = commands.add_parser(
-        "payouts", parents=[config], help="list the payouts due; mark one paid"
-    )
+    payouts = _command(commands, "payouts", "list the payouts due; mark one paid",
+                       parents=[config])
     payouts.set_defaults(run=cmd_payouts, payouts_command=None)
     payout_commands = payouts.add_subparsers(dest="payouts_command", metavar="PAYOUTS_COMMAND")
     # `--config` may come before or after `mark-paid`; here it must not reset the first.
     config_again = argparse.ArgumentParser(add_help=False)
     config_again.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
                               help="TOML configuration file")
-    paid = payout_commands.add_parser(
-        "mark-paid", parents=[config_again], help="record that a payout was paid outside the bot"
-    )
+    paid = _command(payout_commands, "mark-paid",
+                    "record that a payout was paid outside the bot", parents=[config_again])
     paid.add_argument("id", type=int, help="the payout's id (from `bountybot payouts`)")
     paid.add_argument("--reference", required=True,
                       help="what identifies the payment (transfer id, receipt...)")
     paid.set_defaults(run=cmd_payouts)
 
-    pledges = commands.add_parser(
-        "pledges", parents=[config],
-        help="list the pledges waiting for confirmation; confirm that their money arrived")
+    pledges = _command(commands, "pledges", "list pending pledges; confirm their money came",
+                       "List the pledges waiting for confirmation; confirm that their money"
+                       " arrived.", parents=[config])
     pledges.set_defaults(run=cmd_pledges, pledges_command=None)
     pledge_commands = pledges.add_subparsers(dest="pledges_command", metavar="PLEDGES_COMMAND")
-    confirm = pledge_commands.add_parser(
-        "confirm", parents=[config_again],
-        help="confirm pending pledges (payments.manual_confirm): their money is in escrow")
+    confirm = _command(pledge_commands, "confirm", "confirm that pending pledges' money arrived",
+                       "Confirm pending pledges (payments.manual_confirm): their money is in"
+                       " escrow.", parents=[config_again])
     confirm.add_argument("ids", type=int, nargs="*", metavar="ID",
                          help="pledge ids (from `bountybot pledges`)")
     confirm.add_argument("--task", type=int, metavar="TASK_ID",
@@ -112,94 +141,94 @@ def build_parser() -> argparse.ArgumentParser:
                          "...), kept in the audit trail")
     confirm.set_defaults(run=cmd_pledges)
 
-    statement = commands.add_parser(
-        "statement", parents=[config],
-        help="every movement of one backer's or developer's money, with totals")
+    statement = _command(commands, "statement", "one person's money movements, with totals",
+                         "Every movement of one backer's or developer's money, with totals.",
+                         parents=[config])
     statement.add_argument("role", choices=["backer", "developer"])
     statement.add_argument("login", help="the person's login on the forge")
     statement.add_argument("--forge", choices=["github", "gitlab"], default="github")
     statement.set_defaults(run=cmd_statement)
 
-    outbox = commands.add_parser(
-        "outbox", parents=[config],
-        help="list the forge writes waiting or parked as dead; retry dead ones")
+    outbox = _command(commands, "outbox", "list forge writes waiting or dead; retry them",
+                      "List the forge writes waiting or parked as dead; retry dead ones.",
+                      parents=[config])
     outbox.add_argument("--state", choices=["pending", "sent", "dead", "skipped", "all"],
                         default=None, help="which messages to list (default: pending and dead)")
     outbox.set_defaults(run=cmd_outbox, outbox_command=None)
     outbox_commands = outbox.add_subparsers(dest="outbox_command", metavar="OUTBOX_COMMAND")
-    retry = outbox_commands.add_parser(
-        "retry", parents=[config_again], help="send dead messages again (all, or the ids given)")
+    retry = _command(outbox_commands, "retry", "send dead messages again (all, or the ids given)",
+                     parents=[config_again])
     retry.add_argument("ids", type=int, nargs="*", metavar="ID",
                        help="ids from `bountybot outbox` (default: every dead message)")
     retry.set_defaults(run=cmd_outbox)
 
-    deliveries = commands.add_parser(
-        "deliveries", parents=[config],
-        help="list the webhook deliveries waiting or failed; apply failed ones again")
+    deliveries = _command(commands, "deliveries", "list webhook deliveries waiting or failed",
+                          "List the webhook deliveries waiting or failed; apply failed ones"
+                          " again, or give up on pending ones.", parents=[config])
     deliveries.add_argument("--state", choices=["pending", "failed", "handled", "all"],
                             default=None,
                             help="which deliveries to list (default: pending and failed)")
     deliveries.set_defaults(run=cmd_deliveries, deliveries_command=None)
     delivery_commands = deliveries.add_subparsers(dest="deliveries_command",
                                                   metavar="DELIVERIES_COMMAND")
-    again = delivery_commands.add_parser(
-        "retry", parents=[config_again],
-        help="apply failed deliveries again, their tries reset (the ids given, or --failed)")
+    again = _command(delivery_commands, "retry", "apply failed deliveries again",
+                     "Apply failed deliveries again, their tries reset (the ids given, or"
+                     " --failed).", parents=[config_again])
     again.add_argument("ids", type=int, nargs="*", metavar="ID",
                        help="ids from `bountybot deliveries`")
     again.add_argument("--failed", action="store_true", help="every failed delivery")
     again.set_defaults(run=cmd_deliveries)
-    give_up = delivery_commands.add_parser(
-        "fail", parents=[config_again],
-        help="give up on pending deliveries: they are marked failed and never applied")
+    give_up = _command(delivery_commands, "fail", "give up on pending deliveries",
+                       "Give up on pending deliveries: they are marked failed and never"
+                       " applied.", parents=[config_again])
     give_up.add_argument("ids", type=int, nargs="+", metavar="ID",
                          help="ids from `bountybot deliveries`")
     give_up.add_argument("--why", metavar="TEXT", help="the reason, kept on the delivery")
     give_up.set_defaults(run=cmd_deliveries)
 
-    payments = commands.add_parser(
-        "payments", parents=[config],
-        help="list the calls to the payment provider (Stripe) not done; retry dead ones")
+    payments = _command(commands, "payments", "list Stripe calls not done; retry dead ones",
+                        "List the calls to the payment provider (Stripe) not done; retry dead"
+                        " ones.", parents=[config])
     payments.add_argument("--state", choices=["pending", "waiting", "unknown", "done", "failed",
                                                     "dead", "all"],
                           default=None, help="which operations to list (default: all but done)")
     payments.set_defaults(run=cmd_payments, payments_command=None)
     payments_commands = payments.add_subparsers(dest="payments_command",
                                                 metavar="PAYMENTS_COMMAND")
-    revive = payments_commands.add_parser(
-        "retry", parents=[config_again],
-        help="give dead operations another round, same idempotency key (all, or the ids given)")
+    revive = _command(payments_commands, "retry", "give dead operations another round",
+                      "Give dead operations another round, same idempotency key (all, or the"
+                      " ids given).", parents=[config_again])
     revive.add_argument("ids", type=int, nargs="*", metavar="ID",
                         help="ids from `bountybot payments` (default: every dead operation)")
     revive.set_defaults(run=cmd_payments)
 
-    sync = commands.add_parser(
-        "sync", parents=[config],
-        help="read what changed on the forges and apply what the webhooks missed",
-    )
+    sync = _command(commands, "sync", "apply what the webhooks missed, read from forges",
+                    "Read what changed on the forges and apply what the webhooks missed.",
+                    parents=[config])
     sync.add_argument("--repo", metavar="PATH",
                       help="only this repo (owner/name, or a GitLab project's full path)")
     sync.set_defaults(run=cmd_sync)
 
-    repos = commands.add_parser(
-        "repos", parents=[config],
-        help="list the repos known, and whether their data is public; publish a private one's")
+    repos = _command(commands, "repos", "list the repos known; publish a private one's data",
+                     "List the repos known, and whether their data is public; publish a"
+                     " private one's.", parents=[config])
     repos.set_defaults(run=cmd_repos, repos_command=None)
     repo_commands = repos.add_subparsers(dest="repos_command", metavar="REPOS_COMMAND")
-    for verb, says in (("publish", "show a private repo's tasks, people and amounts in the"
-                                   " public API and export, for its maintainers"),
-                       ("unpublish", "keep a private repo's data out of them again")):
-        sub = repo_commands.add_parser(verb, parents=[config_again], help=says)
+    for verb, says, more in (
+            ("publish", "show a private repo's data in the public API",
+             "Show a private repo's tasks, people and amounts in the public API and export,"
+             " for its maintainers."),
+            ("unpublish", "keep a private repo's data out of the public API",
+             "Keep a private repo's data out of the public API and export again.")):
+        sub = _command(repo_commands, verb, says, more, parents=[config_again])
         sub.add_argument("forge", choices=["github", "gitlab"])
         sub.add_argument("path", metavar="PATH",
                          help="the repo's full path (owner/name), or its id from `bountybot repos`")
         sub.set_defaults(run=cmd_repos)
 
-    for name, summary in (
-        ("demo", "run a local demonstration"),
-    ):
-        sub = commands.add_parser(name, parents=[config], help=f"{summary} (not available yet)")
-        sub.set_defaults(run=cmd_coming)
+    # Not built yet: left out of the listing (no `help`), it says what it will do when called.
+    demo = commands.add_parser("demo", parents=[config], description=DEMO)
+    demo.set_defaults(run=cmd_demo)
     parser.set_defaults(run=lambda args: _usage(parser))
     return parser
 
@@ -213,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 2
     try:
         code: int = args.run(args)
+        # What print() left in the buffer goes now, so a closed pipe shows up here.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _stdout_closed()
     except ConfigError as e:
         print(f"bountybot: {e}", file=sys.stderr)
         return 2
@@ -222,6 +255,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before serve's own handlers are in place
         return 130
     return code
+
+
+# `bountybot export | head`: the reader took what it wanted and closed the pipe. That is no
+# failure of ours, and Unix tools end quietly there: killed by SIGPIPE, which the shell reports
+# as 141 (128 + 13). Python ignores SIGPIPE and raises BrokenPipeError instead; we end with
+# that same 141 rather than 0, so a script under `set -o pipefail` still learns that the
+# export (or listing) was cut short, as it would from `cat` or `yes`. No traceback, no message.
+SIGPIPE_EXIT = 128 + int(signal.SIGPIPE) if hasattr(signal, "SIGPIPE") else 1
+
+
+def _stdout_closed() -> int:
+    """End quietly after the reader of stdout went away (see `SIGPIPE_EXIT`)."""
+    # What is still buffered for stdout cannot be written: point the descriptor at /dev/null,
+    # or the interpreter's last flush at exit prints "Exception ignored ... BrokenPipeError".
+    with contextlib.suppress(OSError, ValueError):  # a stdout with no descriptor (tests)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return SIGPIPE_EXIT
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -303,6 +355,7 @@ async def _run_server(settings: Settings) -> int:
         except OSError as e:
             raise CommandError(
                 f"cannot listen on {server.host}:{server.port}: {e.strerror or e}"
+                + _port_hint(e, server.port)
             ) from None
         log.info(start_line(settings, listener.sockets[0].getsockname()[1]))
         await stop.wait()
@@ -319,6 +372,16 @@ async def _run_server(settings: Settings) -> int:
     event(log, "server.stopped")
     flush_suppressed()
     return 0
+
+
+def _port_hint(error: OSError, port: int) -> str:
+    """How to pick another port, when the port is the trouble (taken by another program, or
+    below 1024 without the right to it); nothing for any other error (a wrong host, say)."""
+    if error.errno not in (errno.EADDRINUSE, errno.EACCES):
+        return ""
+    other = port + 1 if 0 < port < 65535 else 8081
+    return (f"; pick another port: `{env_name('server', 'port')}={other} make run`,"
+            f" or `bountybot serve --port {other}`")
 
 
 def start_line(settings: Settings, port: int) -> str:
@@ -453,6 +516,8 @@ def _with_books(settings: Settings, doing: str, work: Any) -> Any:
 
     try:
         return asyncio.run(run())
+    except BrokenPipeError:
+        raise  # stdout's reader went away (`export | head`): not the database's fault (main)
     except (SQLAlchemyError, OSError) as e:
         raise _database_error(settings, doing, e) from None
 
@@ -813,9 +878,6 @@ async def _sync(sessionmaker: Any, settings: Settings, repo: str | None,
 # not yet -------------------------------------------------------------------------------------
 
 
-def cmd_coming(args: argparse.Namespace) -> int:
-    print(
-        f"bountybot {args.command}: not available yet: arrives with {COMING[args.command]}",
-        file=sys.stderr,
-    )
+def cmd_demo(args: argparse.Namespace) -> int:
+    print(f"bountybot demo: {DEMO}", file=sys.stderr)
     return 2

@@ -257,6 +257,20 @@ def _split_word(text: str) -> tuple[str, str]:
     return parts[0], parts[1] if len(parts) > 1 else ""
 
 
+def command_named(line: str, bot_login: str) -> CommandName | None:
+    """The command a line names, whether it could be read or not (`/pledge abc` is a pledge,
+    `@bountybot bounty 5` a goal); None when its word is none of ours. For the logs, which
+    say which commands were refused by name, never by what people wrote."""
+    raw = line.strip()
+    bot = bot_login.strip().removeprefix("@").removesuffix("[bot]")
+    mentioned = _mention_rest(raw, bot)
+    if mentioned is not None:
+        return _lookup(_split_word(mentioned)[0])
+    if raw.startswith("/"):
+        return _lookup(_split_word(raw[1:])[0])
+    return None
+
+
 def parse_comment(text: str, *, bot_login: str, currency: str, min_pledge: int | None = None,
                   max_pledge: int | None = None, max_commands: int = 10,
                   ) -> list[Command | CommandRefusal]:

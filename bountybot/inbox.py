@@ -38,7 +38,13 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.clock import Clock, backoff, utc_now
-from bountybot.commands import Command, CommandName, CommandRefusal, parse_comment
+from bountybot.commands import (
+    Command,
+    CommandName,
+    CommandRefusal,
+    command_named,
+    parse_comment,
+)
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient, ForgeError, RepoRef
 from bountybot.forges.events import (
@@ -55,6 +61,7 @@ from bountybot.loops import wait_any
 from bountybot.rules import (
     Bounty,
     Comment,
+    Decision,
     IssueRef,
     LinkClosed,
     LinkOpened,
@@ -163,6 +170,50 @@ class _Cache:
     def clear(self) -> None:
         self.repos.clear()
         self.bounties.clear()
+
+
+class _Decided(NamedTuple):
+    """What one happening decided, for the delivery's log line: the task (`repo#number`), the
+    names of the commands applied and refused (never their text), the task's state after."""
+
+    task: str
+    commands: list[str]
+    refused: list[str]
+    state: str
+
+
+def _decided(task: str, decision: Decision, policy: Policy) -> _Decided:
+    applied, refused = [], []
+    for item in decision.trail:
+        if item.action == "command.refused":
+            # The trail keeps the line as written (for the audit trail); the log, its name only.
+            name = command_named(str(item.detail.get("line", "")), policy.bot_login)
+            refused.append(name.value if name is not None else "unknown")
+        elif item.action.startswith("command."):
+            applied.append(item.action.removeprefix("command."))
+    state = decision.bounty.state.value if decision.bounty is not None else "none"
+    return _Decided(task, applied, refused, state)
+
+
+def _log_fields(decided: list[_Decided]) -> dict[str, str]:
+    """`task=owner/repo#7 commands=pledge,claim refused=withdraw state=claimed`: one field
+    each, lists joined by commas (a delivery about several tasks names each once, with the
+    state it was left in, in the same order)."""
+    if not decided:
+        return {}
+    states: dict[str, str] = {}
+    for item in decided:
+        states.pop(item.task, None)
+        states[item.task] = item.state
+    fields = {"task": ",".join(states)}
+    commands = [name for item in decided for name in item.commands]
+    refused = [name for item in decided for name in item.refused]
+    if commands:
+        fields["commands"] = ",".join(commands)
+    if refused:
+        fields["refused"] = ",".join(refused)
+    fields["state"] = ",".join(states.values())
+    return fields
 
 
 class _Ready(NamedTuple):
@@ -419,8 +470,9 @@ class DeliveryWorker:
                     continue  # after an earlier delivery about the same issue, next turn
                 try:
                     async with session.begin_nested():
-                        written |= await self._one(session, cache, item.forge, item.name,
-                                                   item.normalized, item.happenings, now)
+                        wrote, decided = await self._one(session, cache, item.forge, item.name,
+                                                         item.normalized, item.happenings, now)
+                        written |= wrote
                 except Exception as error:
                     cache.clear()  # what it held may be what was just rolled back
                     if is_conflict(error):
@@ -440,8 +492,10 @@ class DeliveryWorker:
                 row.handled_at = now
                 row.error = item.normalized.ignored
                 done += 1
+                # What was decided, in one line: the task, the commands by name, its state.
                 event(log, "delivery.handled", forge=item.forge, delivery=item.name,
-                      happenings=len(item.happenings), note=item.normalized.ignored or "")
+                      **_log_fields(decided), happenings=len(item.happenings),
+                      note=item.normalized.ignored or "")
             if written and self.on_written is not None:
                 uow.after_commit(self.on_written)
         # Counted once the batch has committed: should the commit fail, the batch is tried
@@ -492,7 +546,9 @@ class DeliveryWorker:
                                .with_for_update(of=t.Task))
 
     async def _one(self, session: AsyncSession, cache: _Cache, forge: str, name: str,
-                   normalized: Normalized, happenings: list[Happening], now: datetime) -> bool:
+                   normalized: Normalized, happenings: list[Happening], now: datetime
+                   ) -> tuple[bool, list[_Decided]]:
+        """Apply one delivery; whether it queued forge writes, and what it decided."""
         source = f"delivery:{forge}:{name}"
         for ref in normalized.repos:
             await ensure_repo(session, ref.forge, ref.forge_repo_id, ref.full_path,
@@ -501,9 +557,13 @@ class DeliveryWorker:
             cache.clear()
             await self._transfer(session, normalized.transfer)
         written = False
+        decided: list[_Decided] = []
         for h in happenings:
-            written |= await self._decide(session, cache, forge, h, source, now)
-        return written
+            wrote, outcome = await self._decide(session, cache, forge, h, source, now)
+            written |= wrote
+            if outcome is not None:
+                decided.append(outcome)
+        return written, decided
 
     async def _repo(self, session: AsyncSession, cache: _Cache, forge: str,
                     h: Happening) -> t.Repo | None:
@@ -527,10 +587,12 @@ class DeliveryWorker:
         return (await session.exec(stmt)).first()
 
     async def _decide(self, session: AsyncSession, cache: _Cache, forge: str, h: Happening,
-                      source: str, now: datetime) -> bool:
+                      source: str, now: datetime) -> tuple[bool, _Decided | None]:
+        """Decide one happening and write the decision; whether it queued forge writes, and
+        what was decided (None when nothing was)."""
         repo = await self._repo(session, cache, forge, h)
         if repo is None:
-            return False
+            return False, None
         policy = policy_of(self.settings, repo)
         issue = IssueRef(repo.forge, repo.full_path, h.number, h.title, h.url)
         key = (t.id_of(repo), h.number)
@@ -544,14 +606,14 @@ class DeliveryWorker:
             if fresh is None:  # applied before (a webhook, an edit, a sync, a redelivery)
                 event(log, "comment.repeat", forge=repo.forge, comment=h.what.id,
                       source=source)
-                return False
+                return False, None
             comment, handled = fresh
             decision = decide_comment(bounty, issue, comment, policy, now)
         else:
             decision = decide_event(bounty, issue, h.what, policy, now)
         if decision.bounty is None and not decision.messages:
             cache.bounties[key] = None
-            return False
+            return False, None
         task_id = await save_decision(session, repo, issue, decision, source=source, now=now,
                                       summary_delay=self.summary_delay)
         if handled and bounty is None and task_id is not None:
@@ -559,7 +621,10 @@ class DeliveryWorker:
                                .where(col(t.HandledComment.id).in_(handled))
                                .values(task_id=task_id))
         cache.bounties[key] = decision.bounty
-        return bool(decision.messages)
+        if not (decision.created or decision.trail or decision.messages):
+            return False, None  # a comment with no command, say: nothing was decided
+        return bool(decision.messages), _decided(f"{repo.full_path}#{h.number}", decision,
+                                                 policy)
 
     async def _transfer(self, session: AsyncSession, move: Transfer) -> None:
         """The issue moved: its task (and so its money) follows it to the new repo."""

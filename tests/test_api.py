@@ -50,7 +50,8 @@ TOKEN = "ghp_ApiExportToken5150"
 START = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 TASK_FIELDS = {
-    "id", "forge", "repo", "number", "title", "url", "state", "goal", "pledged", "backers",
+    "id", "forge", "repo", "number", "title", "url", "state", "goal", "pledged", "raised",
+    "backers",
     "claim", "waiting", "pledges", "links", "payouts", "deadline", "created_at", "currency",
 }
 
@@ -276,7 +277,7 @@ async def test_every_task_has_the_fields_of_the_design(client: TestClient[Any, A
         "forge": "github", "repo": "commons/garden", "number": 1, "state": "open",
         "url": "https://github.com/commons/garden/issues/1", "deadline": "2026-12-31"}
     assert seeds["goal"] == eur(10000, "€100.00")
-    assert seeds["pledged"] == eur(4500, "€45.00")
+    assert seeds["pledged"] == seeds["raised"] == eur(4500, "€45.00")
     assert seeds["backers"] == 2  # alice pledged twice: one backer
     assert without_times(seeds["pledges"]) == [
         pledge("alice", 2000, "€20.00", "held"), pledge("bob", 1500, "€15.00", "held"),
@@ -286,7 +287,8 @@ async def test_every_task_has_the_fields_of_the_design(client: TestClient[Any, A
 
     tomatoes = tasks[TOMATOES]
     assert (tomatoes["state"], tomatoes["backers"], tomatoes["deadline"]) == ("funded", 2, None)
-    assert tomatoes["goal"] == tomatoes["pledged"] == eur(5000, "€50.00")
+    # erin's withdrawn €5 is neither held nor raised
+    assert tomatoes["goal"] == tomatoes["pledged"] == tomatoes["raised"] == eur(5000, "€50.00")
     assert without_times(tomatoes["pledges"]) == [
         pledge("alice", 3000, "€30.00", "held"), pledge("erin", 500, "€5.00", "withdrawn"),
         pledge("bob", 2000, "€20.00", "held")]
@@ -298,8 +300,11 @@ async def test_every_task_has_the_fields_of_the_design(client: TestClient[Any, A
                              "expires_at": iso(tale.moments["gate claimed"] + timedelta(days=14))}
 
     compost = tasks[COMPOST]
-    assert (compost["state"], compost["claim"], compost["backers"]) == ("done", None, 0)
+    # Done: nothing is held any more, what was raised (and by whom, and who did the work) stays.
+    assert (compost["state"], compost["backers"]) == ("done", 1)
+    assert compost["claim"] == {"developer": "carol", "state": "done", "expires_at": None}
     assert compost["pledged"] == eur(0, "€0.00")
+    assert compost["raised"] == eur(4000, "€40.00")
     assert without_times(compost["pledges"]) == [pledge("bob", 4000, "€40.00", "paid_out")]
     assert compost["links"] == [{"number": 12, "author": "carol", "state": "merged",
                                  "url": "https://github.com/commons/garden/pull/12"}]
@@ -310,6 +315,7 @@ async def test_every_task_has_the_fields_of_the_design(client: TestClient[Any, A
 
     shed = tasks[SHED]
     assert (shed["state"], shed["backers"], shed["pledged"]) == ("cancelled", 0, eur(0, "€0.00"))
+    assert (shed["raised"], shed["claim"]) == (eur(0, "€0.00"), None)  # refunded: not raised
     assert [p["state"] for p in shed["pledges"]] == ["refunded", "refunded"]
 
     docs = tasks[DOCS]
@@ -495,3 +501,54 @@ async def test_a_page_costs_the_same_queries_whatever_its_size(client: TestClien
     # The count, the page, one query per child table (pledge, claim, waiting, link, payout).
     assert one == all_six and sum(s.lstrip().upper().startswith("SELECT")
                                   for s in statements) == 7
+
+
+async def test_a_done_task_shows_what_was_raised_and_who_did_it(db_url: str,
+                                                                 github_server: Any) -> None:
+    """Through the real app: signed webhooks, the worker, the API. alice gives 60, bob 40, erin
+    5 then takes it back; dave's merged pull request is paid 100. Once done, `pledged` (held
+    now) is zero, `raised` is the 100 the backers gave, and dave's claim stays visible."""
+    from bountybot.app import SESSIONMAKER, SETTINGS
+    from bountybot.payouts import mark_paid
+
+    from github_harness import MAINTAINER, GitHubBot
+
+    bot = await GitHubBot.start(db_url, github_server)
+    try:
+        await bot.label(1)
+        for login, text in [(MAINTAINER, "/goal 100"), ("alice", "/pledge 60"),
+                            ("erin", "/pledge 5"), ("erin", "/withdraw"), ("bob", "/pledge 40"),
+                            ("dave", "/claim")]:
+            await bot.comment(login, text)
+        await bot.settle()
+        task_id = (await bot.task(1)).id  # type: ignore[union-attr]
+        running = await get(bot.client, f"/api/v1/tasks/{task_id}")
+        assert running["state"] == "claimed" and running["backers"] == 2
+        assert running["pledged"] == running["raised"] == eur(10000, "€100.00")
+        assert running["claim"]["state"] == "active" and running["claim"]["expires_at"]
+
+        await bot.pull_request("opened", "dave", 7, "Fixes #1")
+        await bot.pull_request("closed", "dave", 7, "Fixes #1", merged=True)
+        await bot.settle()
+        done = await get(bot.client, f"/api/v1/tasks/{task_id}")
+        assert done["state"] == "done"
+        assert done["pledged"] == eur(0, "€0.00")  # nothing held: it went to the payout
+        assert done["raised"] == eur(10000, "€100.00")  # erin's withdrawn €5 not counted
+        assert done["backers"] == 2
+        assert done["claim"] == {"developer": "dave", "state": "done", "expires_at": None}
+        assert [(p["developer"], p["amount"], p["state"]) for p in done["payouts"]] == [
+            ("dave", eur(10000, "€100.00"), "pending")]
+        assert [(p["backer"], p["state"]) for p in done["pledges"]] == [
+            ("alice", "paid_out"), ("erin", "withdrawn"), ("bob", "paid_out")]
+
+        payout_id = (await bot.task(1)).payouts[0].id  # type: ignore[union-attr]
+        assert payout_id is not None
+        await mark_paid(bot.app[SESSIONMAKER], bot.app[SETTINGS], payout_id, "SEPA-7")
+        paid = await get(bot.client, f"/api/v1/tasks/{task_id}")
+        assert paid["payouts"][0]["state"] == "paid"
+        assert {k: paid[k] for k in ("pledged", "raised", "backers", "claim")} == {
+            k: done[k] for k in ("pledged", "raised", "backers", "claim")}
+        listed = await get(bot.client, "/api/v1/tasks?state=done")
+        assert listed["tasks"] == [paid]
+    finally:
+        await bot.close()

@@ -13,7 +13,7 @@ from bountybot.ledger.audit import run_audit
 from bountybot.states import ClaimState, LinkState, PayoutState, PledgeState, TaskState
 from bountybot.storage import tables as t
 
-from github_harness import REPO, SECRET, TOKEN, GitHubBot, sign
+from github_harness import MAINTAINER, REPO, SECRET, TOKEN, GitHubBot, sign
 
 
 @pytest.fixture
@@ -232,3 +232,37 @@ async def test_a_forge_that_is_off_answers_404_saying_so(bot: GitHubBot):
     assert answer.status == 404
     assert "GitLab is off" in (await answer.json())["error"]
     assert await bot.rows(t.Delivery) == []
+
+
+async def test_the_log_line_of_a_delivery_says_what_was_decided(bot: GitHubBot, caplog):
+    """`delivery.handled`, one line per delivery as an operator reads it (the service's own
+    formatter): the task, the commands applied and refused by name, the task's new state.
+    Never what people wrote beyond the command names, nor a secret."""
+    import logging
+
+    from bountybot.logs import LineFormatter
+
+    caplog.set_level(logging.INFO, logger="bountybot")
+    await bot.label(1)
+    await bot.comment(MAINTAINER, "/goal 50")
+    await bot.comment("bob", "Happy to fund this, my IBAN is FR76-SECRET-0042\n/pledge 50\n"
+                      "/claim\n/withdraw because-I-changed-my-mind")
+    await bot.comment("erin", "@bountybot frobnicate-the-widgets please\n/pledge 1e3 EUR")
+    await bot.comment("carol", "Nice work, nothing for the bot here")
+    await bot.settle()
+
+    lines = [LineFormatter().format(r) for r in caplog.records
+             if r.getMessage() == "delivery.handled"]
+    assert len(lines) == 5 and all("\n" not in line for line in lines)
+    label, goal, bob, erin, carol = lines
+    task = f"task={REPO}#1"
+    assert f"{task} state=open " in label and "commands=" not in label
+    assert f"{task} commands=goal state=open " in goal
+    assert f"{task} commands=pledge,claim refused=withdraw state=claimed " in bob
+    # An unknown word is named `unknown`; a pledge that cannot be read is still a pledge.
+    assert f"{task} refused=unknown,pledge state=claimed " in erin
+    assert "task=" not in carol and "state=" not in carol  # no command: nothing decided
+    text = "\n".join(lines)
+    for said in ("IBAN", "SECRET", "0042", "because", "frobnicate", "widgets", "1e3",
+                 "Happy", "Nice", SECRET, TOKEN):
+        assert said not in text, said

@@ -409,3 +409,56 @@ def test_deciding_never_changes_the_bounty_it_was_given():
                    story.policy, story.now)
     decide_event(task, story.issue, LinkClosed(1, "carol", merged=True), story.policy, story.now)
     assert repr(task) == before
+
+
+# The day every date below falls on: the story starts 2026-11-23 09:00 UTC, claims last 14 days.
+DAYS = {"en": ("December 7, 2026", "December 21, 2026"),
+        "fr": ("7 décembre 2026", "21 décembre 2026")}
+
+
+@pytest.mark.parametrize("locale", ["en", "fr"])
+def test_replies_write_their_dates_for_the_repos_language(locale):
+    """Claims, reminders, payouts and deadlines read "December 7, 2026" / "7 décembre 2026",
+    never an ISO date, in replies as in notices."""
+    from babel.dates import format_date
+
+    day, later = DAYS[locale]
+    story = started("10", claim_days=14, locale=locale, release_after_days=14)
+    story.say("alice", "/pledge 10")
+    story.say("carol", "/claim")
+    story.say("dave", "/claim")
+    (already,) = replies(story.say("carol", "/claim"))
+    assert day in already and "2026-12-07" not in already
+    assert ("until " + day) in already if locale == "en" else ("jusqu'au " + day) in already
+
+    story.wait(7.5)  # half of the claim's time: one reminder, with the day it ends
+    (reminder,) = notices(story.event(Tick()))
+    assert day in reminder and "UTC" not in reminder and "2026-12" not in reminder
+
+    story.wait(7)  # carol's claim expires on 2026-12-07 09:00; dave is promoted until 12-21
+    promoted = [n for n in notices(story.event(Tick())) if "@dave" in n]
+    assert len(promoted) == 1 and later in promoted[0] and "2026-12-21" not in promoted[0]
+
+    story.event(LinkOpened(5, "dave"))
+    (in_review,) = replies(story.say("dave", "/claim"))
+    assert "@dave" in in_review and "2026" not in in_review  # in review: no end day to give
+    story.event(LinkClosed(5, "dave", merged=True))
+    payout = story.task.payouts[0]
+    with pytest.raises(Refused) as refused:
+        story.event(PayoutPaid(payout.id, "SEPA-1"))
+    due = refused.value.message(locale)
+    assert format_date(payout.due_at.date(), "long", locale=locale) in due
+    assert payout.due_at.strftime("%Y-%m-%d") not in due
+
+
+@pytest.mark.parametrize("locale", ["en", "fr"])
+def test_an_expired_deadline_is_written_for_the_repos_language(locale):
+    from babel.dates import format_date
+
+    story = started("100", locale=locale)
+    story.say("maya", "/deadline 2026-12-01")
+    story.say("alice", "/pledge 40")
+    story.wait(9)
+    (said,) = notices(story.event(Tick()))
+    assert format_date(date(2026, 12, 1), "long", locale=locale) in said
+    assert "2026-12-01" not in said

@@ -128,7 +128,7 @@ async def test_a_missed_deadline_refunds_every_backer(db_url, github_server, clo
         task = await bot.task(1)
         assert task.state == TaskState.EXPIRED
         assert {p.state for p in task.pledges} == {PledgeState.REFUNDED}
-        said = notices(bot, "2026-11-10")
+        said = notices(bot, "The funding deadline (November 10, 2026) has passed")
         assert len(said) == 1 and "€55.00" in said[0] and "€100.00" in said[0]
         assert (await sweep(bot)).changed == 0
         report = await run_audit(bot.app[SESSIONMAKER])

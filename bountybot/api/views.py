@@ -3,8 +3,9 @@ and the batched queries that load them. Shared by the HTTP API and the export; n
 
 Every shape is built from table rows loaded a page at a time: one query for the page's tasks
 (with their repos), then one query per child table for all of the page's task ids, so a page of
-100 tasks costs six queries, not six hundred. The figures a task shows (`pledged`, `backers`,
-the live claim) are computed by the rules' own `Bounty`, so the API and the bot never disagree.
+100 tasks costs six queries, not six hundred. The figures a task shows (`pledged`, `raised`,
+`backers`, the claim) are computed by the rules' own `Bounty`, so the API and the bot never
+disagree.
 
 A private repo's tasks, people and amounts are not public: every public read filters its rows
 by `shown_publicly()` (a public repo, or a private one its operator published with `bountybot
@@ -28,7 +29,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.ledger import ESCROW
 from bountybot.money import Money, format_money
-from bountybot.rules.model import Bounty, Claim, Pledge
+from bountybot.rules.model import RAISED, Bounty, Claim, Pledge
+from bountybot.states import ClaimState
 from bountybot.storage import tables as t
 from bountybot.storage.tables import id_of
 
@@ -144,16 +146,20 @@ async def load_tasks(session: AsyncSession,
 
 
 def task_json(rows: TaskRows, default_locale: str, *, full: bool = False) -> Json:
-    """A task as DESIGN.md lists it (plus `currency`, `deadline`, `created_at`).
+    """A task as DESIGN.md lists it (plus `currency`, `deadline`, `created_at`, `raised`).
 
-    `backers` is the number of distinct backers with money held in escrow (the logins are in
-    `pledges`). `full` (the export) adds every row's id and bookkeeping columns, and the whole
-    claim history under `claims`.
+    `pledged` is what escrow holds now (held pledges); `raised` is what the backers gave and
+    kept in (held plus paid out; refunded and withdrawn money is not counted): the two are
+    equal until the payouts, and `raised` is what a done task shows once `pledged` is zero.
+    `backers` is the number of distinct backers behind `raised` (the logins are in `pledges`).
+    `claim` is the live claim, or for a done task the claim it was done under (`state`
+    `done`, `expires_at` null). `full` (the export) adds every row's id and bookkeeping
+    columns, and the whole claim history under `claims`.
     """
     task, repo = rows.task, rows.repo
     locale = locale_of(repo, default_locale)
     b = rows.bounty()
-    live = b.live_claim()
+    claim = b.shown_claim()
 
     def money(minor: int) -> Json:
         return amount(minor, task.currency, locale)
@@ -169,12 +175,14 @@ def task_json(rows: TaskRows, default_locale: str, *, full: bool = False) -> Jso
         "currency": task.currency,
         "goal": None if task.goal_minor is None else money(task.goal_minor),
         "pledged": money(b.held().minor),
-        "backers": len(b.backers()),
+        "raised": money(b.raised().minor),
+        "backers": len(b.backers(RAISED)),
         "deadline": task.deadline.isoformat() if task.deadline else None,
         "created_at": iso(task.created_at),
-        "claim": None if live is None else {
-            "developer": live.developer, "state": live.state.value,
-            "expires_at": iso(live.expires_at),
+        "claim": None if claim is None else {
+            "developer": claim.developer, "state": claim.state.value,
+            # A claim done has no clock left (the database may still hold its last one).
+            "expires_at": None if claim.state == ClaimState.DONE else iso(claim.expires_at),
         },
         "waiting": [w.login for w in rows.waiting],
         "pledges": [{"backer": p.backer, "amount": money(p.amount_minor),

@@ -33,6 +33,13 @@ register(
     "@{developer}, vous avez déjà réservé cette tâche (jusqu'au {expires}).",
 )
 register(
+    "claim.already_yours_review",
+    "@{developer}, you already hold the claim on this task; it is in review, so it does not"
+    " expire.",
+    "@{developer}, vous avez déjà réservé cette tâche ; elle est en relecture, la réservation"
+    " n'expire donc pas.",
+)
+register(
     "claim.already_waiting",
     "@{developer}, you are already number {position} on the waiting list.",
     "@{developer}, vous êtes déjà numéro {position} sur la liste d'attente.",
@@ -62,10 +69,6 @@ register(
 )
 
 
-def _expires(w: Work) -> str:
-    return w.now.strftime("%Y-%m-%d")
-
-
 def new_claim(w: Work, developer: str) -> Claim:
     days = timedelta(days=w.policy.claim_days)
     claim = Claim(developer, ClaimState.ACTIVE, w.now, w.now + days, remind_at=w.now + days / 2)
@@ -93,8 +96,10 @@ def record_claim(w: Work) -> None:
         w.move_task(TaskState.CLAIMED, "claim")
         return
     if same_login(claim.developer, login):
-        expires = claim.expires_at.strftime("%Y-%m-%d") if claim.expires_at else "review"
-        raise Refused("claim.already_yours", developer=login, expires=expires)
+        if claim.expires_at is None:  # in review: the clock is stopped
+            raise Refused("claim.already_yours_review", developer=login)
+        # The datetime itself: `translate` writes it for the locale ("December 7, 2026").
+        raise Refused("claim.already_yours", developer=login, expires=claim.expires_at)
     position = _waiting_at(task.waiting, login)
     if position is not None:
         raise Refused("claim.already_waiting", developer=login, position=position + 1)
@@ -117,8 +122,7 @@ def end_claim(w: Work, claim: Claim, new: ClaimState, why: str) -> None:
         nxt = task.waiting.pop(0)
         promoted = new_claim(w, nxt)
         w.move_task(TaskState.CLAIMED, why)
-        w.notice("claim.promoted", developer=nxt,
-                 expires=promoted.expires_at.strftime("%Y-%m-%d") if promoted.expires_at else "")
+        w.notice("claim.promoted", developer=nxt, expires=promoted.expires_at)
         # The new claimant may already have a pull request open.
         if any(link.own and same_login(link.author, nxt) and link.state == LinkState.OPEN
                for link in task.links):

@@ -20,6 +20,10 @@ from bountybot.states import (
     TaskState,
 )
 
+# Pledge states as counted: money in escrow now, and money the backers gave and kept in.
+IN_ESCROW = frozenset({PledgeState.HELD})
+RAISED = frozenset({PledgeState.HELD, PledgeState.PAID_OUT})
+
 
 def same_login(a: str, b: str) -> bool:
     """Logins (and repo paths) compare without case: GitHub and GitLab both ignore it, so
@@ -182,8 +186,7 @@ class Bounty:
         (refunded and withdrawn money is not counted). `held()` drops to zero at the payout;
         this is what a finished task shows."""
         return sum_money(
-            (p.amount for p in self.pledges
-             if p.state in (PledgeState.HELD, PledgeState.PAID_OUT)), self.currency
+            (p.amount for p in self.pledges if p.state in RAISED), self.currency
         )
 
     def pending(self) -> Money:
@@ -191,11 +194,12 @@ class Bounty:
             (p.amount for p in self.pledges if p.state == PledgeState.PENDING), self.currency
         )
 
-    def backers(self) -> list[str]:
-        """Distinct backers with held money, in the order they first pledged."""
+    def backers(self, states: frozenset[PledgeState] = IN_ESCROW) -> list[str]:
+        """Distinct backers with money in `states` (held by default), in the order they first
+        pledged; `backers(RAISED)` are those behind `raised()`."""
         seen: dict[str, str] = {}
         for p in self.pledges:
-            if p.state == PledgeState.HELD:
+            if p.state in states:
                 seen.setdefault(p.backer.casefold(), p.backer)
         return list(seen.values())
 
@@ -211,6 +215,16 @@ class Bounty:
             if claim.state in LIVE_CLAIM_STATES:
                 return claim
         return None
+
+    def shown_claim(self) -> Claim | None:
+        """The claim the task shows (summary, API): the live one while the task runs; once it
+        is done, the last claim that ended `done`, the one the task was done under. None for
+        a task never claimed, cancelled or expired."""
+        live = self.live_claim()
+        if live is not None or self.state != TaskState.DONE:
+            return live
+        done = [c for c in self.claims if c.state == ClaimState.DONE]
+        return done[-1] if done else None
 
     def link(self, number: int, repo_path: str = "") -> Link | None:
         """The link of pull request `number` of the task's repo (or of `repo_path`)."""

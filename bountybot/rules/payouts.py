@@ -268,7 +268,7 @@ def mark_paid(w: Work, payout_id: int, reference: str) -> None:
                       state=payout.state.value if payout else "unknown")
     if payout.released_at is None or task.dispute is not None:
         raise Refused("payout.not_released", payout=payout_id,
-                      due=payout.due_at.strftime("%Y-%m-%d") if payout.due_at else "?")
+                      due=payout.due_at or "?")
     w.move_payout(payout, PayoutState.PAID)
     payout.reference = reference
     payout.paid_at = w.now

@@ -96,7 +96,7 @@ def remind_claims(w: Work) -> None:
     claim.remind_at = None
     w.trail("claim.reminded", developer=claim.developer)
     w.notice("claim.reminder", developer=claim.developer,
-             expires=claim.expires_at.strftime("%Y-%m-%d %H:%M UTC"))
+             expires=claim.expires_at)
 
 
 def release_time(w: Work) -> tuple[datetime, datetime | None]:

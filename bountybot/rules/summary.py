@@ -192,17 +192,16 @@ def _title(b: Bounty, locale: str) -> str:
 def _claim_line(b: Bounty, locale: str) -> str | None:
     """The live claim with its clock, or the claim the task was done under."""
     t = lambda key, **kw: translate(locale, key, **kw)  # noqa: E731
-    claim = b.live_claim()
-    if claim is not None:
-        when = (t("summary.until", date=claim.expires_at) if claim.expires_at
-                else t("summary.in_review_clock"))
-        return f"{_label(locale, 'summary.claim')} @{claim.developer} ({when})"
-    if b.state == TaskState.DONE:
-        done = [c for c in b.claims if c.state == ClaimState.DONE]
-        if done:
-            return (f"{_label(locale, 'summary.claim')} @{done[-1].developer}"
-                    f" ({state_word(locale, done[-1].state)})")
-    return None
+    claim = b.shown_claim()
+    if claim is None:
+        return None
+    if claim.state == ClaimState.DONE:
+        when = state_word(locale, claim.state)
+    elif claim.expires_at is not None:
+        when = t("summary.until", date=claim.expires_at)
+    else:
+        when = t("summary.in_review_clock")
+    return f"{_label(locale, 'summary.claim')} @{claim.developer} ({when})"
 
 
 def status_text(b: Bounty, locale: str) -> str:

@@ -148,7 +148,7 @@ def expire_deadline(w: Work) -> None:
     goal = task.goal or held
     refund_all(w)
     w.move_task(TaskState.EXPIRED, "deadline")
-    w.notice("task.expired", deadline=task.deadline.isoformat(),
+    w.notice("task.expired", deadline=task.deadline,
              held=format_money(held, locale), goal=format_money(goal, locale))
 
 
