@@ -96,8 +96,10 @@ def default_features() -> list[Feature]:
     # Imported here, not at the top: the features import this module.
     from bountybot import service
     from bountybot.api import routes as api
+    from bountybot.web import badges, pages
 
-    return [api.setup, service.setup]
+    # The badges before the pages: their routes are the more specific.
+    return [api.setup, badges.setup, service.setup, pages.setup]
 
 
 def create_app(

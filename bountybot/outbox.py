@@ -393,7 +393,8 @@ class OutboxSender:
             raise ForgeError(f"task {job.task_id} is gone")
         policy = policy_from_settings(self.settings, locale=job.locale)
         marker = summary_marker(job.task_id)
-        text = render_summary(bounty, policy.locale, policy.fee_bp)
+        text = render_summary(bounty, policy.locale, policy.fee_bp,
+                              public_url=self.settings.server.public_url)
         body = fit_comment(marker + text.removeprefix(SUMMARY_MARKER), "", repo.forge)
         comment_id = task.summary_comment_id
         if comment_id:

@@ -64,9 +64,10 @@ class GitHubBot:
                     sender_options: dict[str, Any] | None = None,
                     payments: dict[str, Any] | None = None,
                     sections: dict[str, Any] | None = None, service: dict[str, Any] | None = None,
-                    **bot: Any) -> GitHubBot:
+                    features: list[Any] | None = None, **bot: Any) -> GitHubBot:
         """`sections`: more settings (`{"stripe": {...}}`); `service`: more arguments for
-        `bountybot.service.setup` (a Stripe gateway, the payment worker's options)."""
+        `bountybot.service.setup` (a Stripe gateway, the payment worker's options);
+        `features`: more features' `setup`s (the badges, the pages), after the API's."""
         fake.accept_token(TOKEN)
         fake.add_repo(REPO, REPO_ID)
         fake.set_permission(REPO, MAINTAINER, "maintain")
@@ -79,7 +80,7 @@ class GitHubBot:
             **(sections or {}),
         })
         engine = create_engine(db_url)
-        app = create_app(settings, engine=engine, features=[api_setup])
+        app = create_app(settings, engine=engine, features=[api_setup, *(features or [])])
         # The scheduler stays off: tests that need the sweeps run them with a moved clock.
         setup(app, governor=governor,
               sender_options={"base_delay": 0.05, "max_delay": 0.2, **(sender_options or {})},

@@ -54,11 +54,12 @@ class GitLabBot(GitHubBot):
     @classmethod
     async def start_gitlab(cls, db_url: str, fake: FakeGitLab, *,
                            max_body: int = 25 * 1024 * 1024, github: Any = None,
-                           **bot: Any) -> GitLabBot:
+                           features: list[Any] | None = None,
+                           sections: dict[str, Any] | None = None, **bot: Any) -> GitLabBot:
         prepare(fake)
         data: dict[str, Any] = {
             "database": {"url": db_url}, "server": {"max_body_bytes": max_body},
-            "gitlab": gitlab_settings(fake), "bot": bot,
+            "gitlab": gitlab_settings(fake), "bot": bot, **(sections or {}),
         }
         if github is not None:
             from github_harness import REPO, REPO_ID, SECRET, TOKEN
@@ -69,7 +70,7 @@ class GitLabBot(GitHubBot):
             data["github"] = {"api_url": github.url, "token": TOKEN, "webhook_secret": SECRET}
         settings = Settings.model_validate(data)
         engine = create_engine(db_url)
-        app = create_app(settings, engine=engine, features=[api_setup])
+        app = create_app(settings, engine=engine, features=[api_setup, *(features or [])])
         setup(app, scheduler=False, sender_options={"base_delay": 0.05, "max_delay": 0.2},
               worker_options={"summary_delay": 0.0})
         client = TestClient(TestServer(app))

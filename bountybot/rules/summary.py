@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from decimal import Decimal
+from urllib.parse import quote
 
 from bountybot.i18n import (
     format_day,
     format_names,
     format_percentage,
+    language,
     register,
     translate,
     with_colon,
@@ -92,6 +95,8 @@ register("summary.howto", "Pledge with `/pledge <amount>`; once funded, offer to
          "Promettez un don avec `/pledge <montant>` ; une fois la tâche financée, proposez-vous"
          " pour la faire avec `/claim`. `/help` liste toutes les commandes.")
 register("summary.none", "none", "aucun")
+register("summary.badge_alt", "bounty badge", "badge de la prime")
+register("summary.page", "The task's page", "La page de la tâche")
 
 ENDED = frozenset({TaskState.CANCELLED, TaskState.EXPIRED})
 HELD, PAID_OUT, PENDING, REFUNDED = (PledgeState.HELD, PledgeState.PAID_OUT,
@@ -256,8 +261,34 @@ def _backers_table(b: Bounty, locale: str) -> list[str]:
     return [f"| {t('summary.backer')} | {t('summary.amount')} |", "|---|---:|", *rows]
 
 
-def render_summary(b: Bounty, locale: str, fee_bp: int) -> str:
-    """The one summary comment, edited in place as the task moves.
+def task_page_url(public_url: str, b: Bounty) -> str:
+    """The task's public page: `{public_url}/{forge}/{path}/-/issues/{n}`."""
+    return f"{public_url.rstrip('/')}/{b.forge}/{quote(b.repo, safe='/')}/-/issues/{b.number}"
+
+
+def badge_version(b: Bounty) -> str:
+    """A short tag of everything the task's badge draws (state, money, goal, whether the
+    payouts are settled): a new state is a new badge URL, so no cache anywhere shows the old."""
+    payouts = _shown_payouts(b)
+    settled = bool(payouts) and all(p.state == PayoutState.PAID for p in payouts)
+    drawn = (f"{b.state}:{b.held().minor}:{b.raised().minor}:"
+             f"{None if b.goal is None else b.goal.minor}:{settled}")
+    return hashlib.sha256(drawn.encode()).hexdigest()[:10]
+
+
+def _badge_block(b: Bounty, locale: str, public_url: str) -> str:
+    """The task's badge, linking to its page, and a link in words for who reads no images."""
+    page = task_page_url(public_url, b)
+    lang = "fr" if language(locale) == "fr" else "en"  # the proxy drops Accept-Language
+    badge = f"{page}/badge.svg?v={badge_version(b)}&lang={lang}"
+    alt = translate(locale, "summary.badge_alt")
+    return f"[![{alt}]({badge})]({page}) · [{translate(locale, 'summary.page')}]({page})"
+
+
+def render_summary(b: Bounty, locale: str, fee_bp: int, public_url: str | None = None) -> str:
+    """The one summary comment, edited in place as the task moves. With `public_url` (the
+    service's public address, `server.public_url`), it shows the task's badge and links its
+    page.
 
     Blocks are separated by blank lines: a GFM table runs until a blank line, so a line right
     after it would render as one more row; and a single newline inside a paragraph is no line
@@ -269,6 +300,8 @@ def render_summary(b: Bounty, locale: str, fee_bp: int) -> str:
     bar = "" if b.state in ENDED else progress_bar(
         b.raised() if b.state == TaskState.DONE else b.held(), b.goal, locale)
     blocks.append(f"{title}\n{bar}" if bar else title)
+    if public_url:
+        blocks.append(_badge_block(b, locale, public_url))
 
     facts = [f"{label('summary.state')} {state_word(locale, b.state)}",
              f"{label('summary.backers')} {len(counted_backers(b))}"]

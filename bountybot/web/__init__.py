@@ -1,0 +1,1 @@
+"""The public face: server-rendered pages (`pages`) and funding badges (`badges`)."""

@@ -1,0 +1,382 @@
+"""The public pages, server-rendered (aiohttp-jinja2), complete without JavaScript.
+
+    GET /                                    the instance: repos, open tasks, this month's appeal
+    GET /{forge}/{path}                      a repo: open tasks, the appeal, twelve months
+    GET /{forge}/{path}/-/issues/{n}         a task: meter, backers, timeline
+    GET /{forge}/{path}/-/needs[/{YYYY-MM}]  the monthly appeal
+    GET /tasks/{id}                          301 to the task's page
+    GET /static/bountybot.css                the one stylesheet
+
+Reads go through the public read pool (`READER`) and take a turn of `READ_GATE`, as the API's
+do. A private repo that was not published answers as an unknown one. Every page is
+`Cache-Control: public, max-age=60` with an ETag (a hash of the bytes) and a 304 on
+`If-None-Match`; `Vary: Accept-Language`, since `?lang=` or the header picks en or fr.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import hdrs, web
+from babel.dates import format_date
+from sqlalchemy import func
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bountybot.api.views import TaskRows, load_tasks, locale_of, reading, shown_publicly
+from bountybot.app import READ_GATE, READER, SETTINGS, Busy
+from bountybot.i18n import babel_locale, format_day, format_percentage, language, translate
+from bountybot.money import Money, format_money
+from bountybot.needs import MonthFigures, history, month_figures, next_month, previous_months
+from bountybot.rules.model import RAISED
+from bountybot.rules.summary import state_word
+from bountybot.states import TaskState
+from bountybot.storage import tables as t
+from bountybot.storage.tables import id_of
+from bountybot.web import words  # noqa: F401  (registers the pages' sentences)
+
+HERE = Path(__file__).parent
+LANGUAGES = ("en", "fr")
+FORGES = "github|gitlab"
+PATH = r"[A-Za-z0-9_.][A-Za-z0-9_.\-]*(?:/[A-Za-z0-9_.][A-Za-z0-9_.\-]*)*"
+OPEN_STATES = (TaskState.OPEN, TaskState.FUNDED, TaskState.CLAIMED, TaskState.IN_REVIEW)
+CACHE_CONTROL = "public, max-age=60"
+MAX_TASKS = 200  # open tasks listed on one page
+# Audit lines shown in a task's timeline, in the order they happened.
+TIMELINE = ("task.open", "pledge.held", "task.funded", "claim.active", "link.open",
+            "link.merged", "payout.pending", "payout.paid", "pledge.refunded",
+            "pledge.withdrawn", "task.done", "task.cancelled", "task.expired")
+
+
+class NotFound(Exception):
+    """What the reader asked for is not here (or not public): said in their language."""
+
+    def __init__(self, key: str, **params: Any) -> None:
+        super().__init__(key)
+        self.key = key
+        self.params = params
+
+
+def setup(app: web.Application) -> None:
+    """Add the pages, the stylesheet and the HTML 404s."""
+    env = aiohttp_jinja2.setup(
+        app, loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
+    env.trim_blocks = env.lstrip_blocks = True
+    repo = rf"/{{forge:{FORGES}}}/{{path:{PATH}}}"
+    app.router.add_get("/", index)
+    app.router.add_get("/static/bountybot.css", stylesheet)
+    app.router.add_get("/tasks/{id:[0-9]{1,10}}", short_link)
+    app.router.add_get(repo + r"/-/issues/{number:[0-9]{1,9}}", task_page)
+    app.router.add_get(repo + "/-/needs", needs_page)
+    app.router.add_get(repo + r"/-/needs/{month:[0-9]{4}-[0-9]{2}}", needs_page)
+    app.router.add_get(repo, repo_page)
+    app.middlewares.append(html_errors)
+
+
+# -- language and formatting ---------------------------------------------------------------
+
+
+def reader_locale(request: web.Request) -> str:
+    """`?lang=` when it is one of ours; else the best of `Accept-Language`; else the bot's."""
+    asked = request.query.get("lang", "")
+    if asked and language(asked) in LANGUAGES:
+        return language(asked)
+    best: tuple[float, str] | None = None
+    for part in request.headers.get(hdrs.ACCEPT_LANGUAGE, "").split(",")[:20]:
+        tag, _, params = part.strip().partition(";")
+        quality = 1.0
+        match = re.search(r"q=([0-9.]{1,5})", params)
+        if match:
+            try:
+                quality = float(match.group(1))
+            except ValueError:
+                continue
+        lang = language(tag.strip()) if tag.strip() not in ("", "*") else ""
+        if lang in LANGUAGES and quality > 0 and (best is None or quality > best[0]):
+            best = (quality, lang)
+    if best:
+        return best[1]
+    default = language(request.app[SETTINGS].bot.locale)
+    return default if default in LANGUAGES else "en"
+
+
+class Words:
+    """What templates use to write in the reader's language."""
+
+    def __init__(self, locale: str) -> None:
+        self.locale = locale
+
+    def __call__(self, key: str, **params: Any) -> str:
+        return translate(self.locale, f"page.{key}", **params)
+
+    def money(self, minor: int, currency: str) -> str:
+        return format_money(Money(minor, currency), self.locale)
+
+    def percent(self, value: int) -> str:
+        return format_percentage(Decimal(value), self.locale)
+
+    def month(self, month: date) -> str:
+        return format_date(month, "LLLL yyyy", locale=babel_locale(self.locale)).capitalize()
+
+    def day(self, moment: date | datetime) -> str:
+        return format_day(moment, self.locale)
+
+    def state(self, state: str) -> str:
+        return state_word(self.locale, str(state))
+
+
+# -- answering -------------------------------------------------------------------------------
+
+
+def _html(request: web.Request, template: str, context: dict[str, Any],
+          status: int = 200) -> web.Response:
+    """The page, with its ETag, cache and language headers; 304 if the client has it."""
+    locale = context["w"].locale
+    context.setdefault("lang", locale)
+    body = aiohttp_jinja2.render_string(template, request, context).encode()
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    headers = {hdrs.VARY: "Accept-Language", hdrs.CONTENT_LANGUAGE: locale}
+    if status == 200:
+        headers[hdrs.CACHE_CONTROL] = CACHE_CONTROL
+        headers[hdrs.ETAG] = etag
+        tags = [tag.strip().removeprefix("W/")
+                for tag in request.headers.get(hdrs.IF_NONE_MATCH, "").split(",")]
+        if etag in tags or "*" in tags:
+            return web.Response(status=304, headers=headers)
+    else:
+        headers[hdrs.CACHE_CONTROL] = "no-cache"
+    return web.Response(body=body, status=status, content_type="text/html", charset="utf-8",
+                        headers=headers)
+
+
+def not_found_page(request: web.Request, key: str, **params: Any) -> web.Response:
+    w = Words(reader_locale(request))
+    return _html(request, "not_found.html",
+                 {"w": w, "message": w(f"not_found.{key}", **params), "path": request.path},
+                 status=404)
+
+
+@web.middleware
+async def html_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A page not found is an HTML 404 in the reader's language; a full read gate is a 503.
+    Not under `/api/` or `/webhooks/`, which answer in JSON."""
+    if request.path.startswith(("/api/", "/webhooks/", "/healthz")):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except NotFound as e:
+        return not_found_page(request, e.key, **e.params)
+    except Busy:
+        w = Words(reader_locale(request))
+        return web.Response(text=w("busy"), status=503,
+                            headers={hdrs.RETRY_AFTER: str(Busy.retry_after)})
+    except web.HTTPNotFound:
+        if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
+            raise
+        return not_found_page(request, "page")
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+async def _repo(session: AsyncSession, forge: str, path: str) -> t.Repo:
+    stmt = (select(t.Repo).where(col(t.Repo.forge) == forge,
+                                 func.lower(col(t.Repo.full_path)) == path.lower(),
+                                 shown_publicly()).order_by(col(t.Repo.id)).limit(1))
+    repo = (await session.exec(stmt)).first()
+    if repo is None:
+        raise NotFound("repo", forge=forge, path=path)
+    return repo
+
+
+async def _open_tasks(session: AsyncSession, repo_id: int | None) -> list[TaskRows]:
+    stmt = (select(t.Task, t.Repo).join(t.Repo, col(t.Repo.id) == col(t.Task.repo_id))
+            .where(col(t.Task.state).in_(OPEN_STATES), shown_publicly())
+            .order_by(col(t.Task.id).desc()).limit(MAX_TASKS))
+    if repo_id is not None:
+        stmt = stmt.where(col(t.Task.repo_id) == repo_id)
+    pairs = [(task, repo) for task, repo in (await session.exec(stmt)).all()]
+    return await load_tasks(session, pairs)
+
+
+def task_view(rows: TaskRows, now: datetime) -> dict[str, Any]:
+    """What a page shows of a task: its figures from the rules' own `Bounty`."""
+    task, repo = rows.task, rows.repo
+    b = rows.bounty()
+    shown = b.raised() if task.state == TaskState.DONE else b.held()
+    totals: dict[str, int] = {}
+    names: dict[str, str] = {}
+    for p in rows.pledges:
+        if p.state in RAISED:
+            key = p.backer.casefold()
+            names.setdefault(key, p.backer)
+            totals[key] = totals.get(key, 0) + p.amount_minor
+    created = task.created_at if task.created_at.tzinfo else task.created_at.replace(tzinfo=UTC)
+    return {
+        "id": task.id, "number": task.number, "title": task.title, "url": task.url,
+        "state": task.state.value, "currency": task.currency, "goal": task.goal_minor,
+        "held": shown.minor, "page": page_url(repo, task.number),
+        "backers": [(names[k], v) for k, v in totals.items()],
+        "age_days": max(0, (now - created).days),
+        "reached": task.goal_minor is not None and shown.minor >= task.goal_minor,
+        "claim": (lambda c: c.developer if c else None)(b.shown_claim()),
+        "repo": repo.full_path, "forge": repo.forge, "repo_page": repo_url(repo),
+    }
+
+
+def _repo_view(repo: t.Repo) -> dict[str, str]:
+    return {"forge": repo.forge, "path": repo.full_path, "url": repo_url(repo)}
+
+
+def repo_url(repo: t.Repo) -> str:
+    return f"/{repo.forge}/{repo.full_path}"
+
+
+def page_url(repo: t.Repo, number: int) -> str:
+    return f"{repo_url(repo)}/-/issues/{number}"
+
+
+def _this_month(now: datetime) -> date:
+    return now.date().replace(day=1)
+
+
+def _bot(request: web.Request) -> Any:
+    return request.app[SETTINGS].bot
+
+
+# -- handlers --------------------------------------------------------------------------------
+
+
+async def stylesheet(request: web.Request) -> web.Response:
+    body = (HERE / "static" / "bountybot.css").read_bytes()
+    return web.Response(body=body, content_type="text/css", charset="utf-8",
+                        headers={hdrs.CACHE_CONTROL: "public, max-age=3600"})
+
+
+async def index(request: web.Request) -> web.Response:
+    now = datetime.now(UTC)
+    w = Words(reader_locale(request))
+    async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
+        repos = [_repo_view(r) for r in (await session.exec(
+            select(t.Repo).where(shown_publicly())
+            .order_by(func.lower(col(t.Repo.full_path))))).all()]
+        tasks = [task_view(rows, now) for rows in await _open_tasks(session, None)]
+        appeal = await month_figures(session, None, _this_month(now), now=now,
+                                     default_currency=_bot(request).currency)
+    return _html(request, "index.html", {
+        "w": w, "repos": repos,
+        "tasks": tasks, "appeal": appeal, "needs_url": None})
+
+
+async def repo_page(request: web.Request) -> web.Response:
+    now = datetime.now(UTC)
+    w = Words(reader_locale(request))
+    async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
+        repo = await _repo(session, request.match_info["forge"], request.match_info["path"])
+        tasks = [task_view(rows, now) for rows in await _open_tasks(session, id_of(repo))]
+        months = await history(session, id_of(repo), _this_month(now), now=now,
+                               default_currency=repo.currency or _bot(request).currency)
+        shown = _repo_view(repo)
+    base = shown["url"]
+    return _html(request, "repo.html", {
+        "w": w, "repo": shown,
+        "tasks": tasks, "appeal": months[0], "history": months,
+        "needs_url": f"{base}/-/needs", "badge_url": f"{base}/-/needs/badge.svg"})
+
+
+async def needs_page(request: web.Request) -> web.Response:
+    now = datetime.now(UTC)
+    w = Words(reader_locale(request))
+    raw = request.match_info.get("month")
+    month = _this_month(now)
+    if raw is not None:
+        year, number = int(raw[:4]), int(raw[5:])
+        if not (1 <= number <= 12 and year >= 2000) or date(year, number, 1) > month:
+            raise NotFound("month", month=raw)
+        month = date(year, number, 1)
+    async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
+        repo = await _repo(session, request.match_info["forge"], request.match_info["path"])
+        months = await history(session, id_of(repo), month, now=now,
+                               default_currency=repo.currency or _bot(request).currency)
+        shown = _repo_view(repo)
+    base = shown["url"]
+    earlier = previous_months(month, 2)[1]
+    later = None if month >= _this_month(now) else next_month(month)
+    return _html(request, "needs.html", {
+        "w": w, "repo": shown,
+        "appeal": months[0], "history": months, "needs_url": f"{base}/-/needs",
+        "earlier": f"{base}/-/needs/{earlier:%Y-%m}",
+        "later": None if later is None else f"{base}/-/needs/{later:%Y-%m}"})
+
+
+async def task_page(request: web.Request) -> web.Response:
+    now = datetime.now(UTC)
+    w = Words(reader_locale(request))
+    number = int(request.match_info["number"])
+    async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
+        repo = await _repo(session, request.match_info["forge"], request.match_info["path"])
+        task = (await session.exec(select(t.Task).where(
+            col(t.Task.repo_id) == id_of(repo), col(t.Task.number) == number))).first()
+        if task is None:
+            raise NotFound("task", path=repo.full_path, number=number)
+        [rows] = await load_tasks(session, [(task, repo)])
+        trail = (await session.exec(select(t.AuditEvent).where(
+            col(t.AuditEvent.task_id) == id_of(task), col(t.AuditEvent.action).in_(TIMELINE))
+            .order_by(col(t.AuditEvent.id)))).all()
+        context = _task_context(request, repo, rows, trail, now)
+    return _html(request, "task.html", {"w": w, **context})
+
+
+def _task_context(request: web.Request, repo: t.Repo, rows: TaskRows,
+                  trail: Sequence[t.AuditEvent], now: datetime) -> dict[str, Any]:
+    task = rows.task
+    view = task_view(rows, now)
+    references = {p.id: p.reference for p in rows.payouts}
+    paid = [p for p in rows.payouts if p.state.value == "paid"]
+    timeline = [_moment(a, task.currency) for a in trail]
+    for item, payout in zip([i for i in timeline if i["action"] == "payout.paid"], paid,
+                            strict=False):
+        item["reference"] = references.get(payout.id)
+    return {
+        "repo": _repo_view(repo),
+        "task": view, "timeline": timeline,
+        "links": [{"number": li.number, "url": li.url, "state": li.state.value,
+                   "author": li.author} for li in rows.links],
+        "payouts": [{"developer": p.developer, "amount": p.amount_minor, "state": p.state.value,
+                     "reference": p.reference if p.state.value == "paid" else None}
+                    for p in rows.payouts],
+        "bot": _bot(request).login,
+        "locale_repo": locale_of(repo, _bot(request).locale),
+        "badge_url": f"{view['page']}/badge.svg"}
+
+
+def _moment(item: t.AuditEvent, currency: str) -> dict[str, Any]:
+    detail = item.detail or {}
+    who = detail.get("backer") or detail.get("developer") or detail.get("author") or ""
+    return {"action": item.action, "at": item.created_at, "who": who,
+            "amount": detail.get("amount"), "currency": currency,
+            "number": detail.get("number"), "reference": None}
+
+
+async def short_link(request: web.Request) -> web.Response:
+    task_id = int(request.match_info["id"])
+    async with reading(request.app[READER]) as session:
+        task = await session.get(t.Task, task_id) if task_id < 2**31 else None
+        repo = None if task is None else await session.get(t.Repo, task.repo_id)
+        if task is None or repo is None or (repo.private and not repo.published):
+            raise NotFound("task_id", id=task_id)
+        target = page_url(repo, task.number)
+    query = f"?lang={request.query['lang']}" if request.query.get("lang") in LANGUAGES else ""
+    raise web.HTTPMovedPermanently(target + query)
+
+
+__all__ = ["MonthFigures", "setup"]
