@@ -1,5 +1,6 @@
 # Two commands from a clean clone, with only python3 (and its venv module) installed:
 #   make run    the service on http://127.0.0.1:8080 with a local SQLite database
+#   make demo   a few bounties played through the service, then its pages (PORT=8080)
 #   make test   ruff and mypy, then the whole test suite
 # The virtualenv lives in .venv; the package is reinstalled only when pyproject.toml changes.
 
@@ -7,11 +8,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint clean
+.PHONY: run demo test lint clean
 
 run: $(VENV)/.installed
 	$(BIN)/bountybot db upgrade
 	$(BIN)/bountybot serve
+
+PORT ?= 8080
+
+demo: $(VENV)/.installed
+	$(BIN)/bountybot demo --port $(PORT)
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check

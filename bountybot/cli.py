@@ -25,12 +25,12 @@ from bountybot.logs import RedactSecrets, event, flush_suppressed, log_level, se
 
 log = logging.getLogger("bountybot")
 
-# `bountybot demo` is not built yet (a later issue): said plainly when called.
+# What `bountybot demo --help` says.
 DEMO = (
-    "not built yet. It will play a few bounties (funded, claimed, paid on a merge, refunded)"
-    " through the real service on a fresh SQLite file, with a built-in stand-in forge and"
-    " nothing to set up, then serve the public pages and print their addresses. Until then,"
-    " the quick start in README.md runs the real service in two commands."
+    "Play a few bounties (funded, claimed, paid on a merge, refunded) through the real service"
+    " on a fresh SQLite file, with a built-in stand-in forge and nothing to set up, then serve"
+    " the public pages and print their addresses, until Ctrl-C. No account, no configuration"
+    " file, no network."
 )
 
 
@@ -226,8 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the repo's full path (owner/name), or its id from `bountybot repos`")
         sub.set_defaults(run=cmd_repos)
 
-    # Not built yet: left out of the listing (no `help`), it says what it will do when called.
-    demo = commands.add_parser("demo", parents=[config], description=DEMO)
+    demo = _command(commands, "demo", "play a few bounties on a stand-in forge; show the pages",
+                    DEMO)
+    demo.add_argument("--port", type=int, default=8080,
+                      help="port to serve the pages on, on 127.0.0.1 (default: 8080)")
+    demo.add_argument("--database", metavar="PATH",
+                      help="a new SQLite file to write (default: one in a new temporary"
+                      " directory); a file that holds anything is refused")
     demo.set_defaults(run=cmd_demo)
     parser.set_defaults(run=lambda args: _usage(parser))
     return parser
@@ -875,9 +880,17 @@ async def _sync(sessionmaker: Any, settings: Settings, repo: str | None,
     return report, handled
 
 
-# not yet -------------------------------------------------------------------------------------
+# demo ----------------------------------------------------------------------------------------
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    print(f"bountybot demo: {DEMO}", file=sys.stderr)
-    return 2
+    from bountybot.demo import DemoError, run
+
+    if not 0 <= args.port <= 65535:
+        raise CommandError(f"demo: --port {args.port} is not a port (0 to 65535)", code=2)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(run(args.database, args.port, say=lambda line: print(line,
+                                                                                flush=True)))
+    except DemoError as e:
+        raise CommandError(f"demo: {e}", code=2) from None

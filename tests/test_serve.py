@@ -198,23 +198,8 @@ def test_sync_with_no_forge_on_says_what_to_set(
     assert "no forge is on" in err and "BOUNTYBOT_GITHUB_TOKEN" in err and err.count("\n") == 1
 
 
-def test_demo_says_plainly_what_it_will_do(
-    cli_env: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Not built yet (a later issue): out of `--help`, and when called it says what it will be,
-    in words a user knows (no "arrives with the demo issue")."""
-    from bountybot.cli import main
-
-    assert main(["demo"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("bountybot demo: not built yet. It will play a few bounties")
-    assert "stand-in forge" in err and "public pages" in err
-    assert "issue" not in err and "arrives with" not in err
-    assert "README.md" in err and err.count("\n") == 1
-
-
 def test_help_lists_each_command_on_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    """`bountybot --help` in an 80-column terminal: every command (demo aside) with a
+    """`bountybot --help` in an 80-column terminal: every command with a
     description on its own line; each command's own --help starts with a description too."""
     from bountybot.cli import main
 
@@ -231,9 +216,8 @@ def test_help_lists_each_command_on_one_line(capsys: pytest.CaptureFixture[str])
         listed[name] = summary.strip()
     assert all(len(line) <= 78 for line in done.stdout.splitlines())
     commands = ["serve", "db", "audit", "export", "payouts", "pledges", "statement", "outbox",
-                "deliveries", "payments", "sync", "repos"]
+                "deliveries", "payments", "sync", "repos", "demo"]
     assert list(listed) == commands
-    assert "demo" not in done.stdout
     for name in commands:
         assert main([name, "--help"]) == 0
         usage, description = capsys.readouterr().out.split("\n\n")[:2]
