@@ -96,10 +96,10 @@ def default_features() -> list[Feature]:
     # Imported here, not at the top: the features import this module.
     from bountybot import service
     from bountybot.api import routes as api
-    from bountybot.web import badges, pages
+    from bountybot.web import badges, feeds, pages
 
-    # The badges before the pages: their routes are the more specific.
-    return [api.setup, badges.setup, service.setup, pages.setup]
+    # The badges and feeds before the pages: their routes are the more specific.
+    return [api.setup, badges.setup, feeds.setup, service.setup, pages.setup]
 
 
 def create_app(

@@ -32,6 +32,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StrictBool,
     ValidationError,
     ValidationInfo,
     field_serializer,
@@ -223,6 +224,9 @@ class BotSettings(_Section):
     claim_days: int = Field(default=14, ge=1)
     release_after_days: int = Field(default=0, ge=0)
     fee_percent: Decimal = Field(default=Decimal("0"), ge=0, le=100, decimal_places=2)
+    # What the public pages and the public API say of backers: "names" (each login with its
+    # amount) or "count" (how many, never who). The bot's comments on the forge are unchanged.
+    public_backers: Literal["names", "count"] = "names"
 
     @field_validator("locale")
     @classmethod
@@ -365,6 +369,61 @@ class SchedulerSettings(_Section):
     outbox_lease_seconds: int = Field(default=120, ge=5)
 
 
+class FundingManifest(_Section):
+    """One repo's funding.json (FLOSS/fund v1), served at `/{forge}/{path}/-/funding.json`
+    only when its maintainers asked for it: it publishes a contact email. The table's key is
+    `forge:path` (`[funding."github:owner/repo"]`), the path compared without case."""
+
+    email: str = Field(min_length=3, max_length=250, pattern=r"^[^@\s]+@[^@\s]+$")
+    name: str = Field(min_length=1, max_length=250)
+    # FLOSS/fund's entity type and role: individual, group, organisation, other; owner,
+    # steward, maintainer, contributor, other.
+    type: Literal["individual", "group", "organisation", "other"] = "group"
+    role: Literal["owner", "steward", "maintainer", "contributor", "other"] = "maintainer"
+    description: str = Field(default="", max_length=2000)
+    # The entity's web page (default: the repo's page on this instance).
+    webpage_url: str | None = None
+    # SPDX ids (`spdx:AGPL-3.0-or-later`), at most 5; tags of floss.fund's list, at most 10.
+    licenses: list[str] = Field(default_factory=list, max_length=5)
+    tags: list[str] = Field(default_factory=list, max_length=10)
+
+    _webpage_is_http = field_validator("webpage_url")(_check_http_url)
+
+    @field_validator("tags")
+    @classmethod
+    def _tag_shape(cls, value: list[str]) -> list[str]:
+        for tag in value:
+            if not re.fullmatch(r"[a-z0-9-]{1,32}", tag):
+                raise ValueError(f"tag {tag!r} must be lowercase letters, digits and dashes")
+        return value
+
+
+def _funding_keys(value: dict[str, FundingManifest]) -> dict[str, FundingManifest]:
+    for key in value:
+        if not re.fullmatch(r"(github|gitlab):[^\s:/][^\s:]*", key):
+            raise ValueError(f"{key!r} is not forge:path (e.g. github:owner/repo)")
+    return {key.lower(): manifest for key, manifest in value.items()}
+
+
+class RepoPrivacy(_Section):
+    """What the public may see of one repo: `[repos."forge:path"]` (the path compared without
+    case). `public_amounts = false`: its pages, badges and public API show percentages of the
+    goal only, never an amount."""
+
+    public_amounts: StrictBool = True
+
+
+def _repos_keys(value: dict[str, RepoPrivacy]) -> dict[str, RepoPrivacy]:
+    found: dict[str, RepoPrivacy] = {}
+    for key, item in value.items():
+        if not re.fullmatch(r"(github|gitlab):[^\s:/][^\s:]*", key):
+            raise ValueError(f"{key!r} is not forge:path (e.g. github:owner/repo)")
+        if key.lower() in found:
+            raise ValueError(f"{key!r} is given twice (paths are compared without case)")
+        found[key.lower()] = item
+    return found
+
+
 class _EnvSource(PydanticBaseSettingsSource):
     """`BOUNTYBOT_<SECTION>_<KEY>` for every known key, and `BOUNTYBOT_CONFIG` for the file."""
 
@@ -435,6 +494,14 @@ class Settings(BaseSettings):
     payments: PaymentsSettings = Field(default_factory=PaymentsSettings)
     stripe: StripeSettings = Field(default_factory=StripeSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    # Per repo, `forge:path` -> its funding.json (opt-in; from the TOML file only).
+    funding: dict[str, FundingManifest] = Field(default_factory=dict)
+
+    _funding_keys = field_validator("funding")(_funding_keys)
+    # Per repo, `forge:path` -> what the public may see of it (from the TOML file only).
+    repos: dict[str, RepoPrivacy] = Field(default_factory=dict)
+
+    _repos_keys = field_validator("repos")(_repos_keys)
 
     SECTIONS: ClassVar[tuple[str, ...]] = (
         "server", "database", "bot", "github", "gitlab", "payments", "stripe", "scheduler",
@@ -489,6 +556,11 @@ class Settings(BaseSettings):
         if self.database.password:
             found["database.url"] = self.database.password
         return found
+
+    def public_amounts(self, forge: str, path: str) -> bool:
+        """Whether the public may see the amounts of the repo at `path` on `forge`."""
+        found = self.repos.get(f"{forge}:{path}".lower())
+        return found is None or found.public_amounts
 
     def forges_enabled(self) -> list[str]:
         """The forges whose webhook secret and credentials are set, e.g. `["github"]`."""

@@ -18,6 +18,10 @@ unreachable database 503, anything else 500 with the details in the log only.
 
 Public means: a private repo's tasks, people and amounts are left out (a private task answers
 404 like an unknown one) unless its operator published them (`api.views.shown_publicly`).
+Privacy (`api.views.Privacy`): with `bot.public_backers = "count"` tasks carry no backer's
+login (`pledges[].backer` is null), a ledger names no backer, and backers' statements are 404;
+a repo with `public_amounts = false` has its tasks' amounts null (`percent` instead) and its
+ledgers 404. Where either is set, the whole-books export and the statements are not public.
 The reads use the public reads' own database pool (`app.READER`); the heavy ones (task lists,
 ledgers, statements, exports) each take a turn first (`app.READ_GATE`), and a request that
 finds none within `server.read_wait_seconds` is a 503 with `Retry-After`.
@@ -50,6 +54,7 @@ from bountybot.api.views import (
     load_entries,
     load_tasks,
     locale_of,
+    privacy_of,
     reading,
     shown_publicly,
     task_json,
@@ -204,7 +209,8 @@ async def list_tasks(request: web.Request) -> web.Response:
             stmt = (select(t.Task, t.Repo).join(t.Repo, joined).where(*where)
                     .order_by(col(t.Task.id)).offset(offset).limit(per_page))
             pairs = [(task, r) for task, r in (await session.exec(stmt)).all()]
-            tasks = [task_json(rows, _locale(request))
+            settings = request.app[SETTINGS]
+            tasks = [task_json(rows, _locale(request), privacy=privacy_of(settings, rows.repo))
                      for rows in await load_tasks(session, pairs)]
     response = json_response(
         {"tasks": tasks, "page": page, "per_page": per_page, "total": total})
@@ -227,7 +233,8 @@ async def show_task(request: web.Request) -> web.Response:
     task_id = _task_id(request)
     async with reading(request.app[READER]) as session:
         [rows] = await load_tasks(session, [await _task(session, task_id)])
-        return json_response(task_json(rows, _locale(request)))
+        return json_response(task_json(
+            rows, _locale(request), privacy=privacy_of(request.app[SETTINGS], rows.repo)))
 
 
 async def show_ledger(request: web.Request) -> web.Response:
@@ -235,6 +242,10 @@ async def show_ledger(request: web.Request) -> web.Response:
     task_id = _task_id(request)
     async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
         task, repo = await _task(session, task_id)
+        if not privacy_of(request.app[SETTINGS], repo).amounts:
+            # A ledger is nothing but amounts: its repo shows percentages only.
+            raise ApiError(404, f"the ledger of task {task_id} is not public: its repo shows"
+                           " percentages only")
         locale = locale_of(repo, _locale(request))
         stmt = (select(t.LedgerTransaction).where(t.LedgerTransaction.task_id == task_id)
                 .order_by(col(t.LedgerTransaction.id)))
@@ -245,9 +256,25 @@ async def show_ledger(request: web.Request) -> web.Response:
             "task_id": task_id,
             "account": ESCROW.render(task_id),
             "balance": amount(balance, task.currency, locale),
-            "transactions": [transaction_json(txn, entries[id_of(txn)], locale)
+            "transactions": [_nameless(transaction_json(txn, entries[id_of(txn)], locale),
+                                       request.app[SETTINGS].bot.public_backers != "count")
                              for txn in txns],
         })
+
+
+def _nameless(txn: Json, names: bool) -> Json:
+    """A ledger transaction without its backers' names (`bot.public_backers = "count"`): a
+    backer's account is `backer`, and the memo of a transaction with one (`alice pledges`)
+    is left empty."""
+    if names:
+        return txn
+    backed = False
+    for entry in txn["entries"]:
+        if entry["account"].startswith("backer:"):
+            entry["account"], backed = "backer", True
+    if backed:
+        txn["memo"] = ""
+    return txn
 
 
 async def show_statement(request: web.Request) -> web.Response:
@@ -258,6 +285,11 @@ async def show_statement(request: web.Request) -> web.Response:
     if not 0 < len(login) <= t.LOGIN:
         raise ApiError(404, f"no such login {_shown(login)}")
     role: Role = "backer" if "/backers/" in request.path else "developer"
+    if role == "backer" and request.app[SETTINGS].bot.public_backers == "count":
+        raise ApiError(404, "backers' statements are not public here (bot.public_backers is"
+                       " count)")
+    if any(not r.public_amounts for r in request.app[SETTINGS].repos.values()):
+        raise ApiError(404, "statements are not public here: some repos show percentages only")
     async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
         try:
             found = await statement(session, forge, role, login, public=True)
@@ -302,7 +334,18 @@ async def _download(request: web.Request, suffix: str, content_type: str,
     return response
 
 
+def _export_is_public(request: web.Request) -> None:
+    """The public export is the whole books, names and amounts: not where either is hidden
+    (the operator still has `bountybot export`)."""
+    settings = request.app[SETTINGS]
+    if settings.bot.public_backers == "count" or any(
+            not r.public_amounts for r in settings.repos.values()):
+        raise ApiError(404, "the export is not public here: backers' names or some repos'"
+                       " amounts are hidden (the operator has `bountybot export`)")
+
+
 async def download_json(request: web.Request) -> web.StreamResponse:
+    _export_is_public(request)
     now = datetime.now(UTC)
     async with request.app[READ_GATE].turn():
         return await _download(request, "json", "application/json", lambda write: export_json(
@@ -311,6 +354,7 @@ async def download_json(request: web.Request) -> web.StreamResponse:
 
 
 async def download_csv(request: web.Request) -> web.StreamResponse:
+    _export_is_public(request)
     async with request.app[READ_GATE].turn():
         return await _download(request, "csv", "text/csv", lambda write: export_csv(
             request.app[READER], write, locale=_locale(request), public=True,

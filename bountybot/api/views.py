@@ -30,7 +30,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bountybot.ledger import ESCROW
 from bountybot.money import Money, format_money
 from bountybot.rules.model import RAISED, Bounty, Claim, Pledge
-from bountybot.states import ClaimState
+from bountybot.states import ClaimState, TaskState
 from bountybot.storage import tables as t
 from bountybot.storage.tables import id_of
 
@@ -145,7 +145,31 @@ async def load_tasks(session: AsyncSession,
             for (task, repo), i in zip(pairs, ids, strict=True)]
 
 
-def task_json(rows: TaskRows, default_locale: str, *, full: bool = False) -> Json:
+@dataclass(frozen=True)
+class Privacy:
+    """What the public may see of a repo's tasks: backers' names (`bot.public_backers`) and
+    amounts (`[repos."forge:path"] public_amounts`). The operator's own reads see everything."""
+
+    names: bool = True
+    amounts: bool = True
+
+
+EVERYTHING = Privacy()
+
+
+def privacy_of(settings: Any, repo: t.Repo) -> Privacy:
+    """The privacy `settings` (a `bountybot.config.Settings`) give `repo`'s public views."""
+    return Privacy(names=settings.bot.public_backers != "count",
+                   amounts=settings.public_amounts(repo.forge, repo.full_path))
+
+
+def percent_of(minor: int, goal: int | None) -> int | None:
+    """`minor` as a whole percentage of `goal` (rounded down, not capped), or None."""
+    return None if not goal else minor * 100 // goal
+
+
+def task_json(rows: TaskRows, default_locale: str, *, full: bool = False,
+              privacy: Privacy = EVERYTHING) -> Json:
     """A task as DESIGN.md lists it (plus `currency`, `deadline`, `created_at`, `raised`).
 
     `pledged` is what escrow holds now (held pledges); `raised` is what the backers gave and
@@ -155,6 +179,11 @@ def task_json(rows: TaskRows, default_locale: str, *, full: bool = False) -> Jso
     `claim` is the live claim, or for a done task the claim it was done under (`state`
     `done`, `expires_at` null). `full` (the export) adds every row's id and bookkeeping
     columns, and the whole claim history under `claims`.
+
+    `privacy` (the public API's; never with `full`): without names, every `pledges[].backer` is
+    null (`backers` still counts them); without amounts, every amount (`goal`, `pledged`,
+    `raised`, `pledges[].amount`, `payouts[].amount`) is null and `percent` says how much of
+    the goal is gathered (raised for a done task, held otherwise; null without a goal).
     """
     task, repo = rows.task, rows.repo
     locale = locale_of(repo, default_locale)
@@ -195,7 +224,7 @@ def task_json(rows: TaskRows, default_locale: str, *, full: bool = False) -> Jso
                      "paid_at": iso(p.paid_at)} for p in rows.payouts],
     }
     if not full:
-        return out
+        return _private(out, b, task, privacy)
     out.update(repo_id=task.repo_id, updated_at=iso(task.updated_at), award=task.award,
                summary_comment_id=task.summary_comment_id)
     for item, p in zip(out["pledges"], rows.pledges, strict=True):
@@ -211,6 +240,20 @@ def task_json(rows: TaskRows, default_locale: str, *, full: bool = False) -> Jso
     for item, po in zip(out["payouts"], rows.payouts, strict=True):
         item.update(id=po.id, reference=po.reference, due_at=iso(po.due_at),
                     attempts=po.attempts)
+    return out
+
+
+def _private(out: Json, b: Bounty, task: t.Task, privacy: Privacy) -> Json:
+    """`out` with what `privacy` hides set to null."""
+    if not privacy.names:
+        for item in out["pledges"]:
+            item["backer"] = None
+    if not privacy.amounts:
+        shown = b.raised() if task.state == TaskState.DONE else b.held()
+        out.update(goal=None, pledged=None, raised=None,
+                   percent=percent_of(shown.minor, task.goal_minor))
+        for item in out["pledges"] + out["payouts"]:
+            item["amount"] = None
     return out
 
 

@@ -12,6 +12,8 @@ drawn in whatever of Verdana, Geneva or DejaVu Sans the viewer has. Every answer
 GitHub's proxy would keep an image for a year; with it, the proxy asks again each time and gets a
 304 while nothing changed. The language comes from `?lang=` (the proxy drops Accept-Language),
 else the repo's locale, else the bot's. A private repo (not published) answers as an unknown one.
+A repo with `public_amounts = false` gets badges in percentages of the goal only
+("bounty | 62% of goal", "bounty | funded", "December needs | 42%"), never an amount.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bountybot.api.views import locale_of, reading, shown_publicly
+from bountybot.api.views import locale_of, privacy_of, reading, shown_publicly
 from bountybot.app import READ_GATE, READER, SETTINGS, Busy
 from bountybot.i18n import babel_locale, format_percentage, language, register, translate
 from bountybot.money import Money, minor_digits, to_decimal
@@ -66,6 +68,10 @@ register("badge.needs_of", "{percent} of {asked}", "{percent} de {asked}")
 register("badge.nothing_asked", "nothing asked", "aucun besoin")
 register("badge.unknown_task", "no such task", "tâche introuvable")
 register("badge.needs_label", "needs", "besoins")
+register("badge.of_goal", "{percent} of goal", "{percent} de l’objectif")
+register("badge.funded_x", "funded", "financée")
+register("badge.paid_x", "paid", "payée")
+register("badge.done_x", "done", "terminée")
 
 # Advance widths of Verdana at 11px, in pixels (the font's hmtx advances over its 2048 units
 # per em, times 11), for printable ASCII: the table shields.io's badge-maker measures with.
@@ -191,9 +197,10 @@ def short_money(m: Money, locale: str) -> str:
 
 
 def task_badge(task: t.Task, pledges: list[t.Pledge], payouts: list[t.Payout],
-               locale: str) -> Badge:
+               locale: str, *, amounts: bool = True) -> Badge:
     """`€250 of €400` while the task gathers money, `funded €400`, `claimed`, `in review`,
-    `paid €400` once every payout is settled (`done €400` until then), or the ended state."""
+    `paid €400` once every payout is settled (`done €400` until then), or the ended state.
+    Without `amounts`: `62% of goal` (the state's word without a goal), `funded`, `paid`."""
     cur = task.currency
 
     def total(states: frozenset[PledgeState]) -> Money:
@@ -203,6 +210,11 @@ def task_badge(task: t.Task, pledges: list[t.Pledge], payouts: list[t.Payout],
     raised = total(frozenset({PledgeState.HELD, PledgeState.PAID_OUT}))
     label = translate(locale, "badge.bounty")
     state = task.state
+    if state == TaskState.OPEN and not amounts:
+        if not task.goal_minor:
+            return Badge(label, state_word(locale, state), "orange")
+        percent = format_percentage(held.minor * 100 // task.goal_minor, locale)
+        return Badge(label, translate(locale, "badge.of_goal", percent=percent), "orange")
     if state == TaskState.OPEN:
         amount = short_money(held, locale)
         if task.goal_minor is None:
@@ -210,6 +222,8 @@ def task_badge(task: t.Task, pledges: list[t.Pledge], payouts: list[t.Payout],
         goal = short_money(Money(task.goal_minor, cur), locale)
         return Badge(label, translate(locale, "badge.of", held=amount, goal=goal), "orange")
     if state == TaskState.FUNDED:
+        if not amounts:
+            return Badge(label, translate(locale, "badge.funded_x"), "green")
         return Badge(label, translate(locale, "badge.funded", amount=short_money(held, locale)),
                      "green")
     if state in (TaskState.CLAIMED, TaskState.IN_REVIEW):
@@ -218,13 +232,17 @@ def task_badge(task: t.Task, pledges: list[t.Pledge], payouts: list[t.Payout],
         shown = [p for p in payouts if p.state != PayoutState.CANCELLED]
         settled = bool(shown) and all(p.state == PayoutState.PAID for p in shown)
         key = "badge.paid" if settled else "badge.done"
-        return Badge(label, translate(locale, key, amount=short_money(raised, locale)),
-                     "brightgreen" if settled else "green")
+        color = "brightgreen" if settled else "green"
+        if not amounts:
+            return Badge(label, translate(locale, key + "_x"), color)
+        return Badge(label, translate(locale, key, amount=short_money(raised, locale)), color)
     return Badge(label, state_word(locale, state), "lightgrey")
 
 
-def needs_badge(month: date, figures: Sequence[Figures], locale: str) -> Badge:
-    """`December needs | 42% of €1,000`; several currencies side by side, never converted."""
+def needs_badge(month: date, figures: Sequence[Figures], locale: str, *,
+                amounts: bool = True) -> Badge:
+    """`December needs | 42% of €1,000`; several currencies side by side, never converted.
+    Without `amounts`: `December needs | 42%`."""
     label = translate(locale, "badge.needs",
                       month=format_date(month, "LLLL", locale=babel_locale(locale)))
     asked = [f for f in figures if f.asked > 0]
@@ -233,6 +251,9 @@ def needs_badge(month: date, figures: Sequence[Figures], locale: str) -> Badge:
     parts = []
     for f in asked:
         percent = min(f.funded, f.asked) * 100 // f.asked
+        if not amounts:
+            parts.append(format_percentage(percent, locale))
+            continue
         parts.append(translate(locale, "badge.needs_of",
                                percent=format_percentage(percent, locale),
                                asked=short_money(Money(f.asked, f.currency), locale)))
@@ -324,7 +345,8 @@ async def show_task_badge(request: web.Request) -> web.Response:
         payouts = list((await session.exec(
             select(t.Payout).where(col(t.Payout.task_id) == task.id))).all())
         # Drawn inside the session: its rows are expired once it is rolled back.
-        badge = task_badge(task, pledges, payouts, _locale(request, repo))
+        badge = task_badge(task, pledges, payouts, _locale(request, repo),
+                           amounts=privacy_of(request.app[SETTINGS], repo).amounts)
     return _answer(request, badge)
 
 
@@ -340,6 +362,7 @@ async def show_needs_badge(request: web.Request) -> web.Response:
             figures = await month_figures(session, repo.id, month,
                                           default_currency=repo.currency or bot.currency)
             locale = _locale(request, repo)
+            amounts = privacy_of(request.app[SETTINGS], repo).amounts
     except Busy:
         return _busy()
-    return _answer(request, needs_badge(month, figures.by_currency, locale))
+    return _answer(request, needs_badge(month, figures.by_currency, locale, amounts=amounts))

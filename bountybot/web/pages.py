@@ -11,6 +11,12 @@ Reads go through the public read pool (`READER`) and take a turn of `READ_GATE`,
 do. A private repo that was not published answers as an unknown one. Every page is
 `Cache-Control: public, max-age=60` with an ETag (a hash of the bytes) and a 304 on
 `If-None-Match`; `Vary: Accept-Language`, since `?lang=` or the header picks en or fr.
+
+Privacy (`api.views.Privacy`): with `bot.public_backers = "count"` a page says how many backers
+a task has, never who (in its backers, its timeline and the refunds); a repo with
+`public_amounts = false` shows percentages of the goal only, never an amount, and then the
+appeal across all projects (the index) is shown in percentages too. Payout references are shown
+as the maintainer gave them: they are the public proof of payment.
 """
 
 from __future__ import annotations
@@ -31,7 +37,16 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bountybot.api.views import TaskRows, load_tasks, locale_of, reading, shown_publicly
+from bountybot.api.views import (
+    Privacy,
+    TaskRows,
+    load_tasks,
+    locale_of,
+    percent_of,
+    privacy_of,
+    reading,
+    shown_publicly,
+)
 from bountybot.app import READ_GATE, READER, SETTINGS, Busy
 from bountybot.i18n import babel_locale, format_day, format_percentage, language, translate
 from bountybot.money import Money, format_money
@@ -54,6 +69,8 @@ MAX_TASKS = 200  # open tasks listed on one page
 TIMELINE = ("task.open", "pledge.held", "task.funded", "claim.active", "link.open",
             "link.merged", "payout.pending", "payout.paid", "pledge.refunded",
             "pledge.withdrawn", "task.done", "task.cancelled", "task.expired")
+# Timeline lines whose `who` is a backer: nameless when `bot.public_backers = "count"`.
+BACKER_ACTIONS = ("pledge.held", "pledge.refunded", "pledge.withdrawn")
 
 
 class NotFound(Exception):
@@ -208,8 +225,11 @@ async def _open_tasks(session: AsyncSession, repo_id: int | None) -> list[TaskRo
     return await load_tasks(session, pairs)
 
 
-def task_view(rows: TaskRows, now: datetime) -> dict[str, Any]:
-    """What a page shows of a task: its figures from the rules' own `Bounty`."""
+def task_view(rows: TaskRows, now: datetime, privacy: Privacy) -> dict[str, Any]:
+    """What a page shows of a task: its figures from the rules' own `Bounty`. Without
+    `privacy.names`, `backers` is empty (`backer_count` still counts); without
+    `privacy.amounts`, `held`, `goal` and every backer's amount are None and `percent` says
+    how much of the goal is gathered."""
     task, repo = rows.task, rows.repo
     b = rows.bounty()
     shown = b.raised() if task.state == TaskState.DONE else b.held()
@@ -221,11 +241,16 @@ def task_view(rows: TaskRows, now: datetime) -> dict[str, Any]:
             names.setdefault(key, p.backer)
             totals[key] = totals.get(key, 0) + p.amount_minor
     created = task.created_at if task.created_at.tzinfo else task.created_at.replace(tzinfo=UTC)
+    amounts = privacy.amounts
     return {
         "id": task.id, "number": task.number, "title": task.title, "url": task.url,
-        "state": task.state.value, "currency": task.currency, "goal": task.goal_minor,
-        "held": shown.minor, "page": page_url(repo, task.number),
-        "backers": [(names[k], v) for k, v in totals.items()],
+        "state": task.state.value, "currency": task.currency,
+        "goal": task.goal_minor if amounts else None, "has_goal": task.goal_minor is not None,
+        "held": shown.minor if amounts else None, "amounts": amounts,
+        "percent": percent_of(shown.minor, task.goal_minor), "page": page_url(repo, task.number),
+        "backers": [(names[k], v if amounts else None) for k, v in totals.items()]
+        if privacy.names else [],
+        "backer_count": len(totals), "names": privacy.names,
         "age_days": max(0, (now - created).days),
         "reached": task.goal_minor is not None and shown.minor >= task.goal_minor,
         "claim": (lambda c: c.developer if c else None)(b.shown_claim()),
@@ -253,6 +278,16 @@ def _bot(request: web.Request) -> Any:
     return request.app[SETTINGS].bot
 
 
+def _privacy(request: web.Request, repo: t.Repo) -> Privacy:
+    return privacy_of(request.app[SETTINGS], repo)
+
+
+def _all_amounts(request: web.Request) -> bool:
+    """Whether the appeal across all projects may show amounts: not when any repo hides its
+    own, since the total less the other repos' figures would give them away."""
+    return all(r.public_amounts for r in request.app[SETTINGS].repos.values())
+
+
 # -- handlers --------------------------------------------------------------------------------
 
 
@@ -269,12 +304,15 @@ async def index(request: web.Request) -> web.Response:
         repos = [_repo_view(r) for r in (await session.exec(
             select(t.Repo).where(shown_publicly())
             .order_by(func.lower(col(t.Repo.full_path))))).all()]
-        tasks = [task_view(rows, now) for rows in await _open_tasks(session, None)]
+        tasks = [task_view(rows, now, _privacy(request, rows.repo))
+                 for rows in await _open_tasks(session, None)]
         appeal = await month_figures(session, None, _this_month(now), now=now,
                                      default_currency=_bot(request).currency)
     return _html(request, "index.html", {
         "w": w, "repos": repos,
-        "tasks": tasks, "appeal": appeal, "needs_url": None})
+        "tasks": tasks, "appeal": appeal, "needs_url": None,
+        "privacy": Privacy(names=_bot(request).public_backers != "count",
+                           amounts=_all_amounts(request))})
 
 
 async def repo_page(request: web.Request) -> web.Response:
@@ -282,14 +320,15 @@ async def repo_page(request: web.Request) -> web.Response:
     w = Words(reader_locale(request))
     async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
         repo = await _repo(session, request.match_info["forge"], request.match_info["path"])
-        tasks = [task_view(rows, now) for rows in await _open_tasks(session, id_of(repo))]
+        privacy = _privacy(request, repo)
+        tasks = [task_view(rows, now, privacy) for rows in await _open_tasks(session, id_of(repo))]
         months = await history(session, id_of(repo), _this_month(now), now=now,
                                default_currency=repo.currency or _bot(request).currency)
         shown = _repo_view(repo)
     base = shown["url"]
     return _html(request, "repo.html", {
         "w": w, "repo": shown,
-        "tasks": tasks, "appeal": months[0], "history": months,
+        "tasks": tasks, "appeal": months[0], "history": months, "privacy": privacy,
         "needs_url": f"{base}/-/needs", "badge_url": f"{base}/-/needs/badge.svg"})
 
 
@@ -308,12 +347,14 @@ async def needs_page(request: web.Request) -> web.Response:
         months = await history(session, id_of(repo), month, now=now,
                                default_currency=repo.currency or _bot(request).currency)
         shown = _repo_view(repo)
+        privacy = _privacy(request, repo)
     base = shown["url"]
     earlier = previous_months(month, 2)[1]
     later = None if month >= _this_month(now) else next_month(month)
     return _html(request, "needs.html", {
         "w": w, "repo": shown,
         "appeal": months[0], "history": months, "needs_url": f"{base}/-/needs",
+        "privacy": privacy,
         "earlier": f"{base}/-/needs/{earlier:%Y-%m}",
         "later": None if later is None else f"{base}/-/needs/{later:%Y-%m}"})
 
@@ -339,10 +380,11 @@ async def task_page(request: web.Request) -> web.Response:
 def _task_context(request: web.Request, repo: t.Repo, rows: TaskRows,
                   trail: Sequence[t.AuditEvent], now: datetime) -> dict[str, Any]:
     task = rows.task
-    view = task_view(rows, now)
+    privacy = _privacy(request, repo)
+    view = task_view(rows, now, privacy)
     references = {p.id: p.reference for p in rows.payouts}
     paid = [p for p in rows.payouts if p.state.value == "paid"]
-    timeline = [_moment(a, task.currency) for a in trail]
+    timeline = [_moment(a, task.currency, privacy) for a in trail]
     for item, payout in zip([i for i in timeline if i["action"] == "payout.paid"], paid,
                             strict=False):
         item["reference"] = references.get(payout.id)
@@ -351,19 +393,29 @@ def _task_context(request: web.Request, repo: t.Repo, rows: TaskRows,
         "task": view, "timeline": timeline,
         "links": [{"number": li.number, "url": li.url, "state": li.state.value,
                    "author": li.author} for li in rows.links],
-        "payouts": [{"developer": p.developer, "amount": p.amount_minor, "state": p.state.value,
+        "payouts": [{"developer": p.developer,
+                     "amount": p.amount_minor if privacy.amounts else None,
+                     "state": p.state.value,
                      "reference": p.reference if p.state.value == "paid" else None}
                     for p in rows.payouts],
-        "bot": _bot(request).login,
+        "bot": _bot(request).login, "privacy": privacy,
         "locale_repo": locale_of(repo, _bot(request).locale),
         "badge_url": f"{view['page']}/badge.svg"}
 
 
-def _moment(item: t.AuditEvent, currency: str) -> dict[str, Any]:
+def _moment(item: t.AuditEvent, currency: str, privacy: Privacy) -> dict[str, Any]:
+    """One line of the timeline, by the key of its sentence: `ev.<action>`, with `.x` when its
+    amount is hidden; a hidden backer is `who = None` (the template says "a backer")."""
     detail = item.detail or {}
     who = detail.get("backer") or detail.get("developer") or detail.get("author") or ""
-    return {"action": item.action, "at": item.created_at, "who": who,
-            "amount": detail.get("amount"), "currency": currency,
+    if item.action in BACKER_ACTIONS and not privacy.names:
+        who = None
+    amount = detail.get("amount")
+    key = f"ev.{item.action}"
+    if amount is not None and not privacy.amounts:
+        amount, key = None, key + ".x"
+    return {"action": item.action, "key": key, "at": item.created_at, "who": who,
+            "amount": amount, "currency": currency,
             "number": detail.get("number"), "reference": None}
 
 
