@@ -21,6 +21,7 @@ from bountybot.rules.model import Bounty, Pledge
 from bountybot.rules.summary import badge_version, render_summary
 from bountybot.states import PayoutState, PledgeState, TaskState
 from bountybot.storage import tables as t
+from bountybot.storage.uow import UnitOfWork
 from bountybot.web import badges
 from bountybot.web.badges import Badge, render_svg, text_width
 
@@ -197,11 +198,12 @@ async def test_unknown_and_private_answer_alike(bot: GitHubBot) -> None:
     assert (await bot.client.get("/bitbucket/a/b/-/issues/1/badge.svg")).status == 404
 
     async def set_private(private: bool, published: bool) -> None:
-        async with bot.app[SESSIONMAKER]() as session:
-            repo = (await session.exec(select(t.Repo))).one()
+        # A unit of work: on SQLite it takes the write lock first (waiting for the worker's),
+        # where a plain session's read-then-write could find the database locked.
+        async with UnitOfWork(bot.app[SESSIONMAKER]) as uow:
+            repo = (await uow.session.exec(select(t.Repo))).one()
             repo.private, repo.published = private, published
-            session.add(repo)
-            await session.commit()
+            uow.session.add(repo)
 
     await set_private(True, False)
     private = await svg(bot, f"{TASK}/badge.svg", 404)
@@ -254,12 +256,11 @@ async def test_a_gitlab_subgroup_path(db_url, gitlab_server) -> None:
         # GitLab's published note payload says `internal` (visibility 10): not public, so
         # nothing is shown until the operator publishes the project.
         assert said(await svg(bot, f"{task}/badge.svg", 404)) == "bounty: no such task"
-        async with bot.app[SESSIONMAKER]() as session:
-            repo = (await session.exec(select(t.Repo))).one()
+        async with UnitOfWork(bot.app[SESSIONMAKER]) as uow:
+            repo = (await uow.session.exec(select(t.Repo))).one()
             assert repo.private
             repo.published = True  # as `bountybot repos publish` leaves it
-            session.add(repo)
-            await session.commit()
+            uow.session.add(repo)
         assert said(await svg(bot, f"{task}/badge.svg")) == "bounty: €40 of €100"
         # Paths compare without case, as on the forges.
         shouted = f"/gitlab/{PROJECT.upper()}/-/issues/1/badge.svg"
