@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -426,3 +429,34 @@ async def test_client_from_settings(fake: FakeGitHub, tmp_path: Path,
     assert await gh.create_comment(APP_REPO, 7, "by app")
     await gh.close()
     assert [c.login for c in fake.comments("octo/widgets", 7)] == ["bountybot", "bountybot[bot]"]
+
+
+# -- many calls at once: each goes where it was sent ----------------------------------------
+
+
+async def test_concurrent_calls_each_reach_their_own_comment(fake: FakeGitHub,
+                                                            client: GitHubClient) -> None:
+    """PyGithub's requester keeps one connection whose `request()` stores the verb, URL and body
+    that `getresponse()` then sends: two worker threads sharing it could send one call's body to
+    the other's URL (seen once as a reaction posted twice and another never). Calls made at
+    once must each reach their own comment, once, with their own body."""
+    pledges = [fake.add_comment("octo/widgets", n % 5 + 1, f"/pledge {n}", login=f"b{n}")
+               for n in range(400)]
+    summaries = [await client.create_comment(REPO, n, f"{MARKER} task {n}") for n in range(1, 6)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads preempted as often as they can be: the race shows
+    try:
+        await asyncio.gather(
+            *(client.react(REPO, n % 5 + 1, str(cid)) for n, cid in enumerate(pledges)),
+            *(client.edit_comment(REPO, n, s, f"{MARKER} task {n} edited {k}")
+              for k in range(40) for n, s in zip(range(1, 6), summaries, strict=True)))
+    finally:
+        sys.setswitchinterval(interval)
+    posted = Counter(r.path for r in fake.requests if r.path.endswith("/reactions"))
+    assert posted == Counter({f"/repos/octo/widgets/issues/comments/{c}/reactions": 1
+                              for c in pledges})
+    assert all(len(fake.reactions(c)) == 1 for c in pledges)
+    for n, s in zip(range(1, 6), summaries, strict=True):
+        edits = [r.json["body"] for r in fake.requests
+                 if r.method == "PATCH" and r.path.endswith(f"/comments/{s}")]
+        assert len(edits) == 40 and all(b.startswith(f"{MARKER} task {n} ") for b in edits), edits

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
@@ -443,3 +444,27 @@ async def test_client_from_settings(fake: FakeGitLab) -> None:
     finally:
         await gl.close()
     assert all(r.headers["private-token"] == TOKEN for r in fake.requests)
+
+
+async def test_concurrent_calls_each_reach_their_own_note(fake: FakeGitLab,
+                                                         client: GitLabClient) -> None:
+    """Calls made at once from worker threads each reach their own note, once, with their own
+    body (the GitHub client once sent one thread's call to another's URL; python-gitlab keeps no
+    call in a shared object, and this keeps it so)."""
+    pledges = [fake.add_note(PROJECT_ID, n % 5 + 1, f"/pledge {n}", username=f"b{n}")
+               for n in range(200)]
+    summaries = [await client.create_comment(REPO, n, f"summary {n}") for n in range(1, 6)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        await asyncio.gather(
+            *(client.react(REPO, n % 5 + 1, str(note)) for n, note in enumerate(pledges)),
+            *(client.edit_comment(REPO, n, s, f"summary {n} edited {k}")
+              for k in range(20) for n, s in zip(range(1, 6), summaries, strict=True)))
+    finally:
+        sys.setswitchinterval(interval)
+    assert all(len(fake.awards(note)) == 1 for note in pledges)
+    for n, s in zip(range(1, 6), summaries, strict=True):
+        edits = [r.json["body"] for r in fake.requests
+                 if r.method == "PUT" and r.path.endswith(f"/notes/{s}")]
+        assert len(edits) == 20 and all(b.startswith(f"summary {n} ") for b in edits), edits

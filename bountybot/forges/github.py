@@ -54,11 +54,11 @@ class _InstallationAuth(Auth.Auth):
     racing on an expired token would each mint a new one."""
 
     def __init__(self, integration: GithubIntegration, installation_id: int,
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime], lock: threading.Lock) -> None:
         self._integration = integration
         self._installation_id = installation_id
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = lock  # shared by the installations: they share the integration's requester
         self._token: str | None = None
         self._expires_at = datetime.min.replace(tzinfo=UTC)
 
@@ -117,6 +117,10 @@ class GitHubClient:
                 auth=Auth.AppAuth(app_id, private_key), **self._pygithub_options()
             )
         self._installations: dict[int, Github] = {}
+        # One call at a time per Github object (see `_guarded`), and one installation-token
+        # grant at a time: the integration's requester is shared by every installation.
+        self._serial: dict[int, asyncio.Lock] = {}
+        self._grants = threading.Lock()
 
     def _pygithub_options(self) -> dict[str, Any]:
         # No retries, no throttling inside PyGithub: the outbox retries with backoff and a governor
@@ -145,7 +149,8 @@ class GitHubClient:
             raise ForgeError(f"GitHub: no app installation known for {repo.full_path}") from None
         gh = self._installations.get(installation_id)
         if gh is None:
-            auth = _InstallationAuth(self._integration, installation_id, self._clock)
+            auth = _InstallationAuth(self._integration, installation_id, self._clock,
+                                     self._grants)
             gh = self._installations[installation_id] = self._new_github(auth)
         return gh
 
@@ -161,17 +166,25 @@ class GitHubClient:
                        params: dict[str, Any] | None = None, body: dict[str, Any] | None = None,
                        none_if_missing: bool = False) -> tuple[dict[str, Any], Any]:
         """(headers, JSON) of one call; ({}, None) for a 404 when `none_if_missing`."""
-        requester = self._github(repo).requester
-        answer = await self._guarded(verb, url, lambda: requester.requestJsonAndCheck(
+        gh = self._github(repo)
+        answer = await self._guarded(gh, verb, url, lambda: gh.requester.requestJsonAndCheck(
             verb, url, parameters=params, input=body), none_if_missing=none_if_missing)
         return answer if answer is not None else ({}, None)
 
-    async def _guarded(self, verb: str, url: str, call: Callable[[], T], *,
+    async def _guarded(self, gh: Github, verb: str, url: str, call: Callable[[], T], *,
                        none_if_missing: bool = False) -> T | None:
-        """Run one blocking PyGithub call in a worker thread, its failure as ForgeError; None
-        for a 404 when `none_if_missing`."""
+        """Run one blocking PyGithub call of `gh` in a worker thread, its failure as ForgeError;
+        None for a 404 when `none_if_missing`.
+
+        One call at a time per `gh`: PyGithub's requester keeps one connection object whose
+        `request()` stores the verb, URL, headers and body that `getresponse()` then sends, so
+        two threads sharing it can send one call's body to the other's URL (a reaction posted
+        twice and another never; a summary written into the wrong issue). GitHub asks for
+        the same: one request at a time per token or installation."""
+        lock = self._serial.setdefault(id(gh), asyncio.Lock())
         try:
-            return await asyncio.to_thread(call)
+            async with lock:
+                return await asyncio.to_thread(call)
         except GithubException as e:
             if none_if_missing and e.status == 404:
                 return None
@@ -303,7 +316,8 @@ class GitHubClient:
                     params: dict[str, Any], since: datetime | None) -> list[dict[str, Any]]:
         """The items of a list sorted newest first, page by page down to `since`; none when
         the first page is unchanged since the ETag kept under `key` (a 304)."""
-        requester = self._github(repo).requester
+        gh = self._github(repo)
+        requester = gh.requester
         items: list[dict[str, Any]] = []
         page_url: str | None = url
         query: dict[str, Any] | None = params
@@ -315,7 +329,7 @@ class GitHubClient:
                     headers: dict[str, str] | None = conditional) -> tuple[int, Any, Any]:
                 return _conditional_get(requester, at, q, headers)
 
-            answer = await self._guarded("GET", page_url, get)
+            answer = await self._guarded(gh, "GET", page_url, get)
             assert answer is not None
             status, headers, page = answer
             out.requests += 1
