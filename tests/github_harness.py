@@ -26,9 +26,10 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from bountybot.api.routes import setup as api_setup
-from bountybot.app import SESSIONMAKER, create_app
+from bountybot.app import SESSIONMAKER, SETTINGS, create_app
 from bountybot.config import Settings
 from bountybot.governor import Governor
+from bountybot.payouts import mark_paid
 from bountybot.rules import Bounty
 from bountybot.service import RUNTIME, setup
 from bountybot.storage import tables as t
@@ -143,6 +144,25 @@ class GitHubBot:
         if action == "closed":
             data["pull_request"]["state"] = "closed"
         return await self.post("pull_request", data)
+
+    async def paid_task(self, reference: str, number: int = 1) -> None:
+        """The stories' finished bounty: #`number` (goal €100) funded by alice 60 and bob 40,
+        claimed by carol, closed by her merged pull request 7, and marked paid with
+        `reference`."""
+        await self.label(number)
+        await self.comment("maya", "/goal 100", number)
+        await self.comment("alice", "/pledge 60", number)
+        await self.comment("bob", "/pledge 40", number)
+        await self.settle()
+        await self.comment("carol", "/claim", number)
+        await self.settle()
+        await self.pull_request("opened", "carol", 7, f"Closes #{number}")
+        await self.settle()
+        await self.pull_request("closed", "carol", 7, f"Closes #{number}", merged=True)
+        await self.settle()
+        [payout] = [p for p in await self.rows(t.Payout) if p.state == "pending"]
+        assert payout.id is not None
+        await mark_paid(self.app[SESSIONMAKER], self.app[SETTINGS], payout.id, reference)
 
     # -- waiting and looking --------------------------------------------------------------
 

@@ -18,8 +18,7 @@ import jsonschema
 import pytest
 from sqlalchemy import update
 
-from bountybot.app import SESSIONMAKER, SETTINGS
-from bountybot.payouts import mark_paid
+from bountybot.app import SESSIONMAKER
 from bountybot.storage import tables as t
 from bountybot.web import feeds, pages
 
@@ -35,20 +34,7 @@ FUNDING = {f"github:{REPO.upper()}": {"email": "maintainers@example.org",
 
 
 async def story(bot: GitHubBot) -> None:
-    await bot.label(1)
-    await bot.comment("maya", "/goal 100", 1)
-    await bot.comment("alice", "/pledge 60", 1)
-    await bot.comment("bob", "/pledge 40", 1)
-    await bot.settle()
-    await bot.comment("carol", "/claim", 1)
-    await bot.settle()
-    await bot.pull_request("opened", "carol", 7, "Closes #1")
-    await bot.settle()
-    await bot.pull_request("closed", "carol", 7, "Closes #1", merged=True)
-    await bot.settle()
-    [payout] = await bot.rows(t.Payout)
-    assert payout.id is not None
-    await mark_paid(bot.app[SESSIONMAKER], bot.app[SETTINGS], payout.id, "SEPA-1")
+    await bot.paid_task("SEPA-1")
     await bot.label(2)
     await bot.comment("maya", "/goal 50", 2)
     await bot.settle()

@@ -27,10 +27,9 @@ from sqlalchemy import update
 
 from bountybot.api.routes import setup as api_setup
 from bountybot.app import SESSIONMAKER, SETTINGS, create_app
-from bountybot.config import ConfigError, RepoPrivacy, Settings
-from bountybot.payouts import mark_paid
+from bountybot.config import ConfigError, FundingManifest, RepoPrivacy, Settings
 from bountybot.storage import tables as t
-from bountybot.web import badges, pages
+from bountybot.web import badges, feeds, pages
 
 from fakes.github import FakeGitHub
 from fixtures import payload
@@ -78,20 +77,8 @@ async def story(db_url: str, github_server: FakeGitHub) -> AsyncIterator[TwoRepo
     github_server.add_repo(OTHER, OTHER_ID)
     github_server.set_permission(OTHER, MAINTAINER, "maintain")
     bot = await TwoRepos.start(db_url, github_server)
-    await bot.label(1)
-    await bot.comment("maya", "/goal 100", 1)
-    await bot.comment("alice", "/pledge 60", 1)
-    await bot.comment("bob", "/pledge 40", 1)
-    await bot.settle()
-    await bot.comment("carol", "/claim", 1)
-    await bot.settle()
-    await bot.pull_request("opened", "carol", 7, "Closes #1")
-    await bot.settle()
-    await bot.pull_request("closed", "carol", 7, "Closes #1", merged=True)
-    await bot.settle()
+    await bot.paid_task(REFERENCE)
     [payout] = await bot.rows(t.Payout)
-    assert payout.id is not None
-    await mark_paid(bot.app[SESSIONMAKER], bot.app[SETTINGS], payout.id, REFERENCE)
     await bot.label(2)
     await bot.comment("maya", "/goal 200", 2)
     await bot.comment("erin", "/pledge 50", 2)
@@ -129,9 +116,11 @@ async def serve(bot: GitHubBot, *, backers: str = "names",
     settings = base.model_copy(update={
         "bot": base.bot.model_copy(update={"public_backers": backers}),
         "repos": {f"github:{path}".lower(): RepoPrivacy(public_amounts=False)
-                  for path in hidden}})
+                  for path in hidden},
+        "funding": {f"github:{path}".lower(): FundingManifest(email="m@example.org", name="M")
+                    for path in (REPO, OTHER)}})
     app = create_app(settings, engine=bot.engine,
-                     features=[api_setup, badges.setup, pages.setup])
+                     features=[api_setup, badges.setup, feeds.setup, pages.setup])
     client = TestClient(TestServer(app))
     await client.start_server()
     return client
@@ -158,7 +147,7 @@ async def api_task(client: TestClient, repo: str, number: int) -> dict[str, Any]
 PUBLIC_PATHS = ("/", BASE, f"{BASE}/-/needs", f"{BASE}/-/issues/1", f"{BASE}/-/issues/2",
                 OTHER_BASE, f"{OTHER_BASE}/-/issues/1", f"{BASE}/-/issues/1/badge.svg",
                 f"{BASE}/-/issues/1/badge.json", f"{BASE}/-/needs/badge.svg",
-                "/api/v1/tasks")
+                "/api/v1/tasks", "/feed.atom", f"{BASE}/-/feed.atom", f"{OTHER_BASE}/-/feed.atom")
 
 
 async def test_count_mode_shows_how_many_backers_never_who(story: TwoRepos) -> None:
@@ -269,6 +258,43 @@ async def test_a_repo_without_public_amounts_shows_percentages_only(story: TwoRe
         assert svg.get("aria-label") == "bounty: €30 of €80"
         other_task = await api_task(client, OTHER, 1)
         assert other_task["pledged"]["amount"] == 3000 and "percent" not in other_task
+    finally:
+        await client.close()
+
+
+def feed_titles(body: str) -> list[str]:
+    atom = "{http://www.w3.org/2005/Atom}"
+    return [e.findtext(f"{atom}title") or ""
+            for e in ElementTree.fromstring(body).findall(f"{atom}entry")]
+
+
+async def test_feeds_and_funding_json_keep_a_repos_amounts_hidden(story: TwoRepos) -> None:
+    client = await serve(story, hidden=(REPO,))
+    try:
+        hidden = feed_titles(await text(client, f"{BASE}/-/feed.atom"))
+        assert "#1 Spelling error in the README file: paid to carol" in hidden, hidden
+        assert "#1 Spelling error in the README file: goal reached" in hidden, hidden
+        assert any(re.search(r": 50% of what 2 tasks ask is funded$", x) for x in hidden), hidden
+        every = feed_titles(await text(client, "/feed.atom"))
+        for titles in (hidden, every):
+            assert not [x for x in titles if "€" in x or "EUR" in x
+                        if "Other" not in x], titles
+        # The instance's appeal sums the hidden repo too: a percentage there as well.
+        assert any(re.search(r"% of what \d+ tasks ask is funded$", x) for x in every), every
+        other = feed_titles(await text(client, f"{OTHER_BASE}/-/feed.atom"))
+        assert any("€30.00" in x or "€80.00" in x for x in other), other
+        response = await client.get(f"{BASE}/-/funding.json")
+        assert response.status == 404
+        assert "public_amounts" in (await response.json())["error"]
+        assert (await client.get(f"{OTHER_BASE}/-/funding.json")).status == 200
+        # Shown, the same feed has its amounts.
+        shown = await serve(story)
+        try:
+            titles = feed_titles(await text(shown, f"{BASE}/-/feed.atom"))
+            assert "#1 Spelling error in the README file: €100.00 paid to carol" in titles, titles
+            assert (await shown.get(f"{BASE}/-/funding.json")).status == 200
+        finally:
+            await shown.close()
     finally:
         await client.close()
 

@@ -11,6 +11,10 @@ first, at most `MAX_ENTRIES`, plus the monthly appeal of this month and the last
 change; links go to the task pages under `server.public_url` when set, else the request's own
 host. Private repos that were not published never appear. Feeds are `Cache-Control: public,
 max-age=900` with an ETag and a 304; `?lang=` or Accept-Language picks en or fr.
+
+Privacy as on the pages: a repo with `public_amounts = false` has entries without amounts
+(the appeal as a percentage), and so has the instance feed's appeal while any repo hides its
+amounts; its funding.json (all amounts) answers 404. Feeds never name backers.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bountybot.api.views import reading, shown_publicly
+from bountybot.api.views import Privacy, privacy_of, reading, shown_publicly
 from bountybot.app import READ_GATE, READER, SETTINGS
 from bountybot.config import FundingManifest, Settings
 from bountybot.i18n import register, translate
@@ -43,6 +47,7 @@ from bountybot.web.pages import (
     FORGES,
     PATH,
     Words,
+    all_amounts,
     not_found_page,
     page_url,
     reader_locale,
@@ -64,6 +69,9 @@ register("feed.funded_goal", "{task}: goal of {goal} reached",
 register("feed.paid", "{task}: {amount} paid to {who}", "{task} : {amount} versés à {who}")
 register("feed.appeal", "{month}: {asked} asked across {tasks} tasks, {funded} funded ({percent})",
          "{month} : {asked} demandés pour {tasks} tâches, {funded} financés ({percent})")
+register("feed.paid_no_amount", "{task}: paid to {who}", "{task} : versé à {who}")
+register("feed.appeal_percent", "{month}: {percent} of what {tasks} tasks ask is funded",
+         "{month} : {percent} de ce que demandent {tasks} tâches est financé")
 register("feed.appeal_none", "{month}: nothing asked", "{month} : aucun besoin")
 
 
@@ -112,14 +120,17 @@ def _task_name(task: t.Task, repo: t.Repo, with_repo: bool) -> str:
 
 
 def _event_entry(event: t.AuditEvent, task: t.Task, repo: t.Repo, base: str, w: Words,
-                 with_repo: bool) -> Entry:
+                 with_repo: bool, privacy: Privacy) -> Entry:
     name = _task_name(task, repo, with_repo)
     detail = event.detail or {}
-    if event.action == "payout.paid":
+    if event.action == "payout.paid" and privacy.amounts:
         amount = w.money(int(detail.get("amount") or 0), task.currency)
         title = translate(w.locale, "feed.paid", task=name, amount=amount,
                           who=str(detail.get("developer") or ""))
-    elif event.action == "task.funded" and task.goal_minor is not None:
+    elif event.action == "payout.paid":
+        title = translate(w.locale, "feed.paid_no_amount", task=name,
+                          who=str(detail.get("developer") or ""))
+    elif event.action == "task.funded" and task.goal_minor is not None and privacy.amounts:
         title = translate(w.locale, "feed.funded_goal", task=name,
                           goal=w.money(task.goal_minor, task.currency))
     elif event.action == "task.funded":
@@ -130,10 +141,14 @@ def _event_entry(event: t.AuditEvent, task: t.Task, repo: t.Repo, base: str, w: 
                  base + page_url(repo, task.number), _utc(event.created_at), title)
 
 
-def _appeal_entry(figures: MonthFigures, base: str, w: Words, repo: t.Repo | None) -> Entry:
+def _appeal_entry(figures: MonthFigures, base: str, w: Words, repo: t.Repo | None,
+                  amounts: bool) -> Entry:
     month = w.month(figures.month)
     main = figures.main
-    if main.asked:
+    if main.asked and not amounts:
+        title = translate(w.locale, "feed.appeal_percent", month=month,
+                          tasks=figures.goal_tasks, percent=w.percent(main.percent))
+    elif main.asked:
         title = translate(w.locale, "feed.appeal", month=month,
                           asked=w.money(main.asked, main.currency), tasks=figures.goal_tasks,
                           funded=w.money(main.funded, main.currency),
@@ -158,13 +173,14 @@ async def _entries(session: AsyncSession, repo: t.Repo | None, base: str, w: Wor
             .order_by(col(t.AuditEvent.id).desc()).limit(MAX_ENTRIES))
     if repo is not None:
         stmt = stmt.where(col(t.Task.repo_id) == id_of(repo))
-    entries = [_event_entry(event, task, r, base, w, repo is None)
+    entries = [_event_entry(event, task, r, base, w, repo is None, privacy_of(settings, r))
                for event, task, r in (await session.exec(stmt)).all()]
     currency = (repo.currency if repo else None) or settings.bot.currency
+    amounts = all_amounts(settings) if repo is None else privacy_of(settings, repo).amounts
     for month in previous_months(now.date(), 2):
         figures = await month_figures(session, None if repo is None else id_of(repo), month,
                                       now=now, default_currency=currency)
-        entries.append(_appeal_entry(figures, base, w, repo))
+        entries.append(_appeal_entry(figures, base, w, repo, amounts))
     # Newest first; an appeal dated the 1st sorts among the events by its date.
     entries.sort(key=lambda e: e.updated, reverse=True)
     return entries
@@ -309,6 +325,11 @@ async def funding_json(request: web.Request) -> web.Response:
                 {"error": f"no funding.json for {forge}/{path}: not a public repo here, or "
                           "its maintainers have not turned it on"}, status=404,
                 headers={hdrs.CACHE_CONTROL: "no-cache"})
+        if not privacy_of(settings, repo).amounts:
+            return web.json_response(
+                {"error": f"no funding.json for {forge}/{path}: its amounts are not public "
+                          "(public_amounts = false), and funding.json is made of amounts"},
+                status=404, headers={hdrs.CACHE_CONTROL: "no-cache"})
         currency = repo.currency or settings.bot.currency
         tasks = (await session.exec(
             select(t.Task).where(col(t.Task.repo_id) == id_of(repo),

@@ -282,10 +282,11 @@ def _privacy(request: web.Request, repo: t.Repo) -> Privacy:
     return privacy_of(request.app[SETTINGS], repo)
 
 
-def _all_amounts(request: web.Request) -> bool:
-    """Whether the appeal across all projects may show amounts: not when any repo hides its
-    own, since the total less the other repos' figures would give them away."""
-    return all(r.public_amounts for r in request.app[SETTINGS].repos.values())
+def all_amounts(settings: Any) -> bool:
+    """Whether the appeal across all projects may show amounts (`settings`, a
+    `bountybot.config.Settings`): not when any repo hides its own, since the total less the
+    other repos' figures would give them away."""
+    return all(r.public_amounts for r in settings.repos.values())
 
 
 # -- handlers --------------------------------------------------------------------------------
@@ -312,7 +313,7 @@ async def index(request: web.Request) -> web.Response:
         "w": w, "repos": repos,
         "tasks": tasks, "appeal": appeal, "needs_url": None,
         "privacy": Privacy(names=_bot(request).public_backers != "count",
-                           amounts=_all_amounts(request))})
+                           amounts=all_amounts(request.app[SETTINGS]))})
 
 
 async def repo_page(request: web.Request) -> web.Response:
