@@ -7,6 +7,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import func
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import defer
 from sqlmodel import col, select
@@ -86,3 +87,13 @@ async def fail_pending(sessionmaker: async_sessionmaker[AsyncSession], ids: list
             event(log, "delivery.failed_by_hand", logging.WARNING, id=row.id, forge=row.forge,
                   delivery=row.delivery_id, why=why or "")
     return [row.id for row in rows if row.id is not None]
+
+
+async def work_waiting(sessionmaker: async_sessionmaker[AsyncSession]) -> tuple[int, int]:
+    """(deliveries not yet handled, forge writes not yet sent): both zero once all is done."""
+    async with sessionmaker() as session:
+        waiting = (await session.exec(select(func.count()).select_from(t.Delivery).where(
+            col(t.Delivery.state) == PENDING))).one()
+        sending = (await session.exec(select(func.count()).select_from(t.Outbox).where(
+            col(t.Outbox.state) == t.OutboxState.PENDING))).one()
+    return waiting, sending

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import itertools
 import json
 import uuid
@@ -31,16 +29,17 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from sqlalchemy import func
 from sqlmodel import col, select
 
 from bountybot.app import SESSIONMAKER, SETTINGS, create_app
 from bountybot.clock import utc_now
 from bountybot.config import Settings
+from bountybot.deliveries import work_waiting
 from bountybot.forges.base import RepoRef
 from bountybot.forges.events import Changes
 from bountybot.storage import tables as t
 from bountybot.storage.engine import create_engine
+from bountybot.webhooks import github_signature
 
 # Made up, and only ever checked by this process: the demo ships with them.
 SECRET = "demo-webhook-secret-not-a-real-one"
@@ -249,11 +248,11 @@ class DemoSite:
         """One signed delivery, over loopback, as GitHub sends it."""
         assert self.http is not None
         body = json.dumps(data).encode()
-        signature = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
         delivery = str(uuid.uuid4())
         async with self.http.post(self.url("/webhooks/github"), data=body, headers={
                 "Content-Type": "application/json", "X-GitHub-Event": event,
-                "X-GitHub-Delivery": delivery, "X-Hub-Signature-256": f"sha256={signature}",
+                "X-GitHub-Delivery": delivery,
+                "X-Hub-Signature-256": github_signature(SECRET, body),
                 "User-Agent": "GitHub-Hookshot/bountybot-demo"}) as response:
             if response.status not in (200, 202):
                 raise DemoError(f"the service refused a {event} delivery:"
@@ -293,11 +292,7 @@ class DemoSite:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            async with self.app[SESSIONMAKER]() as session:
-                waiting = (await session.exec(select(func.count()).select_from(t.Delivery).where(
-                    t.Delivery.state == t.DeliveryState.PENDING))).one()
-                sending = (await session.exec(select(func.count()).select_from(t.Outbox).where(
-                    t.Outbox.state == t.OutboxState.PENDING))).one()
+            waiting, sending = await work_waiting(self.app[SESSIONMAKER])
             if not waiting and not sending:
                 return
             if loop.time() > deadline:

@@ -41,9 +41,7 @@ from bountybot.clock import Clock, backoff, utc_now
 from bountybot.commands import (
     Command,
     CommandName,
-    CommandRefusal,
     command_named,
-    parse_comment,
 )
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient, ForgeError, RepoRef
@@ -69,7 +67,7 @@ from bountybot.rules import (
     decide_event,
     needs_maintainer,
 )
-from bountybot.rules.decide import is_bot
+from bountybot.rules.decide import is_bot, read_commands
 from bountybot.rules.policy import Policy, policy_from_settings
 from bountybot.storage import tables as t
 from bountybot.storage.bounties import (
@@ -424,7 +422,7 @@ class DeliveryWorker:
         policy = policy_from_settings(self.settings)
         if is_bot(what.author, policy):
             return h
-        commands = [item for item in _items(what.body, policy) if isinstance(item, Command)]
+        commands = [item for item in read_commands(what.body, policy) if isinstance(item, Command)]
         if not commands:
             return h
         client = self.clients.get(h.repo.forge)
@@ -674,14 +672,9 @@ class DeliveryWorker:
         return finished
 
 
-def _items(body: str, policy: Policy) -> list[Command | CommandRefusal]:
-    return parse_comment(body, bot_login=policy.bot_login, currency=policy.currency,
-                         min_pledge=policy.min_pledge, max_pledge=policy.max_pledge)
-
-
 def _lines(body: str, policy: Policy) -> list[str]:
     """The command lines of a comment (read or refused), as written."""
-    return [item.raw.strip() for item in _items(body, policy)]
+    return [item.raw.strip() for item in read_commands(body, policy)]
 
 
 async def _confirmed_note(client: ForgeClient, h: Happening, what: Comment,

@@ -126,13 +126,18 @@ def header_bytes(value: str) -> bytes:
     return value.encode("utf-8", "surrogateescape")
 
 
+def github_signature(secret: str, body: bytes | bytearray) -> str:
+    """The `X-Hub-Signature-256` GitHub sends with `body`: `sha256=` and the HMAC-SHA256 of the
+    raw body in hex."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
 def github_signature_ok(secret: str, body: bytes | bytearray, header: str | None) -> bool:
-    """`X-Hub-Signature-256: sha256=<hex>` is the HMAC-SHA256 of the raw body; compared in
-    constant time, as bytes (a header may hold anything)."""
+    """Whether `header` is `body`'s `X-Hub-Signature-256`; compared in constant time, as bytes
+    (a header may hold anything)."""
     if not header or not header.startswith("sha256="):
         return False
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected.encode(), header_bytes(header.removeprefix("sha256=")))
+    return hmac.compare_digest(github_signature(secret, body).encode(), header_bytes(header))
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,6 @@ over loopback, which records them.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import itertools
 import json
 import time
@@ -22,12 +20,12 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import func
 from sqlmodel import select
 
 from bountybot.api.routes import setup as api_setup
 from bountybot.app import SESSIONMAKER, SETTINGS, create_app
 from bountybot.config import Settings
+from bountybot.deliveries import work_waiting
 from bountybot.governor import Governor
 from bountybot.payouts import mark_paid
 from bountybot.rules import Bounty
@@ -35,6 +33,7 @@ from bountybot.service import RUNTIME, setup
 from bountybot.storage import tables as t
 from bountybot.storage.bounties import load_bounty
 from bountybot.storage.engine import create_engine
+from bountybot.webhooks import github_signature
 
 from fakes.github import FakeGitHub
 from fixtures import payload
@@ -47,7 +46,7 @@ MAINTAINER = "maya"
 
 
 def sign(body: bytes, secret: str = SECRET) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return github_signature(secret, body)
 
 
 class GitHubBot:
@@ -171,11 +170,7 @@ class GitHubBot:
         runtime = self.app[RUNTIME]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            async with self.app[SESSIONMAKER]() as session:
-                waiting = (await session.exec(select(func.count()).select_from(t.Delivery).where(
-                    t.Delivery.state == t.DeliveryState.PENDING))).one()
-                sending = (await session.exec(select(func.count()).select_from(t.Outbox).where(
-                    t.Outbox.state == t.OutboxState.PENDING))).one()
+            waiting, sending = await work_waiting(self.app[SESSIONMAKER])
             if not waiting and not sending:
                 return
             runtime.wake_worker.set()

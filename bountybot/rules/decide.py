@@ -159,13 +159,18 @@ MAINTAINER_COMMANDS = frozenset({CommandName.GOAL, CommandName.DEADLINE, Command
                                  CommandName.AWARD, CommandName.DISPUTE})
 
 
+def read_commands(body: str, policy: Policy) -> list[Command | CommandRefusal]:
+    """The command lines of a comment's `body` under `policy`: read, or refused with why."""
+    return parse_comment(body, bot_login=policy.bot_login, currency=policy.currency,
+                         min_pledge=policy.min_pledge, max_pledge=policy.max_pledge)
+
+
 def needs_maintainer(comment: Comment, policy: Policy) -> bool:
     """Whether deciding on this comment needs to know if its author maintains the repo, so the
     adapter asks the forge only then (one API call saved per ordinary /pledge)."""
     if is_bot(comment.author, policy):
         return False
-    for item in parse_comment(comment.body, bot_login=policy.bot_login, currency=policy.currency,
-                              min_pledge=policy.min_pledge, max_pledge=policy.max_pledge):
+    for item in read_commands(comment.body, policy):
         if isinstance(item, Command) and (
                 item.name in MAINTAINER_COMMANDS
                 or (item.name == CommandName.UNCLAIM and item.target is not None
@@ -237,8 +242,7 @@ def decide_comment(bounty: Bounty | None, issue: IssueRef, comment: Comment, pol
     """Apply the commands of one comment, in order; one reaction and at most one reply."""
     if is_bot(comment.author, policy):
         return Decision(bounty)
-    items = parse_comment(comment.body, bot_login=policy.bot_login, currency=policy.currency,
-                          min_pledge=policy.min_pledge, max_pledge=policy.max_pledge)
+    items = read_commands(comment.body, policy)
     w = Work(bounty, policy, now, comment.author)
     w.unknown_users = comment.unknown_users
     if not items:
