@@ -478,7 +478,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from bountybot.ledger.audit import run_audit
+    from bountybot.storage.books import run_audit
 
     settings = load_settings(args)
     setup_logging(settings, level=log_level())

@@ -72,11 +72,11 @@ from bountybot.rules.policy import Policy, policy_from_settings
 from bountybot.storage import tables as t
 from bountybot.storage.bounties import (
     ensure_repo,
-    insert_for,
     load_bounty,
     policy_of,
     save_decision,
 )
+from bountybot.storage.dialect import insert_for
 from bountybot.storage.uow import BACKGROUND, UnitOfWork, for_update_skip_locked, is_conflict
 
 log = logging.getLogger(__name__)

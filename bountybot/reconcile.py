@@ -36,7 +36,8 @@ from bountybot.forges.base import ForgeClient, ForgeError
 from bountybot.forges.events import SYNC_EVENT, Changes, happenings_to_json
 from bountybot.logs import event
 from bountybot.storage import tables as t
-from bountybot.storage.bounties import insert_for, repo_ref
+from bountybot.storage.bounties import repo_ref
+from bountybot.storage.dialect import insert_for
 from bountybot.storage.uow import BACKGROUND, UnitOfWork
 from bountybot.webhooks import insert_new
 

@@ -47,7 +47,7 @@ from bountybot.forges.events import SYNC_EVENT
 from bountybot.forges.topics import topic_of
 from bountybot.logs import event
 from bountybot.storage import tables as t
-from bountybot.storage.bounties import insert_for
+from bountybot.storage.dialect import insert_for
 from bountybot.storage.uow import UnitOfWork
 
 log = logging.getLogger(__name__)

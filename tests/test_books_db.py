@@ -12,7 +12,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from bountybot.cli import main
-from bountybot.ledger.audit import run_audit
 from bountybot.rules import (
     Actor,
     Comment,
@@ -28,6 +27,7 @@ from bountybot.rules import (
 )
 from bountybot.states import ClaimState, PayoutState, TaskState
 from bountybot.storage import tables as t
+from bountybot.storage.books import run_audit
 from bountybot.storage.bounties import ensure_repo, load_bounty, save_decision
 from bountybot.storage.uow import UnitOfWork
 

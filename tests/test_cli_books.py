@@ -11,10 +11,10 @@ from sqlmodel import select
 from test_books_db import DbStory
 
 from bountybot.cli import main
-from bountybot.ledger.audit import run_audit
 from bountybot.rules import LabelAdded, LinkClosed
 from bountybot.states import PayoutState
 from bountybot.storage import tables as t
+from bountybot.storage.books import run_audit
 
 
 async def cli(*argv: str) -> int:

@@ -41,11 +41,11 @@ from sqlmodel import col, select
 
 from bountybot.app import SESSIONMAKER, SETTINGS
 from bountybot.governor import Governor
-from bountybot.ledger.audit import run_audit
 from bountybot.reconcile import Reconciler
 from bountybot.service import RUNTIME
 from bountybot.states import PledgeState, TaskState
 from bountybot.storage import tables as t
+from bountybot.storage.books import run_audit
 
 from fakes.github import FakeGitHub
 from fixtures import payload

@@ -19,8 +19,8 @@ from sqlmodel import select
 
 from bountybot.app import SESSIONMAKER
 from bountybot.demo import DemoError, DemoSite, fresh_database, page_urls, play_story
-from bountybot.ledger.audit import run_audit
 from bountybot.storage import tables as t
+from bountybot.storage.books import run_audit
 
 START_TIMEOUT = 30.0
 

@@ -9,9 +9,9 @@ import json
 import pytest
 
 from bountybot.app import SESSIONMAKER
-from bountybot.ledger.audit import run_audit
 from bountybot.states import ClaimState, LinkState, PayoutState, PledgeState, TaskState
 from bountybot.storage import tables as t
+from bountybot.storage.books import run_audit
 
 from github_harness import MAINTAINER, REPO, SECRET, TOKEN, GitHubBot, sign
 

@@ -10,9 +10,9 @@ import pytest
 from gitlab_harness import GL_SECRET, PROJECT, PROJECT_ID, GitLabBot
 
 from bountybot.app import SESSIONMAKER
-from bountybot.ledger.audit import run_audit
 from bountybot.states import ClaimState, LinkState, PayoutState, PledgeState, TaskState
 from bountybot.storage import tables as t
+from bountybot.storage.books import run_audit
 
 from github_harness import REPO, GitHubBot
 

@@ -12,11 +12,11 @@ from gitlab_harness import PROJECT, PROJECT_ID, USERS, GitLabBot
 from sqlmodel import select
 
 from bountybot.app import SESSIONMAKER, SETTINGS
-from bountybot.ledger.audit import run_audit
 from bountybot.reconcile import Reconciler
 from bountybot.service import RUNTIME
 from bountybot.states import ClaimState, LinkState, PledgeState, TaskState
 from bountybot.storage import tables as t
+from bountybot.storage.books import run_audit
 
 from fakes.github import FakeGitHub
 from fixtures import payload

@@ -12,10 +12,10 @@ from test_payment_ops_cli import paying, run  # noqa: F401
 from test_stripe_flow import Stripy, merged, onboarded, pledged
 
 from bountybot.app import SESSIONMAKER
-from bountybot.ledger.audit import run_audit
 from bountybot.payments.provider_audit import ProviderReport, audit_provider
 from bountybot.states import PayoutState, PledgeState
 from bountybot.storage import tables as t
+from bountybot.storage.books import run_audit
 
 from fakes.stripe import FakeStripe, stripe_server  # noqa: F401
 from github_harness import MAINTAINER

@@ -23,7 +23,6 @@ from bountybot.forges.events import (
     happening_to_dict,
     happenings_from_payload,
 )
-from bountybot.ledger.audit import run_audit
 from bountybot.reconcile import LEASE, Reconciler, SyncReport
 from bountybot.rules import (
     Actor,
@@ -39,6 +38,7 @@ from bountybot.rules import (
 from bountybot.service import RUNTIME
 from bountybot.states import PayoutState, PledgeState, TaskState
 from bountybot.storage import tables as t
+from bountybot.storage.books import run_audit
 from bountybot.storage.engine import create_engine, create_sessionmaker
 
 from fakes.github import FakeGitHub

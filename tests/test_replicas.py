@@ -41,9 +41,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bountybot.config import Settings
 from bountybot.inbox import DeliveryWorker
-from bountybot.ledger.audit import run_audit
 from bountybot.storage import migrate
 from bountybot.storage import tables as t
+from bountybot.storage.books import run_audit
 from bountybot.storage.bounties import ensure_repo
 from bountybot.storage.engine import create_engine, create_sessionmaker
 from bountybot.storage.uow import UnitOfWork, is_conflict

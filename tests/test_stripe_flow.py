@@ -20,12 +20,12 @@ import pytest
 from bountybot import cli
 from bountybot.app import SESSIONMAKER
 from bountybot.config import ConfigError, Settings
-from bountybot.ledger.audit import run_audit
 from bountybot.payments.provider_audit import audit_provider
 from bountybot.payments.stripe_api import StripeGateway
 from bountybot.service import RUNTIME
 from bountybot.states import PayoutState, PledgeState, TaskState
 from bountybot.storage import tables as t
+from bountybot.storage.books import run_audit
 
 from fakes.stripe import FakeStripe, stripe_server  # noqa: F401
 from github_harness import MAINTAINER, REPO, GitHubBot

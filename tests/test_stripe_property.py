@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 from sqlmodel import select
 
 from bountybot.config import Settings
-from bountybot.ledger.audit import run_audit
 from bountybot.payments.provider_audit import audit_provider
 from bountybot.payments.stripe_api import StripeGateway
 from bountybot.payments.stripe_events import apply_event
@@ -34,6 +33,7 @@ from bountybot.rules import Actor, Comment, IssueRef, LinkClosed, decide_comment
 from bountybot.rules.policy import policy_from_settings
 from bountybot.states import PayoutState, PledgeState
 from bountybot.storage import tables as t
+from bountybot.storage.books import run_audit
 from bountybot.storage.bounties import ensure_repo, load_bounty, save_decision
 from bountybot.storage.engine import create_engine, create_sessionmaker
 from bountybot.storage.uow import UnitOfWork

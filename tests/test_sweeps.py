@@ -13,12 +13,12 @@ import pytest
 
 from bountybot import cli
 from bountybot.app import SESSIONMAKER
-from bountybot.ledger.audit import run_audit
 from bountybot.outbox import list_messages
 from bountybot.payouts import PayoutError, due_payouts, mark_paid
 from bountybot.service import RUNTIME
 from bountybot.states import ClaimState, PayoutState, PledgeState, TaskState
 from bountybot.storage import tables as t
+from bountybot.storage.books import run_audit
 
 from github_harness import MAINTAINER, REPO, GitHubBot
 

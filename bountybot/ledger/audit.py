@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from bountybot.rules.model import Bounty
 from bountybot.states import PayoutState, PledgeState, TaskState
@@ -178,13 +177,3 @@ def _audit_task(b: Bounty, by_key: dict[str, JournalTransaction],
             sent = sum(e.minor for e in paid.entries if e.account == "external")
             if sent != po.amount.minor:
                 bad.append(f"{name}: payout {po.id} is {po.amount.minor} but {sent} was paid")
-
-
-async def run_audit(sessionmaker: Any) -> AuditReport:
-    """Audit the books in the database (read-only: its unit of work writes nothing)."""
-    from bountybot.storage.bounties import load_books
-    from bountybot.storage.uow import UnitOfWork
-
-    async with UnitOfWork(sessionmaker) as uow:
-        bounties, journal = await load_books(uow.session)
-    return audit(bounties, journal)

@@ -23,8 +23,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.payments.base import PaymentKind, PaymentRequest
 from bountybot.payments.stripe_api import idempotency_key
-from bountybot.rules import Decision, IssueRef
 from bountybot.storage import tables as t
+from bountybot.storage.dialect import insert_for
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,6 @@ def account_key(forge: str, login: str) -> str:
     return idempotency_key("account", forge, login.lower())
 
 
-def _insert(session: AsyncSession) -> Any:
-    from bountybot.storage.bounties import insert_for  # bounties imports this module
-
-    return insert_for(session)
-
-
 def op_values(kind: PaymentKind, key: str, now: datetime, *,
               state: t.PaymentOpState = t.PaymentOpState.PENDING, **columns: Any) -> dict[str, Any]:
     """The row of a new operation, due now."""
@@ -65,7 +59,7 @@ async def insert_ops(session: AsyncSession, rows: list[dict[str, Any]]) -> list[
     if not rows:
         return []
     table = t.PaymentOp.__table__  # type: ignore[attr-defined]
-    stmt = (_insert(session)(table).values(rows).on_conflict_do_nothing()
+    stmt = (insert_for(session)(table).values(rows).on_conflict_do_nothing()
             .returning(table.c.id))
     return [i for (i,) in (await session.exec(stmt)).all()]
 
@@ -91,24 +85,6 @@ async def queue_requests(session: AsyncSession, repo: t.Repo, number: int, task_
             amount_minor=amount.minor if amount else None,
             currency=amount.currency if amount else None))
     return await insert_ops(session, rows)
-
-
-async def queue_reply(session: AsyncSession, op: t.PaymentOp, text: str, now: datetime) -> None:
-    """Answer the comment that led to `op` (the pledge, the `/payout-account`) with `text`,
-    through the outbox; once per operation."""
-    from bountybot.rules import Message
-    from bountybot.storage.bounties import save_decision
-
-    repo = await session.get(t.Repo, op.repo_id) if op.repo_id is not None else None
-    if repo is None or op.number is None:
-        log.warning("payments.no_reply_target op=%s", op.id)
-        return
-    issue = IssueRef(repo.forge, repo.full_path, op.number)
-    kind = "reply" if op.comment_id else "notice"
-    # The revision keeps it apart from the rules' own reply to the same comment, if any.
-    message = Message(kind, comment_id=op.comment_id, text=text, revision=f"payment-{op.id}")
-    await save_decision(session, repo, issue, Decision(None, messages=[message]),
-                        source=f"payment:{op.id}", now=now)
 
 
 async def ops_for(session: AsyncSession, **where: Any) -> list[t.PaymentOp]:

@@ -49,14 +49,13 @@ from bountybot.payments.ops import (
     insert_ops,
     op_values,
     ops_for,
-    queue_reply,
 )
 from bountybot.payments.stripe_api import StripeGateway, idempotency_key
 from bountybot.payments.stripe_events import apply_session, set_ready
 from bountybot.rules import PayoutAwaitingAccount, PayoutFailed, PayoutPaid, PledgeLapsed, Refused
 from bountybot.states import PayoutState, PledgeState
 from bountybot.storage import tables as t
-from bountybot.storage.bounties import decide_on_task
+from bountybot.storage.bounties import decide_on_task, queue_reply
 from bountybot.storage.uow import LATER, UnitOfWork, for_update_skip_locked
 
 log = logging.getLogger(__name__)

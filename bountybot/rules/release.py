@@ -19,6 +19,7 @@ from bountybot.ledger import ESCROW, FEES, Leg, Posting, backer_account, develop
 from bountybot.money import Money, format_money, sum_money
 from bountybot.rules.model import Dispute, Payout
 from bountybot.rules.pledges import give_back
+from bountybot.rules.shares import split
 from bountybot.rules.work import Refused, Work
 from bountybot.states import ClaimState, PayoutState, PledgeState, TaskState
 
@@ -170,8 +171,6 @@ def _reverse(w: Work, payouts: list[Payout]) -> Money:
 
 def award_disputed(w: Work, shares: tuple[AwardShare, ...]) -> None:
     """A maintainer's `/award` decides a dispute: pay as said now, released at once."""
-    from bountybot.rules.payouts import split
-
     task = w.task()
     held = _held(w)
     payable = sum_money((p.amount for p in held), task.currency)

@@ -9,17 +9,18 @@ commits: the unit of work does.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.forges.base import RepoRef
 from bountybot.ledger import check_balanced
 from bountybot.money import Money
+from bountybot.payments.ops import queue_requests
 from bountybot.rules import (
     Actor,
     Bounty,
@@ -28,6 +29,7 @@ from bountybot.rules import (
     Event,
     IssueRef,
     Link,
+    Message,
     Payout,
     Pledge,
     decide_event,
@@ -35,6 +37,9 @@ from bountybot.rules import (
 from bountybot.rules.model import Dispute
 from bountybot.rules.policy import Policy, policy_from_settings
 from bountybot.storage import tables as t
+from bountybot.storage.dialect import insert_for
+
+log = logging.getLogger(__name__)
 
 
 async def ensure_repo(session: AsyncSession, forge: str, forge_repo_id: str, full_path: str,
@@ -217,11 +222,6 @@ async def _save_task(session: AsyncSession, repo: t.Repo, b: Bounty, now: dateti
     return task_id
 
 
-def insert_for(session: AsyncSession) -> Any:
-    """The dialect's INSERT (with `on_conflict_do_nothing`), for multi-row inserts."""
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-
-
 async def save_decision(session: AsyncSession, repo: t.Repo, issue: IssueRef,
                         decision: Decision, *, source: str, now: datetime,
                         summary_delay: float = 0.0) -> int | None:
@@ -269,8 +269,6 @@ async def save_decision(session: AsyncSession, repo: t.Repo, issue: IssueRef,
     if queued:
         await session.exec(insert_for(session)(t.Outbox).values(queued).on_conflict_do_nothing())
     if decision.payments:
-        from bountybot.payments.ops import queue_requests  # it imports this module
-
         await queue_requests(session, repo, issue.number, task_id, decision.payments, now)
     if decision.trail:
         await session.exec(insert_for(session)(t.AuditEvent).values([
@@ -307,23 +305,21 @@ async def decide_on_task(session: AsyncSession, settings: Any, task_id: int, eve
     return decision
 
 
-async def load_books(session: AsyncSession) -> tuple[list[Bounty], list[Any]]:
-    """Every task and the whole journal, for the audit and the export."""
-    from bountybot.ledger.audit import JournalEntry, JournalTransaction
-
-    repos = {r.id: r for r in (await session.exec(select(t.Repo))).all()}
-    bounties = [await to_bounty(session, repos[task.repo_id], task)
-                for task in (await session.exec(select(t.Task).order_by(col(t.Task.id)))).all()]
-    entries: dict[int, list[JournalEntry]] = {}
-    for e in (await session.exec(select(t.LedgerEntry).order_by(col(t.LedgerEntry.id)))).all():
-        entries.setdefault(e.transaction_id, []).append(
-            JournalEntry(e.account, e.amount_minor, e.currency))
-    journal = [JournalTransaction(txn.key, txn.kind, txn.task_id,
-                                  tuple(entries.get(txn.id or 0, [])))
-               for txn in (await session.exec(
-                   select(t.LedgerTransaction).order_by(col(t.LedgerTransaction.id)))).all()]
-    return bounties, journal
+async def queue_reply(session: AsyncSession, op: t.PaymentOp, text: str, now: datetime) -> None:
+    """Answer the comment that led to `op` (the pledge, the `/payout-account`) with `text`,
+    through the outbox; once per operation."""
+    repo = await session.get(t.Repo, op.repo_id) if op.repo_id is not None else None
+    if repo is None or op.number is None:
+        log.warning("payments.no_reply_target op=%s", op.id)
+        return
+    issue = IssueRef(repo.forge, repo.full_path, op.number)
+    kind = "reply" if op.comment_id else "notice"
+    # The revision keeps it apart from the rules' own reply to the same comment, if any.
+    message = Message(kind, comment_id=op.comment_id, text=text, revision=f"payment-{op.id}")
+    await save_decision(session, repo, issue, Decision(None, messages=[message]),
+                        source=f"payment:{op.id}", now=now)
 
 
-__all__ = ["decide_on_task", "ensure_repo", "insert_for", "issue_of", "load_books", "load_bounty",
-           "load_bounty_by_id", "policy_of", "repo_ref", "save_decision", "to_bounty"]
+
+__all__ = ["decide_on_task", "ensure_repo", "issue_of", "load_bounty", "load_bounty_by_id",
+           "policy_of", "queue_reply", "repo_ref", "save_decision", "to_bounty"]
