@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,80 +23,39 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
-from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bountybot import __version__
+from bountybot import __version__, service
+from bountybot.api import routes as api
 from bountybot.config import Settings
 from bountybot.connections import ConnectionGuard
 from bountybot.logs import event
+from bountybot.resources import (
+    CONNECTIONS,
+    ENGINE,
+    READ_ENGINE,
+    READ_GATE,
+    READER,
+    SESSIONMAKER,
+    SETTINGS,
+    Feature,
+    ReadGate,
+)
 from bountybot.storage import tables as t
 from bountybot.storage.engine import create_engine, create_sessionmaker
+from bountybot.web import badges, feeds, pages
 
 log = logging.getLogger(__name__)
-
-SETTINGS = web.AppKey("settings", Settings)
-ENGINE = web.AppKey("engine", AsyncEngine)
-SESSIONMAKER = web.AppKey("sessionmaker", async_sessionmaker[AsyncSession])
-READ_ENGINE = web.AppKey("read_engine", AsyncEngine)
-READER = web.AppKey("reader", async_sessionmaker[AsyncSession])
-CONNECTIONS = web.AppKey("connections", ConnectionGuard)
-
-Feature = Callable[[web.Application], object]
-"""Adds a feature's routes (and its own cleanup_ctx entries) to the app."""
 
 # A health check must answer before a load balancer gives up on it.
 HEALTH_DB_TIMEOUT = 3.0
 # Connections of the read pool beyond the heavy reads' turns, for the light reads (one task).
 LIGHT_READS = 4
-# What a refused public read is told: long enough for a turn to free up (an export of large
-# books takes seconds), short enough for a dashboard to come back soon.
-RETRY_AFTER_SECONDS = 5
-
-
-class Busy(Exception):
-    """Every turn for a heavy public read stayed taken for `server.read_wait_seconds`."""
-
-    retry_after = RETRY_AFTER_SECONDS
-
-
-class ReadGate:
-    """At most `turns` heavy public reads at once (each holds a read connection, and on
-    PostgreSQL a snapshot, for as long as it runs); the next waits up to `wait` seconds for a
-    turn, then is refused with `Busy` rather than queued without end."""
-
-    def __init__(self, turns: int, wait: float) -> None:
-        self.turns = turns
-        self.wait = wait
-        self._free = asyncio.Semaphore(turns)
-        # Exports also take turns page by page (see `bountybot.export`): the event loop then
-        # has one export's page at most to do between two steps of a webhook.
-        self.pace = asyncio.Lock()
-
-    @asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
-        try:
-            async with asyncio.timeout(self.wait):
-                await self._free.acquire()
-        except TimeoutError:
-            raise Busy from None
-        try:
-            yield
-        finally:
-            self._free.release()
-
-
-READ_GATE = web.AppKey("read_gate", ReadGate)
 
 
 def default_features() -> list[Feature]:
     """The features `serve` runs with; each later module adds its `setup` here."""
-    # Imported here, not at the top: the features import this module.
-    from bountybot import service
-    from bountybot.api import routes as api
-    from bountybot.web import badges, feeds, pages
-
     # The badges and feeds before the pages: their routes are the more specific.
     return [api.setup, badges.setup, feeds.setup, service.setup, pages.setup]
 

@@ -29,6 +29,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from bountybot.resources import SETTINGS
+
 # Read size; also roughly what one waiting connection keeps buffered (aiohttp pauses at twice
 # its own 64 KiB limit).
 CHUNK = 64 * 1024
@@ -260,9 +262,12 @@ DOOR = "door:"
 def setup_doors(app: web.Application) -> None:
     """The budget every door reads its body against; each door's setup calls this, once is
     enough."""
-    from bountybot.app import SETTINGS
-
     if BODY_BUDGET not in app:
         server = app[SETTINGS].server
         app[BODY_BUDGET] = BodyBudget(server.unverified_body_budget,
                                       server.unverified_body_wait_seconds)
+
+
+def json_error(status: int, message: str) -> web.Response:
+    """A refusal as the doors and the API give it: `{"error": message}` with `status`."""
+    return web.json_response({"error": message}, status=status)

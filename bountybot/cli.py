@@ -1,8 +1,8 @@
 """The `bountybot` command line: serve, db upgrade, audit, export and the books' other commands.
 
 Every command returns an exit code: 0 done, 1 failed (the audit found problems, the database
-is unreachable), 2 refused (bad usage, bad configuration, not available yet), 141 when the
-reader of stdout went away (`bountybot export | head`; see `SIGPIPE_EXIT`). A refusal is one
+is unreachable), 2 refused (bad usage, bad configuration), 141 when the reader of stdout went
+away (`bountybot export | head`; see `SIGPIPE_EXIT`). A refusal is one
 line on stderr that says what to do; no traceback for a mistake an operator can fix.
 """
 
@@ -215,11 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     repos.set_defaults(run=cmd_repos, repos_command=None)
     repo_commands = repos.add_subparsers(dest="repos_command", metavar="REPOS_COMMAND")
     for verb, says, more in (
-            ("publish", "show a private repo's data in the public API",
-             "Show a private repo's tasks, people and amounts in the public API and export,"
-             " for its maintainers."),
-            ("unpublish", "keep a private repo's data out of the public API",
-             "Keep a private repo's data out of the public API and export again.")):
+            ("publish", "show a private repo's data on the public pages and API",
+             "Show a private repo's tasks, people and amounts on the public pages, badges,"
+             " feeds and API, for its maintainers."),
+            ("unpublish", "keep a private repo's data off the public pages and API",
+             "Keep a private repo's data off the public pages, badges, feeds and API again.")):
         sub = _command(repo_commands, verb, says, more, parents=[config_again])
         sub.add_argument("forge", choices=["github", "gitlab"])
         sub.add_argument("path", metavar="PATH",
@@ -324,8 +324,9 @@ async def _run_server(settings: Settings) -> int:
 
     from aiohttp import web
 
-    from bountybot.app import CONNECTIONS, AccessLogger, create_app
+    from bountybot.app import AccessLogger, create_app
     from bountybot.connections import BACKLOG, fit_to_open_files, open_files_limit
+    from bountybot.resources import CONNECTIONS
 
     # The handlers go in first, so that a signal during startup still means a clean stop.
     stop = asyncio.Event()
@@ -810,7 +811,7 @@ def cmd_repos(args: argparse.Namespace) -> int:
         elif not repo.private:
             print(f"{name} is a public repo: its data stays public")
         else:
-            print(f"{name}: its data is out of the public API and export now"
+            print(f"{name}: its data is off the public pages, badges, feeds and API now"
                   if changed else f"{name} is not published")
         return 0
     rows = _with_books(settings, "list repos", list_repos)
@@ -822,7 +823,7 @@ def cmd_repos(args: argparse.Namespace) -> int:
         print(row.line())
     hidden = sum(1 for row in rows if not row.public)
     if hidden:
-        print(f"\n{hidden} private repo(s) hidden from the public API and export:"
+        print(f"\n{hidden} private repo(s) hidden from the public pages, badges, feeds and API:"
               " `bountybot repos publish FORGE PATH` shows one's data")
     return 0
 

@@ -23,7 +23,7 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from babel import Locale, UnknownLocaleError
 from babel.numbers import get_currency_precision, is_currency
@@ -324,6 +324,10 @@ class GitLabSettings(_Section):
                 raise ValueError(f"{str(path)[:80]!r} is not a project or group path")
             if key in paths:
                 raise ValueError(f"{key!r} is given twice")
+            text = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+            if isinstance(text, str) and not text.strip():
+                # An empty secret would let a webhook with an empty token speak for the project.
+                raise ValueError(f"the secret of {key!r} is empty: give one, or remove the line")
             paths[key] = secret
         return paths
 
@@ -398,11 +402,20 @@ class FundingManifest(_Section):
         return value
 
 
-def _funding_keys(value: dict[str, FundingManifest]) -> dict[str, FundingManifest]:
-    for key in value:
+_Item = TypeVar("_Item")
+
+
+def _forge_path_keys(value: dict[str, _Item]) -> dict[str, _Item]:
+    """A table keyed by `forge:path`, keyed in lowercase (paths are compared without case):
+    a key that is no such name, or that is given twice, is an error."""
+    found: dict[str, _Item] = {}
+    for key, item in value.items():
         if not re.fullmatch(r"(github|gitlab):[^\s:/][^\s:]*", key):
             raise ValueError(f"{key!r} is not forge:path (e.g. github:owner/repo)")
-    return {key.lower(): manifest for key, manifest in value.items()}
+        if key.lower() in found:
+            raise ValueError(f"{key!r} is given twice (paths are compared without case)")
+        found[key.lower()] = item
+    return found
 
 
 class RepoPrivacy(_Section):
@@ -411,17 +424,6 @@ class RepoPrivacy(_Section):
     goal only, never an amount."""
 
     public_amounts: StrictBool = True
-
-
-def _repos_keys(value: dict[str, RepoPrivacy]) -> dict[str, RepoPrivacy]:
-    found: dict[str, RepoPrivacy] = {}
-    for key, item in value.items():
-        if not re.fullmatch(r"(github|gitlab):[^\s:/][^\s:]*", key):
-            raise ValueError(f"{key!r} is not forge:path (e.g. github:owner/repo)")
-        if key.lower() in found:
-            raise ValueError(f"{key!r} is given twice (paths are compared without case)")
-        found[key.lower()] = item
-    return found
 
 
 class _EnvSource(PydanticBaseSettingsSource):
@@ -497,11 +499,11 @@ class Settings(BaseSettings):
     # Per repo, `forge:path` -> its funding.json (opt-in; from the TOML file only).
     funding: dict[str, FundingManifest] = Field(default_factory=dict)
 
-    _funding_keys = field_validator("funding")(_funding_keys)
+    _funding_keys = field_validator("funding")(_forge_path_keys)
     # Per repo, `forge:path` -> what the public may see of it (from the TOML file only).
     repos: dict[str, RepoPrivacy] = Field(default_factory=dict)
 
-    _repos_keys = field_validator("repos")(_repos_keys)
+    _repos_keys = field_validator("repos")(_forge_path_keys)
 
     SECTIONS: ClassVar[tuple[str, ...]] = (
         "server", "database", "bot", "github", "gitlab", "payments", "stripe", "scheduler",

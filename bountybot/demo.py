@@ -31,12 +31,13 @@ import aiohttp
 from aiohttp import web
 from sqlmodel import col, select
 
-from bountybot.app import SESSIONMAKER, SETTINGS, create_app
+from bountybot.app import create_app
 from bountybot.clock import utc_now
 from bountybot.config import Settings
 from bountybot.deliveries import work_waiting
 from bountybot.forges.base import RepoRef
 from bountybot.forges.events import Changes
+from bountybot.resources import SESSIONMAKER, SETTINGS
 from bountybot.storage import tables as t
 from bountybot.storage.engine import create_engine
 from bountybot.webhooks import github_signature

@@ -34,12 +34,12 @@ from bountybot.clock import Clock, utc_now
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient, ForgeError
 from bountybot.forges.events import SYNC_EVENT, Changes, happenings_to_json
+from bountybot.inbox_writer import insert_new
 from bountybot.logs import event
 from bountybot.storage import tables as t
 from bountybot.storage.bounties import repo_ref
 from bountybot.storage.dialect import insert_for
 from bountybot.storage.uow import BACKGROUND, UnitOfWork
-from bountybot.webhooks import insert_new
 
 log = logging.getLogger(__name__)
 

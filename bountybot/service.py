@@ -22,7 +22,6 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot import webhooks
-from bountybot.app import SESSIONMAKER, SETTINGS
 from bountybot.clock import utc_now
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient
@@ -31,6 +30,7 @@ from bountybot.inbox import DeliveryWorker
 from bountybot.outbox import OutboxSender
 from bountybot.payments import stripe_events
 from bountybot.payments.worker import PaymentWorker
+from bountybot.resources import SESSIONMAKER, SETTINGS
 from bountybot.scheduler import Job
 from bountybot.scheduler import start as start_scheduler
 from bountybot.scheduler import stop as stop_scheduler

@@ -32,12 +32,12 @@ from typing import Any
 from aiohttp import web
 from sqlmodel import select
 
-from bountybot.app import SESSIONMAKER, SETTINGS
 from bountybot.bodies import (
     BODY_BUDGET,
     DOOR,
     RETRY_AFTER_SECONDS,
     Refusal,
+    json_error,
     parse_object,
     read_body,
     setup_doors,
@@ -45,79 +45,17 @@ from bountybot.bodies import (
 from bountybot.config import GitLabSettings
 from bountybot.forges.events import SYNC_EVENT
 from bountybot.forges.topics import topic_of
+from bountybot.inbox_writer import InboxWriter
 from bountybot.logs import event
+from bountybot.resources import SESSIONMAKER, SETTINGS
 from bountybot.storage import tables as t
-from bountybot.storage.dialect import insert_for
-from bountybot.storage.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
 WAKE_WORKER: web.AppKey[Callable[[], None]] = web.AppKey("wake_worker")
 
 
-class InboxWriter:
-    """Stores deliveries with group commit: the requests that arrive while one transaction
-    commits are written together by the next one, so a burst costs one commit (one fsync, one
-    SQLite write lock) per batch instead of one per delivery; no request waits on a timer.
-    Each request is answered only after the commit that holds its delivery."""
-
-    def __init__(self, sessionmaker: Any, wake: Callable[[], None] | None,
-                 max_batch: int = 500) -> None:
-        self.sessionmaker = sessionmaker
-        self.wake = wake
-        self.max_batch = max_batch
-        self.queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[bool]]] = asyncio.Queue()
-
-    async def store(self, values: dict[str, Any]) -> bool:
-        """True when the delivery is new, False when it was already in the inbox."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((values, future))
-        return await future
-
-    async def run(self) -> None:
-        while True:
-            batch = [await self.queue.get()]
-            while len(batch) < self.max_batch and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            try:
-                async with UnitOfWork(self.sessionmaker) as uow:
-                    stored = await insert_new(uow.session, [values for values, _ in batch])
-                    if stored and self.wake is not None:
-                        uow.after_commit(self.wake)
-                # A delivery id twice in one batch: the first is new, the second a repeat.
-                fresh = []
-                for values, _ in batch:
-                    key = (values["forge"], values["delivery_id"])
-                    fresh.append(key in stored)
-                    stored.discard(key)
-            except Exception as error:  # the database is down: every waiting request says so
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            for (_, future), new in zip(batch, fresh, strict=True):
-                if not future.done():
-                    future.set_result(new)
-
-
 INBOX = web.AppKey("inbox", InboxWriter)
-
-
-async def insert_new(session: Any, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
-    """Insert deliveries in one statement, skipping those already stored; returns the
-    (forge, delivery id) of the rows written."""
-    table = t.Delivery.__table__  # type: ignore[attr-defined]
-    # In key order: two replicas storing the same redelivered ids at once then wait for each
-    # other in the same order, instead of each holding one the other needs (a deadlock).
-    rows = sorted(rows, key=lambda r: (r["forge"], r["delivery_id"]))
-    stmt = (insert_for(session)(table).values(rows).on_conflict_do_nothing()
-            .returning(table.c.forge, table.c.delivery_id))
-    result = await session.exec(stmt)
-    return {(forge, delivery) for forge, delivery in result.all()}
-
-
-def json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 def header_bytes(value: str) -> bytes:
@@ -181,7 +119,8 @@ def gitlab_sender(settings: GitLabSettings, headers: Mapping[str, str]) -> Sende
     given = header_bytes(header)
     proven = hmac.compare_digest(given, settings.webhook_secret.get_secret_value().encode())
     scopes = tuple(path for path, secret in settings.project_secrets.items()
-                   if hmac.compare_digest(given, secret.get_secret_value().encode()))
+                   if secret.get_secret_value()  # never an empty one (the settings refuse it)
+                   and hmac.compare_digest(given, secret.get_secret_value().encode()))
     if proven:
         return Sender(proven=True)
     return Sender(scopes=scopes) if scopes else None

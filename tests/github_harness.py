@@ -23,11 +23,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlmodel import select
 
 from bountybot.api.routes import setup as api_setup
-from bountybot.app import SESSIONMAKER, SETTINGS, create_app
+from bountybot.app import create_app
 from bountybot.config import Settings
 from bountybot.deliveries import work_waiting
 from bountybot.governor import Governor
 from bountybot.payouts import mark_paid
+from bountybot.resources import SESSIONMAKER, SETTINGS
 from bountybot.rules import Bounty
 from bountybot.service import RUNTIME, setup
 from bountybot.storage import tables as t

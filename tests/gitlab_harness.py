@@ -12,8 +12,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlmodel import select
 
 from bountybot.api.routes import setup as api_setup
-from bountybot.app import SESSIONMAKER, create_app
+from bountybot.app import create_app
 from bountybot.config import Settings
+from bountybot.resources import SESSIONMAKER
 from bountybot.rules import Bounty
 from bountybot.service import setup
 from bountybot.storage import tables as t

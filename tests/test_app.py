@@ -11,8 +11,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bountybot import __version__
-from bountybot.app import ENGINE, SESSIONMAKER, SETTINGS, create_app
+from bountybot.app import create_app
 from bountybot.config import Settings
+from bountybot.resources import ENGINE, SESSIONMAKER, SETTINGS
 from bountybot.storage.engine import create_engine
 
 SECRET = "whsec-Recognisable-9876"

@@ -15,8 +15,8 @@ from babel.dates import format_date
 from gitlab_harness import PROJECT, GitLabBot
 from sqlmodel import select
 
-from bountybot.app import SESSIONMAKER
 from bountybot.money import Money
+from bountybot.resources import SESSIONMAKER
 from bountybot.rules.model import Bounty, Pledge
 from bountybot.rules.summary import badge_version, render_summary
 from bountybot.states import PayoutState, PledgeState, TaskState

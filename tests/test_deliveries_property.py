@@ -39,9 +39,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlmodel import col, select
 
-from bountybot.app import SESSIONMAKER, SETTINGS
 from bountybot.governor import Governor
 from bountybot.reconcile import Reconciler
+from bountybot.resources import SESSIONMAKER, SETTINGS
 from bountybot.service import RUNTIME
 from bountybot.states import PledgeState, TaskState
 from bountybot.storage import tables as t

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from bountybot.app import SESSIONMAKER
 from bountybot.demo import DemoError, DemoSite, fresh_database, page_urls, play_story
+from bountybot.resources import SESSIONMAKER
 from bountybot.storage import tables as t
 from bountybot.storage.books import run_audit
 

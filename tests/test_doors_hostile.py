@@ -29,6 +29,7 @@ from gitlab_harness import (
     gitlab_settings,
     prepare,
 )
+from pydantic import SecretStr
 from test_serve import SECRET as SERVE_SECRET
 from test_serve import TOKEN as SERVE_TOKEN
 from test_serve import start, wait_healthy
@@ -37,12 +38,13 @@ from test_stripe_flow import start as start_stripe
 
 from bountybot.app import create_app
 from bountybot.bodies import BODY_BUDGET
-from bountybot.config import ConfigError, Settings
+from bountybot.config import ConfigError, GitLabSettings, Settings
 from bountybot.forges.events import SYNC_EVENT
 from bountybot.service import setup
 from bountybot.states import TaskState
 from bountybot.storage import tables as t
 from bountybot.storage.engine import create_engine
+from bountybot.webhooks import gitlab_sender
 
 from fakes.gitlab import FakeGitLab
 from fakes.stripe import FakeStripe, stripe_server  # noqa: F401
@@ -446,11 +448,16 @@ def test_project_secrets_are_checked_like_every_secret(monkeypatch: pytest.Monke
             "gitlab.project_secrets[tools] is a placeholder")):
         settings.check_for_serve()
     for bad in ['{"a/b": ', '["a/b"]', '{"a b": "whatever-secret"}',
-                json.dumps({"a/b": 123456789012}), json.dumps({"A/b": "x" * 9, "a/B": "y" * 9})]:
+                json.dumps({"a/b": 123456789012}), json.dumps({"A/b": "x" * 9, "a/B": "y" * 9}),
+                json.dumps({"a/b": ""}), json.dumps({"a/b": "   "})]:
         monkeypatch.setenv("BOUNTYBOT_GITLAB_PROJECT_SECRETS", bad)
         with pytest.raises(ConfigError, match="gitlab.project_secrets") as error:
             Settings.load(None)
         assert "123456789012" not in str(error.value) and "xxxxxxxxx" not in str(error.value)
+    # Were an empty project secret stored anyway, an empty token would still prove nothing.
+    empty = GitLabSettings.model_construct(webhook_secret=SecretStr(PROJECT_SECRET),
+                                           project_secrets={"a/b": SecretStr("")})
+    assert gitlab_sender(empty, {"X-Gitlab-Token": ""}) is None
 
 
 # -- 4. the budget of unverified bytes ---------------------------------------------------------

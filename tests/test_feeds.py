@@ -18,7 +18,7 @@ import jsonschema
 import pytest
 from sqlalchemy import update
 
-from bountybot.app import SESSIONMAKER
+from bountybot.resources import SESSIONMAKER
 from bountybot.storage import tables as t
 from bountybot.web import feeds, pages
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from bountybot.app import SESSIONMAKER
+from bountybot.resources import SESSIONMAKER
 from bountybot.states import ClaimState, LinkState, PayoutState, PledgeState, TaskState
 from bountybot.storage import tables as t
 from bountybot.storage.books import run_audit
@@ -195,8 +195,8 @@ async def test_a_burst_of_pledges_stays_inside_the_write_budget(db_url, github_s
     from sqlalchemy import func
     from sqlmodel import select
 
-    from bountybot.app import SESSIONMAKER
     from bountybot.governor import Governor
+    from bountybot.resources import SESSIONMAKER
 
     bot = await GitHubBot.start(db_url, github_server, governor=Governor(per_minute=12))
     try:

@@ -9,7 +9,7 @@ import json
 import pytest
 from gitlab_harness import GL_SECRET, PROJECT, PROJECT_ID, GitLabBot
 
-from bountybot.app import SESSIONMAKER
+from bountybot.resources import SESSIONMAKER
 from bountybot.states import ClaimState, LinkState, PayoutState, PledgeState, TaskState
 from bountybot.storage import tables as t
 from bountybot.storage.books import run_audit

@@ -11,8 +11,8 @@ import pytest
 from gitlab_harness import PROJECT, PROJECT_ID, USERS, GitLabBot
 from sqlmodel import select
 
-from bountybot.app import SESSIONMAKER, SETTINGS
 from bountybot.reconcile import Reconciler
+from bountybot.resources import SESSIONMAKER, SETTINGS
 from bountybot.service import RUNTIME
 from bountybot.states import ClaimState, LinkState, PledgeState, TaskState
 from bountybot.storage import tables as t

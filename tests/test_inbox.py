@@ -10,11 +10,11 @@ from sqlmodel import select
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeError, RepoRef
 from bountybot.inbox import DeliveryWorker
+from bountybot.inbox_writer import insert_new
 from bountybot.states import PledgeState, TaskState
 from bountybot.storage import tables as t
 from bountybot.storage.bounties import load_bounty
 from bountybot.storage.uow import UnitOfWork
-from bountybot.webhooks import insert_new
 
 from fixtures import payload
 

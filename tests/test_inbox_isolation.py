@@ -14,11 +14,12 @@ from sqlalchemy import text
 from sqlmodel import select
 from test_inbox import NOW, comment, label
 
-from bountybot.app import SESSIONMAKER
 from bountybot.config import Settings
 from bountybot.forges.events import SYNC_EVENT, Happening, happenings_to_json
 from bountybot.forges.topics import issue_topic, topic_of
 from bountybot.inbox import DeliveryWorker
+from bountybot.inbox_writer import insert_new
+from bountybot.resources import SESSIONMAKER
 from bountybot.rules import LabelAdded
 from bountybot.service import RUNTIME
 from bountybot.states import PledgeState
@@ -26,7 +27,6 @@ from bountybot.storage import tables as t
 from bountybot.storage.bounties import load_bounty
 from bountybot.storage.engine import create_engine, create_sessionmaker
 from bountybot.storage.uow import UnitOfWork
-from bountybot.webhooks import insert_new
 
 from github_harness import REPO, REPO_ID, GitHubBot
 

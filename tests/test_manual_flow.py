@@ -11,9 +11,9 @@ import logging
 import pytest
 from sqlmodel import select
 
-from bountybot.app import SESSIONMAKER
 from bountybot.cli import main
 from bountybot.config import Settings
+from bountybot.resources import SESSIONMAKER
 from bountybot.states import PayoutState, PledgeState, TaskState
 from bountybot.storage import tables as t
 

@@ -228,8 +228,8 @@ async def test_the_operator_publishes_and_unpublishes_from_the_command_line(
         "is published already\n")
 
     code, out, _ = await run("repos", "unpublish", "github", str(books.repo_id))
-    assert (code, out) == (0, "github commons/vault: its data is out of the public API and"
-                                " export now\n")
+    assert (code, out) == (0, "github commons/vault: its data is off the public pages, badges,"
+                                " feeds and API now\n")
     assert (await get(client, "/api/v1/tasks"))["total"] == 6
     assert "mallory" not in await text_of(client, "/api/v1/export.json")
 

@@ -11,8 +11,8 @@ from collections import Counter
 from test_payment_ops_cli import paying, run  # noqa: F401
 from test_stripe_flow import Stripy, merged, onboarded, pledged
 
-from bountybot.app import SESSIONMAKER
 from bountybot.payments.provider_audit import ProviderReport, audit_provider
+from bountybot.resources import SESSIONMAKER
 from bountybot.states import PayoutState, PledgeState
 from bountybot.storage import tables as t
 from bountybot.storage.books import run_audit

@@ -26,8 +26,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import update
 
 from bountybot.api.routes import setup as api_setup
-from bountybot.app import SESSIONMAKER, SETTINGS, create_app
+from bountybot.app import create_app
 from bountybot.config import ConfigError, FundingManifest, RepoPrivacy, Settings
+from bountybot.resources import SESSIONMAKER, SETTINGS
 from bountybot.storage import tables as t
 from bountybot.web import badges, feeds, pages
 
@@ -334,7 +335,10 @@ def test_the_privacy_keys_are_validated_with_clear_errors() -> None:
              "repos.github:a/b.public_amounts: Input should be a valid boolean"),
             ({"repos": {"github:a/b": {"amounts": False}}},
              "repos.github:a/b.amounts: unknown key"),
-            ({"repos": {"github:a/b": {}, "github:A/B": {}}}, "'github:A/B' is given twice")):
+            ({"repos": {"github:a/b": {}, "github:A/B": {}}}, "'github:A/B' is given twice"),
+            ({"funding": {"github:a/b": {"email": "m@x.org", "name": "M"},
+                          "github:A/B": {"email": "n@x.org", "name": "N"}}},
+             "'github:A/B' is given twice")):
         with pytest.raises(ConfigError, match=re.escape(says)):
             Settings(config_file=None, **bad)
 

@@ -22,16 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import func, select
 
 from bountybot.api.routes import setup as api_setup
-from bountybot.app import (
-    ENGINE,
-    LIGHT_READS,
-    READ_ENGINE,
-    READ_GATE,
-    RETRY_AFTER_SECONDS,
-    SESSIONMAKER,
-    create_app,
-)
+from bountybot.app import LIGHT_READS, create_app
 from bountybot.config import Settings
+from bountybot.resources import ENGINE, READ_ENGINE, READ_GATE, RETRY_AFTER_SECONDS, SESSIONMAKER
 from bountybot.service import setup as service_setup
 from bountybot.storage import tables as t
 from bountybot.storage.uow import UnitOfWork

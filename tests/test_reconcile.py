@@ -14,7 +14,6 @@ import pytest
 from gitlab_harness import PROJECT, PROJECT_ID, GitLabBot
 from sqlmodel import select
 
-from bountybot.app import SESSIONMAKER, SETTINGS
 from bountybot.cli import main
 from bountybot.forges.base import RepoRef
 from bountybot.forges.events import (
@@ -24,6 +23,7 @@ from bountybot.forges.events import (
     happenings_from_payload,
 )
 from bountybot.reconcile import LEASE, Reconciler, SyncReport
+from bountybot.resources import SESSIONMAKER, SETTINGS
 from bountybot.rules import (
     Actor,
     Comment,

@@ -41,13 +41,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bountybot.config import Settings
 from bountybot.inbox import DeliveryWorker
+from bountybot.inbox_writer import insert_new
 from bountybot.storage import migrate
 from bountybot.storage import tables as t
 from bountybot.storage.books import run_audit
 from bountybot.storage.bounties import ensure_repo
 from bountybot.storage.engine import create_engine, create_sessionmaker
 from bountybot.storage.uow import UnitOfWork, is_conflict
-from bountybot.webhooks import insert_new
 
 from fakes.github import FakeGitHub
 from fixtures import payload

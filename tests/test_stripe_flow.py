@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from bountybot import cli
-from bountybot.app import SESSIONMAKER
 from bountybot.config import ConfigError, Settings
 from bountybot.payments.provider_audit import audit_provider
 from bountybot.payments.stripe_api import StripeGateway
+from bountybot.resources import SESSIONMAKER
 from bountybot.service import RUNTIME
 from bountybot.states import PayoutState, PledgeState, TaskState
 from bountybot.storage import tables as t

@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bountybot import cli
-from bountybot.app import SESSIONMAKER
 from bountybot.outbox import list_messages
 from bountybot.payouts import PayoutError, due_payouts, mark_paid
+from bountybot.resources import SESSIONMAKER
 from bountybot.service import RUNTIME
 from bountybot.states import ClaimState, PayoutState, PledgeState, TaskState
 from bountybot.storage import tables as t
@@ -176,7 +176,7 @@ async def test_payouts_wait_then_are_released(db_url, github_server, clock):
 
 
 def bot_settings(bot: GitHubBot):
-    from bountybot.app import SETTINGS
+    from bountybot.resources import SETTINGS
 
     return bot.app[SETTINGS]
 
@@ -355,7 +355,7 @@ async def test_the_scheduled_sync_job_recovers_a_comment_whose_webhook_was_lost(
 async def test_two_replicas_sweeping_at_once_do_each_task_once(db_url, github_server, clock):
     """Sweeps on several replicas: each due task is ticked by one of them (the other skips the
     rows it holds, or finds nothing left to do), so no reminder or expiry is doubled."""
-    from bountybot.app import SETTINGS
+    from bountybot.resources import SETTINGS
     from bountybot.storage.engine import create_engine, create_sessionmaker
     from bountybot.sweeps import Sweeper
 

@@ -60,10 +60,10 @@ from bountybot.api.views import (
     task_json,
     transaction_json,
 )
-from bountybot.app import READ_GATE, READER, SETTINGS, Busy
 from bountybot.export import export_csv, export_json
 from bountybot.ledger import ESCROW
 from bountybot.logs import event
+from bountybot.resources import READ_GATE, READER, SETTINGS, Busy
 from bountybot.statements import Role, UnknownPerson, statement, statement_json
 from bountybot.states import TaskState
 from bountybot.storage import tables as t

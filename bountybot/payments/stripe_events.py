@@ -41,17 +41,18 @@ from aiohttp import web
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bountybot.app import SESSIONMAKER, SETTINGS
 from bountybot.bodies import (
     BODY_BUDGET,
     DOOR,
     EXPECTED,
     MAX_DEPTH,
     Refusal,
+    json_error,
     parse_object,
     read_body,
     setup_doors,
 )
+from bountybot.inbox_writer import insert_new
 from bountybot.logs import event as log_event
 from bountybot.payments.base import PaymentKind
 from bountybot.payments.ops import (
@@ -66,12 +67,12 @@ from bountybot.payments.stripe_api import (
     idempotency_key,
     verify_webhook,
 )
+from bountybot.resources import SESSIONMAKER, SETTINGS
 from bountybot.rules import PaymentDisputed, PledgeConfirmed, PledgeLapsed, Refused
 from bountybot.states import PledgeState
 from bountybot.storage import tables as t
 from bountybot.storage.bounties import decide_on_task
 from bountybot.storage.uow import UnitOfWork
-from bountybot.webhooks import insert_new, json_error
 
 log = logging.getLogger(__name__)
 

@@ -37,10 +37,10 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.api.views import locale_of, privacy_of, reading, shown_publicly
-from bountybot.app import READ_GATE, READER, SETTINGS, Busy
 from bountybot.i18n import babel_locale, format_percentage, language, register, translate
 from bountybot.money import Money, minor_digits, to_decimal
 from bountybot.needs import Figures, month_figures
+from bountybot.resources import READ_GATE, READER, SETTINGS, Busy
 from bountybot.rules.summary import state_word
 from bountybot.states import PayoutState, PledgeState, TaskState
 from bountybot.storage import tables as t

@@ -35,11 +35,11 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.api.views import Privacy, privacy_of, reading, shown_publicly
-from bountybot.app import READ_GATE, READER, SETTINGS
 from bountybot.config import FundingManifest, Settings
 from bountybot.i18n import register, translate
 from bountybot.money import Money, minor_digits
 from bountybot.needs import MonthFigures, month_figures, previous_months
+from bountybot.resources import READ_GATE, READER, SETTINGS
 from bountybot.states import TaskState
 from bountybot.storage import tables as t
 from bountybot.storage.tables import id_of

@@ -47,10 +47,10 @@ from bountybot.api.views import (
     reading,
     shown_publicly,
 )
-from bountybot.app import READ_GATE, READER, SETTINGS, Busy
 from bountybot.i18n import babel_locale, format_day, format_percentage, language, translate
 from bountybot.money import Money, format_money
 from bountybot.needs import MonthFigures, history, month_figures, next_month, previous_months
+from bountybot.resources import READ_GATE, READER, SETTINGS, Busy
 from bountybot.rules.model import RAISED
 from bountybot.rules.summary import state_word
 from bountybot.states import TaskState
