@@ -53,6 +53,7 @@ TASK_FIELDS = {
     "id", "forge", "repo", "number", "title", "url", "state", "goal", "pledged", "raised",
     "backers",
     "claim", "waiting", "pledges", "links", "payouts", "deadline", "created_at", "currency",
+    "page_url", "badge_url",
 }
 
 

@@ -3,6 +3,11 @@
     GET /api/v1/tasks?forge=&repo=&state=&page=1&per_page=50
         {"tasks": [<task>...], "page", "per_page", "total"} and a `Link` header (as GitHub's)
     GET /api/v1/tasks/{id}          <task>
+    GET /api/v1/repos?forge=&page=1&per_page=50
+        {"repos": [<repo>...], "page", "per_page", "total"}: the public repos, each with its
+        addresses, its open tasks and this month's appeal; a `Link` header as above
+    GET /api/v1/repos/{id}/needs[/{YYYY-MM}]  a month's appeal (`bountybot.needs`), with the
+        twelve months ending with it under `history`
     GET /api/v1/tasks/{id}/ledger   {"task_id", "account", "balance", "transactions": [...]}
     GET /api/v1/export.json         the whole books (`bountybot.export`), streamed
     GET /api/v1/export.csv          the ledger, one row per entry, streamed
@@ -22,6 +27,9 @@ Privacy (`api.views.Privacy`): with `bot.public_backers = "count"` tasks carry n
 login (`pledges[].backer` is null), a ledger names no backer, and backers' statements are 404;
 a repo with `public_amounts = false` has its tasks' amounts null (`percent` instead) and its
 ledgers 404. Where either is set, the whole-books export and the statements are not public.
+Tasks and repos carry their public addresses (`page_url`, `badge_url`, ...): under
+`server.public_url` when it is set, else the host the request came to (`web.feeds.base_url`),
+so that others can link to the pages and badges.
 The reads use the public reads' own database pool (`app.READER`); the heavy ones (task lists,
 ledgers, statements, exports) each take a turn first (`app.READ_GATE`), and a request that
 finds none within `server.read_wait_seconds` is a 503 with `Retry-After`.
@@ -34,7 +42,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import partial
 from typing import Any
 
@@ -49,11 +57,13 @@ from yarl import URL
 from bountybot.api.views import (
     Json,
     amount,
+    appeal_json,
     escrow_balance,
     is_public,
     load_entries,
     load_tasks,
     locale_of,
+    month_json,
     privacy_of,
     reading,
     shown_publicly,
@@ -63,11 +73,15 @@ from bountybot.api.views import (
 from bountybot.export import export_csv, export_json
 from bountybot.ledger import ESCROW
 from bountybot.logs import event
+from bountybot.needs import history, month_figures
 from bountybot.resources import READ_GATE, READER, SETTINGS, Busy
 from bountybot.statements import Role, UnknownPerson, statement, statement_json
 from bountybot.states import TaskState
 from bountybot.storage import tables as t
 from bountybot.storage.tables import id_of
+from bountybot.web.feeds import base_url, forge_repo_url
+from bountybot.web.pages import OPEN_STATES, repo_url
+from bountybot.web.pages import page_url as task_page_url
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +129,9 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/v1/tasks", list_tasks)
     app.router.add_get("/api/v1/tasks/{id}", show_task)
     app.router.add_get("/api/v1/tasks/{id}/ledger", show_ledger)
+    app.router.add_get("/api/v1/repos", list_repos)
+    app.router.add_get("/api/v1/repos/{id}/needs", show_needs)
+    app.router.add_get("/api/v1/repos/{id}/needs/{month}", show_needs)
     # No HEAD: it would run the whole export to send nothing.
     app.router.add_get("/api/v1/export.json", download_json, allow_head=False)
     app.router.add_get("/api/v1/export.csv", download_csv, allow_head=False)
@@ -152,6 +169,46 @@ def _task_id(request: web.Request) -> int:
     if not re.fullmatch(r"[0-9]{1,10}", raw) or not 1 <= int(raw) <= MAX_ID:
         raise ApiError(404, f"no task {_shown(raw)}: task ids are whole numbers like 42")
     return int(raw)
+
+
+def _repo_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not re.fullmatch(r"[0-9]{1,10}", raw) or not 1 <= int(raw) <= MAX_ID:
+        raise ApiError(404, f"no repo {_shown(raw)}: repo ids are whole numbers like 3"
+                       " (GET /api/v1/repos lists them)")
+    return int(raw)
+
+
+def _month(request: web.Request, current: date) -> date:
+    """The `{YYYY-MM}` of the path, else `current`: 400 when it is not a month, 404 when it
+    is one with no appeal (before 2000, or still to come)."""
+    raw = request.match_info.get("month")
+    if raw is None:
+        return current
+    match = re.fullmatch(r"([0-9]{4})-([0-9]{2})", raw)
+    if match is None or not 1 <= int(match[2]) <= 12:
+        raise ApiError(400, f"month must be YYYY-MM, like {current:%Y-%m} (got {_shown(raw)})")
+    month = date(int(match[1]), int(match[2]), 1)
+    if not date(2000, 1, 1) <= month <= current:
+        raise ApiError(404, f"no appeal for {raw}: months from 2000-01 to {current:%Y-%m}")
+    return month
+
+
+def _with_addresses(out: Json, repo: t.Repo, base: str) -> Json:
+    """A task's JSON with the addresses of its public page and its badge."""
+    page = base + task_page_url(repo, out["number"])
+    out.update(page_url=page, badge_url=f"{page}/badge.svg")
+    return out
+
+
+def _repo_addresses(repo: t.Repo, base: str) -> Json:
+    """A repo's public addresses: its page, feed, needs page and needs badge (SVG, and the
+    shields endpoint JSON), and its appeal in this API."""
+    here = base + repo_url(repo)
+    return {"page_url": here, "feed_url": f"{here}/-/feed.atom", "needs_url": f"{here}/-/needs",
+            "badge_url": f"{here}/-/needs/badge.svg",
+            "badge_json_url": f"{here}/-/needs/badge.json",
+            "api_needs_url": f"{base}/api/v1/repos/{repo.id}/needs"}
 
 
 def _locale(request: web.Request) -> str:
@@ -210,7 +267,10 @@ async def list_tasks(request: web.Request) -> web.Response:
                     .order_by(col(t.Task.id)).offset(offset).limit(per_page))
             pairs = [(task, r) for task, r in (await session.exec(stmt)).all()]
             settings = request.app[SETTINGS]
-            tasks = [task_json(rows, _locale(request), privacy=privacy_of(settings, rows.repo))
+            base = base_url(request)
+            tasks = [_with_addresses(task_json(rows, _locale(request),
+                                               privacy=privacy_of(settings, rows.repo)),
+                                     rows.repo, base)
                      for rows in await load_tasks(session, pairs)]
     response = json_response(
         {"tasks": tasks, "page": page, "per_page": per_page, "total": total})
@@ -233,8 +293,87 @@ async def show_task(request: web.Request) -> web.Response:
     task_id = _task_id(request)
     async with reading(request.app[READER]) as session:
         [rows] = await load_tasks(session, [await _task(session, task_id)])
-        return json_response(task_json(
-            rows, _locale(request), privacy=privacy_of(request.app[SETTINGS], rows.repo)))
+        return json_response(_with_addresses(task_json(
+            rows, _locale(request), privacy=privacy_of(request.app[SETTINGS], rows.repo)),
+            rows.repo, base_url(request)))
+
+
+async def list_repos(request: web.Request) -> web.Response:
+    """The public repos in id order, `forge` to filter, a page at a time; each with its
+    addresses, how many of its tasks are open and this month's appeal (amounts null, percent
+    kept, where the repo shows percentages only)."""
+    forge = _choice(request, "forge", FORGES)
+    page = _positive(request, "page", 1)
+    per_page = min(_positive(request, "per_page", DEFAULT_PER_PAGE), MAX_PER_PAGE)
+    where: list[Any] = [shown_publicly()]
+    if forge:
+        where.append(col(t.Repo.forge) == forge)
+    settings = request.app[SETTINGS]
+    base = base_url(request)
+    now = datetime.now(UTC)
+    month = now.date().replace(day=1)
+    async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
+        total = int((await session.exec(
+            select(func.count()).select_from(t.Repo).where(*where))).one())
+        offset = (page - 1) * per_page
+        repos: list[Json] = []
+        if offset < total:
+            rows = (await session.exec(select(t.Repo).where(*where).order_by(col(t.Repo.id))
+                                       .offset(offset).limit(per_page))).all()
+            ids = [id_of(repo) for repo in rows]
+            open_tasks = dict((await session.exec(
+                select(t.Task.repo_id, func.count()).where(
+                    col(t.Task.repo_id).in_(ids), col(t.Task.state).in_(OPEN_STATES))
+                .group_by(col(t.Task.repo_id)))).all())
+            for repo in rows:
+                currency = repo.currency or settings.bot.currency
+                # One repo's appeal at a time, as its needs badge draws it: a page of repos
+                # is at most MAX_PER_PAGE of them, under one turn of the heavy reads.
+                figures = await month_figures(session, id_of(repo), month, now=now,
+                                              default_currency=currency)
+                summary = month_json(figures, locale_of(repo, _locale(request)),
+                                     privacy_of(settings, repo))
+                repos.append({
+                    "id": repo.id, "forge": repo.forge, "path": repo.full_path,
+                    "url": forge_repo_url(settings, repo), "currency": currency,
+                    **_repo_addresses(repo, base),
+                    "open_tasks": open_tasks.get(id_of(repo), 0),
+                    "appeal": {k: summary[k] for k in (
+                        "month", "currency", "asked", "funded", "to_go", "percent", "tasks")},
+                })
+    response = json_response(
+        {"repos": repos, "page": page, "per_page": per_page, "total": total})
+    link = _link_header(request, page, per_page, total)
+    if link:
+        response.headers[hdrs.LINK] = link
+    return response
+
+
+async def show_needs(request: web.Request) -> web.Response:
+    """A repo's appeal for a month (this one without `{YYYY-MM}`), the same figures as its
+    needs page, with the twelve months ending with it under `history` (newest first)."""
+    repo_id = _repo_id(request)
+    now = datetime.now(UTC)
+    month = _month(request, now.date().replace(day=1))
+    settings = request.app[SETTINGS]
+    base = base_url(request)
+    async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
+        repo = await session.get(t.Repo, repo_id)
+        if repo is None or not is_public(repo):
+            raise ApiError(404, f"no repo {repo_id}")
+        months = await history(session, repo_id, month, now=now,
+                               default_currency=repo.currency or settings.bot.currency)
+        locale = locale_of(repo, _locale(request))
+        privacy = privacy_of(settings, repo)
+        here = _repo_addresses(repo, base)
+        body = {"repo": {"id": repo.id, "forge": repo.forge, "path": repo.full_path,
+                         "page_url": here["page_url"], "needs_url": here["needs_url"]},
+                **appeal_json(months[0], locale, privacy),
+                "page_url": f"{here['needs_url']}/{month:%Y-%m}",
+                "history": [month_json(m, locale, privacy) for m in months]}
+        for item in body["live_tasks"]:
+            item["page_url"] = base + task_page_url(repo, item["number"])
+    return json_response(body)
 
 
 async def show_ledger(request: web.Request) -> web.Response:

@@ -29,6 +29,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.ledger import ESCROW
 from bountybot.money import Money, format_money
+from bountybot.needs import Figures, MonthFigures
 from bountybot.rules.model import RAISED, Bounty, Claim, Pledge
 from bountybot.states import ClaimState, TaskState
 from bountybot.storage import tables as t
@@ -324,3 +325,58 @@ def payment_op_json(op: t.PaymentOp, locale: str) -> Json:
             "account_id": op.account_id, "status": op.status, "attempts": op.attempts,
             "next_attempt_at": iso(op.next_attempt_at), "created_at": iso(op.created_at),
             "updated_at": iso(op.updated_at), "done_at": iso(op.done_at)}
+
+
+# -- the monthly appeal (`bountybot.needs`), as the public API shows it --------------------------
+
+
+def figures_json(f: Figures, locale: str, privacy: Privacy = EVERYTHING) -> Json:
+    """One currency's figures for a month; without `privacy.amounts` every amount is null and
+    `percent` (funded / asked, rounded down) is what is left."""
+
+    def money(minor: int) -> Json | None:
+        return amount(minor, f.currency, locale) if privacy.amounts else None
+
+    return {"currency": f.currency, "asked": money(f.asked), "funded": money(f.funded),
+            "to_go": money(f.to_go), "percent": f.percent, "tasks": f.tasks,
+            "pledged": money(f.pledged), "paid_out": money(f.paid),
+            "refunded": money(f.refunded)}
+
+
+def month_json(m: MonthFigures, locale: str, privacy: Privacy = EVERYTHING) -> Json:
+    """A month's appeal in its main currency (`m.currency`: the one with the most asked), as
+    the needs page's sentence says it, and each currency's figures under `by_currency` (never
+    converted). `tasks` counts the live tasks with a goal, in every currency."""
+    main = figures_json(m.main, locale, privacy)
+    del main["currency"]
+    return {"month": f"{m.month:%Y-%m}", "current": m.current, "days_left": m.days_left,
+            "currency": m.currency, **main, "tasks": m.goal_tasks,
+            "by_currency": [figures_json(f, locale, privacy) for f in m.by_currency]}
+
+
+def appeal_json(m: MonthFigures, locale: str, privacy: Privacy = EVERYTHING) -> Json:
+    """`month_json` and what the needs page lists: the live tasks (what the money is for), the
+    payouts settled in the month (what it did: developer, pull request, the reference that is
+    the public proof of payment) and the refunds (their reason; never a backer's name)."""
+
+    def money(value: Money) -> Json | None:
+        return amount(value.minor, value.currency, locale) if privacy.amounts else None
+
+    def minor(value: int | None, currency: str) -> Json | None:
+        return None if value is None else money(Money(value, currency))
+
+    return {
+        **month_json(m, locale, privacy),
+        "live_tasks": [{"id": x.id, "number": x.number, "title": x.title, "url": x.url,
+                        "state": x.state.value, "currency": x.currency,
+                        "goal": minor(x.goal, x.currency),
+                        "funded": minor(x.funded, x.currency),
+                        "percent": percent_of(x.funded, x.goal)} for x in m.tasks],
+        "payouts": [{"task_id": p.task_id, "number": p.number, "title": p.title,
+                     "developer": p.developer, "amount": money(p.amount), "paid_at": iso(p.at),
+                     "pull_request": None if p.pull_request is None else {
+                         "number": p.pull_request, "url": p.pull_request_url},
+                     "reference": p.reference} for p in m.payouts],
+        "refunds": [{"task_id": r.task_id, "number": r.number, "amount": money(r.amount),
+                     "at": iso(r.at), "why": r.why} for r in m.refunds],
+    }
