@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import zlib
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -17,7 +18,7 @@ from sqlalchemy import text
 from sqlmodel import select
 
 from bountybot.money import Money
-from bountybot.needs import month_figures, month_start, next_month
+from bountybot.needs import history, month_figures, month_start, next_month, previous_months
 from bountybot.rules import (
     Actor,
     Comment,
@@ -191,6 +192,26 @@ def test_monthly_figures_equal_the_ledger_for_random_stories(db_url: str) -> Non
                 assert sum(x.goal or 0 for x in got.tasks) == main.asked
                 month = next_month(month)
                 checked += 1
+            # history() (a few grouped queries) equals month_figures() (the reference) month by
+            # month, from the month before the first task to the last one, on every repo's
+            # books and on one repo's; the newest month with its tasks, payouts and refunds.
+            last = date(now.year, now.month, 1)
+            repo_id = (await session.exec(select(t.Repo.id))).first()
+            for where in (None, repo_id):
+                want = [await month_figures(session, where, m, now=now)
+                        for m in previous_months(last, checked + 1)]
+                got_all = await history(session, where, last, checked + 1, now=now)
+                assert got_all[0] == want[0], script
+                assert got_all[1:] == [replace(m, tasks=(), payouts=(), refunds=())
+                                       for m in want[1:]], script
+                bare = await history(session, where, last, checked + 1, now=now, detail=False)
+                assert bare == [replace(m, tasks=(), payouts=(), refunds=()) for m in want]
+                # A window that ends before the last month (an older needs page).
+                if checked > 1:
+                    older = await history(session, where, previous_months(last, 2)[1], 2,
+                                          now=now)
+                    assert older[0] == want[1], script
+                    assert older[1] == replace(want[2], tasks=(), payouts=(), refunds=())
         assert checked >= 1
 
     @settings(max_examples=25, deadline=None,
@@ -252,3 +273,38 @@ async def test_currencies_are_kept_apart_never_converted(sessionmaker: Any) -> N
     # The main currency is the one with the most asked, unless the default ties it.
     assert both.currency == "USD" and both.asked == Money(30000, "USD")
     assert only.currency == "USD" and both.goal_tasks == 2
+
+
+async def test_history_is_month_figures_month_by_month(sessionmaker: Any) -> None:
+    """The told story with a third task that stays open (asked 70, bob 30): #1 paid in February
+    leaves March's figures, #3 stays in them; two currencies in one month."""
+    story = Story(sessionmaker)
+    script: list[tuple[Any, ...]] = [
+        (0, 3, "label"), (0, 3, "goal", 70), (0, 3, "pledge", "bob", 30),
+        (0, 1, "label"), (0, 1, "goal", 100), (0, 1, "pledge", "alice", 60),
+        (1, 1, "pledge", "bob", 40), (0, 2, "label"), (0, 2, "goal", 50),
+        (1, 2, "pledge", "carol", 20), (1, 2, "withdraw", "carol"), (1, 1, "claim"),
+        (10, 1, "merge"), (20, 1, "paid"), (2, 2, "cancel"),
+    ]
+    for step in script:
+        await story.play(step)
+    dollars = Story(sessionmaker, "commons/orchard", "USD")
+    dollars.now = datetime(2026, 3, 1, tzinfo=UTC)
+    for step in ((0, 1, "label"), (0, 1, "goal", 300), (0, 1, "pledge", "alice", 90)):
+        await dollars.play(step)
+    now = datetime(2026, 3, 15, tzinfo=UTC)
+    async with sessionmaker() as session:
+        want = [await month_figures(session, None, m, now=now)
+                for m in previous_months(date(2026, 4, 1), 5)]
+        got = await history(session, None, date(2026, 4, 1), 5, now=now)
+        bare = await history(session, None, date(2026, 3, 1), 4, now=now, detail=False)
+    assert got[0] == want[0] and got[0].tasks  # April: #3 and the dollars' #1, still live
+    assert got[1:] == [replace(m, tasks=(), payouts=(), refunds=()) for m in want[1:]]
+    assert bare == got[1:]
+    apr, mar, feb, jan, dec = got
+    assert (mar.main.asked, mar.main.funded, mar.currency) == (30000, 9000, "USD")
+    assert {f.currency: (f.asked, f.funded) for f in mar.by_currency} == {
+        "USD": (30000, 9000), "EUR": (7000, 3000)}
+    assert (feb.asked.minor, feb.funded.minor, feb.main.paid) == (12000, 3000, 10000)
+    assert (jan.asked.minor, jan.funded.minor, jan.main.pledged) == (22000, 13000, 15000)
+    assert dec.by_currency == () and apr.days_left == 30 and not apr.current

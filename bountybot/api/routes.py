@@ -73,7 +73,7 @@ from bountybot.api.views import (
 from bountybot.export import export_csv, export_json
 from bountybot.ledger import ESCROW
 from bountybot.logs import event
-from bountybot.needs import history, month_figures
+from bountybot.needs import history
 from bountybot.resources import READ_GATE, READER, SETTINGS, Busy
 from bountybot.statements import Role, UnknownPerson, statement, statement_json
 from bountybot.states import TaskState
@@ -329,8 +329,8 @@ async def list_repos(request: web.Request) -> web.Response:
                 currency = repo.currency or settings.bot.currency
                 # One repo's appeal at a time, as its needs badge draws it: a page of repos
                 # is at most MAX_PER_PAGE of them, under one turn of the heavy reads.
-                figures = await month_figures(session, id_of(repo), month, now=now,
-                                              default_currency=currency)
+                [figures] = await history(session, id_of(repo), month, 1, now=now,
+                                          detail=False, default_currency=currency)
                 summary = month_json(figures, locale_of(repo, _locale(request)),
                                      privacy_of(settings, repo))
                 repos.append({

@@ -168,7 +168,8 @@ class Task(Base, table=True):
     """
 
     __tablename__ = "task"
-    __table_args__ = (UniqueConstraint("repo_id", "number"),)
+    # (repo_id, created_at): a repo's tasks, for its pages and its monthly appeal.
+    __table_args__ = (UniqueConstraint("repo_id", "number"), Index(None, "repo_id", "created_at"))
 
     id: int | None = Field(default=None, primary_key=True)
     repo_id: int = Field(foreign_key="repo.id")
@@ -306,7 +307,8 @@ class LedgerTransaction(Base, table=True):
     kind: str = Field(sa_type=String(64))
     task_id: int | None = Field(default=None, foreign_key="task.id", index=True)
     memo: str | None = Field(default=None, sa_type=Text)
-    created_at: datetime = _created()
+    # Indexed: the money that moved in a month is read by time.
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), index=True)
 
 
 class LedgerEntry(Base, table=True):

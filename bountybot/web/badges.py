@@ -39,7 +39,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bountybot.api.views import locale_of, privacy_of, reading, shown_publicly
 from bountybot.i18n import babel_locale, format_percentage, language, register, translate
 from bountybot.money import Money, minor_digits, to_decimal
-from bountybot.needs import Figures, month_figures
+from bountybot.needs import Figures, history
 from bountybot.resources import READ_GATE, READER, SETTINGS, Busy
 from bountybot.rules.summary import state_word
 from bountybot.states import PayoutState, PledgeState, TaskState
@@ -359,8 +359,8 @@ async def show_needs_badge(request: web.Request) -> web.Response:
             repo = await _public_repo(session, forge, path)
             if repo is None or repo.id is None:
                 return _not_found(request, "badge.not_found", "badge.needs_label")
-            figures = await month_figures(session, repo.id, month,
-                                          default_currency=repo.currency or bot.currency)
+            [figures] = await history(session, repo.id, month, 1, detail=False,
+                                      default_currency=repo.currency or bot.currency)
             locale = _locale(request, repo)
             amounts = privacy_of(request.app[SETTINGS], repo).amounts
     except Busy:

@@ -38,7 +38,8 @@ from bountybot.api.views import Privacy, privacy_of, reading, shown_publicly
 from bountybot.config import FundingManifest, Settings
 from bountybot.i18n import register, translate
 from bountybot.money import Money, minor_digits
-from bountybot.needs import MonthFigures, month_figures, previous_months
+from bountybot.needs import MonthFigures
+from bountybot.needs import history as monthly
 from bountybot.resources import READ_GATE, READER, SETTINGS
 from bountybot.states import TaskState
 from bountybot.storage import tables as t
@@ -177,9 +178,8 @@ async def _entries(session: AsyncSession, repo: t.Repo | None, base: str, w: Wor
                for event, task, r in (await session.exec(stmt)).all()]
     currency = (repo.currency if repo else None) or settings.bot.currency
     amounts = all_amounts(settings) if repo is None else privacy_of(settings, repo).amounts
-    for month in previous_months(now.date(), 2):
-        figures = await month_figures(session, None if repo is None else id_of(repo), month,
-                                      now=now, default_currency=currency)
+    for figures in await monthly(session, None if repo is None else id_of(repo), now.date(), 2,
+                                 now=now, default_currency=currency, detail=False):
         entries.append(_appeal_entry(figures, base, w, repo, amounts))
     # Newest first; an appeal dated the 1st sorts among the events by its date.
     entries.sort(key=lambda e: e.updated, reverse=True)
@@ -336,8 +336,8 @@ async def funding_json(request: web.Request) -> web.Response:
                                  col(t.Task.state).in_(OPEN_STATES),
                                  col(t.Task.goal_minor).is_not(None))
             .order_by(col(t.Task.id).desc()).limit(100))).all()
-        appeal = await month_figures(session, id_of(repo), now.date(), now=now,
-                                     default_currency=currency)
+        [appeal] = await monthly(session, id_of(repo), now.date(), 1, now=now,
+                                 default_currency=currency, detail=False)
         history = await _yearly(session, id_of(repo))
         page = base + repo_url(repo)
         plans: list[dict[str, Any]] = [{

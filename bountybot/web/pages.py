@@ -49,7 +49,7 @@ from bountybot.api.views import (
 )
 from bountybot.i18n import babel_locale, format_day, format_percentage, language, translate
 from bountybot.money import Money, format_money
-from bountybot.needs import MonthFigures, history, month_figures, next_month, previous_months
+from bountybot.needs import MonthFigures, history, next_month, previous_months
 from bountybot.resources import READ_GATE, READER, SETTINGS, Busy
 from bountybot.rules.model import RAISED
 from bountybot.rules.summary import state_word
@@ -307,8 +307,8 @@ async def index(request: web.Request) -> web.Response:
             .order_by(func.lower(col(t.Repo.full_path))))).all()]
         tasks = [task_view(rows, now, _privacy(request, rows.repo))
                  for rows in await _open_tasks(session, None)]
-        appeal = await month_figures(session, None, _this_month(now), now=now,
-                                     default_currency=_bot(request).currency)
+        [appeal] = await history(session, None, _this_month(now), 1, now=now, detail=False,
+                                 default_currency=_bot(request).currency)
     return _html(request, "index.html", {
         "w": w, "repos": repos,
         "tasks": tasks, "appeal": appeal, "needs_url": None,
@@ -323,7 +323,8 @@ async def repo_page(request: web.Request) -> web.Response:
         repo = await _repo(session, request.match_info["forge"], request.match_info["path"])
         privacy = _privacy(request, repo)
         tasks = [task_view(rows, now, privacy) for rows in await _open_tasks(session, id_of(repo))]
-        months = await history(session, id_of(repo), _this_month(now), now=now,
+        # The repo page shows the figures only; the month's tasks and payouts are on /-/needs.
+        months = await history(session, id_of(repo), _this_month(now), now=now, detail=False,
                                default_currency=repo.currency or _bot(request).currency)
         shown = _repo_view(repo)
     base = shown["url"]
