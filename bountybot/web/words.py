@@ -15,7 +15,7 @@ _WORDS: list[tuple[str, str, str]] = [
     ("task", "Task", "Tâche"),
     ("goal", "Goal", "Objectif"),
     ("no_goal", "no goal", "sans objectif"),
-    ("held", "Held", "Réuni"),
+    ("backer_gave", "Pledged", "Promis"),
     ("funded", "Funded", "Financé"),
     ("backers", "Backers", "Soutiens"),
     ("state", "State", "État"),
