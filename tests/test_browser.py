@@ -39,11 +39,10 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
+from test_pages import play
 
 from bountybot.app import create_app
-from bountybot.payouts import mark_paid
-from bountybot.resources import SESSIONMAKER, SETTINGS
-from bountybot.storage import tables as t
+from bountybot.resources import SETTINGS
 from bountybot.web import pages
 
 from fakes.github import FakeGitHub
@@ -89,46 +88,6 @@ class Background:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
-
-
-async def play(bot: GitHubBot, clock: dict[str, datetime | None]) -> None:
-    last, _ = months()
-
-    def on(day: int) -> None:
-        clock["now"] = datetime(last.year, last.month, day, 12, tzinfo=UTC)
-
-    on(5)
-    await bot.label(1)
-    await bot.comment("maya", "/goal 100", 1)
-    await bot.comment("alice", "/pledge 60", 1)
-    await bot.comment("bob", "/pledge 40", 1)
-    await bot.settle()
-    on(6)
-    await bot.comment("carol", "/claim", 1)
-    await bot.settle()
-    on(8)
-    await bot.pull_request("opened", "carol", 7, "Closes #1")
-    await bot.settle()
-    await bot.pull_request("closed", "carol", 7, "Closes #1", merged=True)
-    await bot.settle()
-    on(9)
-    [payout] = await bot.rows(t.Payout)
-    assert payout.id is not None
-    await mark_paid(bot.app[SESSIONMAKER], bot.app[SETTINGS], payout.id, "SEPA-1",
-                    now=clock["now"])
-    on(10)
-    await bot.label(2)
-    await bot.comment("maya", "/goal 50", 2)
-    await bot.comment("dave", "/pledge 20", 2)
-    await bot.settle()
-    on(11)
-    await bot.comment("dave", "/withdraw", 2)
-    await bot.settle()
-    clock["now"] = None
-    await bot.label(3)
-    await bot.comment("maya", "/goal 200", 3)
-    await bot.comment("erin", "/pledge 50", 3)
-    await bot.settle()
 
 
 @dataclass

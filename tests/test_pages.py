@@ -79,11 +79,9 @@ class Page(HTMLParser):
         return re.sub(r"\s+", " ", "".join(self.text))
 
 
-@pytest.fixture
-async def site(db_url: str, github_server: FakeGitHub) -> AsyncIterator[tuple[GitHubBot, Any]]:
-    clock: dict[str, datetime | None] = {"now": None}
-    bot = await GitHubBot.start(db_url, github_server,
-                                clock=lambda: clock["now"] or datetime.now(UTC))
+async def play(bot: GitHubBot, clock: dict[str, datetime | None]) -> None:
+    """The pages' story, on `clock`: #1 funded by alice and bob, claimed and paid to carol
+    (SEPA-1); #2 backed by dave, who withdrew; #3 with erin's pledge, today."""
     last, _ = months()
 
     def on(day: int) -> None:
@@ -121,6 +119,14 @@ async def site(db_url: str, github_server: FakeGitHub) -> AsyncIterator[tuple[Gi
     await bot.comment("maya", "/goal 200", 3)
     await bot.comment("erin", "/pledge 50", 3)
     await bot.settle()
+
+
+@pytest.fixture
+async def site(db_url: str, github_server: FakeGitHub) -> AsyncIterator[tuple[GitHubBot, Any]]:
+    clock: dict[str, datetime | None] = {"now": None}
+    bot = await GitHubBot.start(db_url, github_server,
+                                clock=lambda: clock["now"] or datetime.now(UTC))
+    await play(bot, clock)
 
     app = create_app(bot.app[SETTINGS], engine=bot.engine, features=[pages.setup])
     client = TestClient(TestServer(app))
