@@ -23,11 +23,13 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check
 	$(BIN)/mypy bountybot
+	$(BIN)/lint-imports
 	$(BIN)/pytest -n 2
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check
 	$(BIN)/mypy bountybot
+	$(BIN)/lint-imports
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

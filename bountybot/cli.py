@@ -21,6 +21,8 @@ from typing import Any
 
 from bountybot import __version__
 from bountybot.config import ConfigError, Settings, env_name, unknown_environment
+from bountybot.forges.registry import how_to_turn_on
+from bountybot.forges.registry import names as forge_names
 from bountybot.logs import RedactSecrets, event, flush_suppressed, log_level, setup_logging
 
 log = logging.getLogger("bountybot")
@@ -146,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                          parents=[config])
     statement.add_argument("role", choices=["backer", "developer"])
     statement.add_argument("login", help="the person's login on the forge")
-    statement.add_argument("--forge", choices=["github", "gitlab"], default="github")
+    statement.add_argument("--forge", choices=forge_names(), default=forge_names()[0])
     statement.set_defaults(run=cmd_statement)
 
     outbox = _command(commands, "outbox", "list forge writes waiting or dead; retry them",
@@ -221,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
             ("unpublish", "keep a private repo's data off the public pages and API",
              "Keep a private repo's data off the public pages, badges, feeds and API again.")):
         sub = _command(repo_commands, verb, says, more, parents=[config_again])
-        sub.add_argument("forge", choices=["github", "gitlab"])
+        sub.add_argument("forge", choices=forge_names())
         sub.add_argument("path", metavar="PATH",
                          help="the repo's full path (owner/name), or its id from `bountybot repos`")
         sub.set_defaults(run=cmd_repos)
@@ -394,10 +396,7 @@ def start_line(settings: Settings, port: int) -> str:
     """The one line that tells an operator what is running, with no secret in it."""
     host = settings.server.host
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    forges = ", ".join(settings.forges_enabled()) or (
-        f"none (set {env_name('github', 'webhook_secret')} and {env_name('github', 'token')}, "
-        f"or {env_name('gitlab', 'webhook_secret')} and {env_name('gitlab', 'token')})"
-    )
+    forges = ", ".join(settings.forges_enabled()) or f"none (set {how_to_turn_on()})"
     config = settings.config_file or "built-in defaults"
     return (
         f"bountybot {__version__} listening on {url} — database "
@@ -838,10 +837,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     setup_logging(settings, level=log_level())
     if not settings.forges_enabled():
-        raise CommandError(
-            f"sync: no forge is on: set {env_name('github', 'webhook_secret')} and "
-            f"{env_name('github', 'token')}, or {env_name('gitlab', 'webhook_secret')} and "
-            f"{env_name('gitlab', 'token')}", code=2)
+        raise CommandError(f"sync: no forge is on: set {how_to_turn_on()}", code=2)
     redact = RedactSecrets(settings.secrets().values()).redact
     try:
         report, handled = _with_books(settings, "sync", lambda sm: _sync(sm, settings, args.repo,

@@ -124,6 +124,14 @@ class _Section(BaseModel):
         return value
 
 
+class ForgeSection(_Section):
+    """A forge's table (`[github]`, `[gitlab]`): the forge is on when `enabled()`. Its name is
+    the forge's name in `bountybot.forges.registry`; it has a `webhook_secret`."""
+
+    def enabled(self) -> bool:
+        raise NotImplementedError
+
+
 def _check_http_url(value: str | None) -> str | None:
     if value is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
         raise ValueError("must be an http:// or https:// URL")
@@ -274,7 +282,7 @@ class BotSettings(_Section):
         return int(self.fee_percent * 100)
 
 
-class GitHubSettings(_Section):
+class GitHubSettings(ForgeSection):
     """github.com or GitHub Enterprise: a webhook secret and an app or a personal token."""
 
     api_url: str = "https://api.github.com"
@@ -290,7 +298,7 @@ class GitHubSettings(_Section):
         return self.webhook_secret is not None and (self.token is not None or has_app)
 
 
-class GitLabSettings(_Section):
+class GitLabSettings(ForgeSection):
     """gitlab.com or a self-managed GitLab: a webhook secret and a token."""
 
     url: str = "https://gitlab.com"
@@ -410,7 +418,7 @@ def _forge_path_keys(value: dict[str, _Item]) -> dict[str, _Item]:
     a key that is no such name, or that is given twice, is an error."""
     found: dict[str, _Item] = {}
     for key, item in value.items():
-        if not re.fullmatch(r"(github|gitlab):[^\s:/][^\s:]*", key):
+        if not re.fullmatch(rf"(?:{'|'.join(forge_sections())}):[^\s:/][^\s:]*", key):
             raise ValueError(f"{key!r} is not forge:path (e.g. github:owner/repo)")
         if key.lower() in found:
             raise ValueError(f"{key!r} is given twice (paths are compared without case)")
@@ -566,7 +574,7 @@ class Settings(BaseSettings):
 
     def forges_enabled(self) -> list[str]:
         """The forges whose webhook secret and credentials are set, e.g. `["github"]`."""
-        return [name for name in ("github", "gitlab") if getattr(self, name).enabled()]
+        return [name for name in forge_sections() if getattr(self, name).enabled()]
 
     def forge_warnings(self) -> list[str]:
         """Forges configured half-way: worth a warning, since they stay off."""
@@ -661,3 +669,10 @@ def _describe(error: ValidationError) -> str:
                 msg = f"{msg} (got {value!r})"
         parts.append(f"{key}: {msg}")
     return "invalid configuration: " + "; ".join(parts)
+
+
+def forge_sections() -> tuple[str, ...]:
+    """The names of the forges' tables, in the order `Settings` declares them."""
+    return tuple(name for name, field in Settings.model_fields.items()
+                 if isinstance(field.annotation, type)
+                 and issubclass(field.annotation, ForgeSection))

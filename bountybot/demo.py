@@ -35,12 +35,12 @@ from bountybot.app import create_app
 from bountybot.clock import utc_now
 from bountybot.config import Settings
 from bountybot.deliveries import work_waiting
-from bountybot.forges.base import RepoRef
 from bountybot.forges.events import Changes
+from bountybot.forges.github_events import signature as github_signature
+from bountybot.refs import RepoRef
 from bountybot.resources import SESSIONMAKER, SETTINGS
 from bountybot.storage import tables as t
 from bountybot.storage.engine import create_engine
-from bountybot.webhooks import github_signature
 
 # Made up, and only ever checked by this process: the demo ships with them.
 SECRET = "demo-webhook-secret-not-a-real-one"

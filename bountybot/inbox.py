@@ -44,7 +44,7 @@ from bountybot.commands import (
     command_named,
 )
 from bountybot.config import Settings
-from bountybot.forges.base import ForgeClient, ForgeError, RepoRef
+from bountybot.forges.base import ForgeClient, ForgeError
 from bountybot.forges.events import (
     SYNC_EVENT,
     Happening,
@@ -53,9 +53,10 @@ from bountybot.forges.events import (
     happenings_from_payload,
     valid_number,
 )
-from bountybot.forges.github_events import normalize as normalize_github
+from bountybot.forges.registry import FORGES
 from bountybot.logs import event
 from bountybot.loops import wait_any
+from bountybot.refs import RepoRef
 from bountybot.rules import (
     Bounty,
     Comment,
@@ -102,15 +103,11 @@ def normalize(forge: str, kind: str, payload: dict[str, Any], settings: Settings
                       if isinstance(h.what, Comment) else h
                       for h in happenings_from_payload(payload)]
         return checked(forge, Normalized(happenings=happenings))
-    if forge == "github":
-        return checked(forge, normalize_github(kind, payload, label=settings.bot.label,
-                                               bot_login=settings.bot.login))
-    if forge == "gitlab":
-        from bountybot.forges.gitlab_events import normalize as normalize_gitlab
-
-        return checked(forge, normalize_gitlab(kind, payload, label=settings.bot.label,
-                                               bot_login=settings.bot.login))
-    return Normalized(ignored=f"no adapter for {forge}")
+    known = FORGES.get(forge)
+    if known is None:
+        return Normalized(ignored=f"no adapter for {forge}")
+    return checked(forge, known.normalize(kind, payload, label=settings.bot.label,
+                                          bot_login=settings.bot.login))
 
 
 _FORGE_ID = re.compile(r"[0-9]{1,20}")
@@ -426,10 +423,11 @@ class DeliveryWorker:
         if not commands:
             return h
         client = self.clients.get(h.repo.forge)
-        if h.repo.forge == "gitlab" and not what.verified and any(
+        confirms = h.repo.forge in FORGES and FORGES[h.repo.forge].confirms_comments
+        if confirms and not what.verified and any(
                 c.name not in (CommandName.HELP, CommandName.STATUS) for c in commands):
             if client is None:
-                raise ForgeError("no gitlab client to confirm a note with")
+                raise ForgeError(f"no {h.repo.forge} client to confirm a comment with")
             what = await _confirmed_note(client, h, what, policy)
         if needs_maintainer(what, policy):
             maintainer = client is not None and await client.is_maintainer(

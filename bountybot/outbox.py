@@ -45,10 +45,12 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.clock import backoff, utc_now
 from bountybot.config import Settings
-from bountybot.forges.base import ForgeClient, ForgeError, RepoRef
+from bountybot.forges.base import ForgeClient, ForgeError
+from bountybot.forges.registry import FORGES
 from bountybot.governor import Busy, Governor
 from bountybot.logs import event
 from bountybot.loops import wait_any
+from bountybot.refs import RepoRef
 from bountybot.rules.policy import policy_from_settings
 from bountybot.rules.summary import SUMMARY_MARKER, render_summary
 from bountybot.storage.bounties import load_bounty_by_id, repo_ref
@@ -65,14 +67,15 @@ T = TypeVar("T")
 
 # The longest comment each forge takes, in characters (GitHub answers 422 above 65,536; GitLab
 # refuses notes above 1,000,000). Every body is cut to fit before it is sent.
-COMMENT_LIMITS = {"github": 65_536, "gitlab": 1_000_000}
+DEFAULT_COMMENT_LIMIT = 65_536  # for a forge that is not registered (its repo is gone)
 _CUT = "\n\n…"
 
 
 def fit_comment(text: str, marker: str, forge: str) -> str:
     """`text` with `marker` after it, cut (at a line, with an ellipsis) to fit the forge's
     comment size: a reply that the forge would refuse is never sent."""
-    limit = COMMENT_LIMITS.get(forge, 65_536) - len(marker) - len(_CUT)
+    known = FORGES.get(forge)
+    limit = (known.comment_limit if known else DEFAULT_COMMENT_LIMIT) - len(marker) - len(_CUT)
     if len(text) <= limit:
         return text + marker
     cut = text[:limit]

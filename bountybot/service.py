@@ -25,6 +25,7 @@ from bountybot import webhooks
 from bountybot.clock import utc_now
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient
+from bountybot.forges.registry import FORGES
 from bountybot.governor import Governor
 from bountybot.inbox import DeliveryWorker
 from bountybot.outbox import OutboxSender
@@ -80,16 +81,11 @@ RUNTIME = web.AppKey("runtime", Runtime)
 
 def forge_clients(settings: Settings) -> dict[str, ForgeClient]:
     """A client for each forge that is on."""
-    from bountybot.forges.github import client_from_settings as github_client
-    from bountybot.forges.gitlab import client_from_settings as gitlab_client
-
     clients: dict[str, ForgeClient] = {}
-    github = github_client(settings)
-    if github is not None:
-        clients["github"] = github
-    gitlab = gitlab_client(settings)
-    if gitlab is not None:
-        clients["gitlab"] = gitlab
+    for forge in FORGES.values():
+        client = forge.client(settings)
+        if client is not None:
+            clients[forge.name] = client
     return clients
 
 

@@ -26,6 +26,7 @@ from bountybot.api.routes import setup as api_setup
 from bountybot.app import create_app
 from bountybot.config import Settings
 from bountybot.deliveries import work_waiting
+from bountybot.forges.github_events import signature as github_signature
 from bountybot.governor import Governor
 from bountybot.payouts import mark_paid
 from bountybot.resources import SESSIONMAKER, SETTINGS
@@ -34,7 +35,6 @@ from bountybot.service import RUNTIME, setup
 from bountybot.storage import tables as t
 from bountybot.storage.bounties import load_bounty
 from bountybot.storage.engine import create_engine
-from bountybot.webhooks import github_signature
 
 from fakes.github import FakeGitHub
 from fixtures import payload

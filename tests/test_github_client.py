@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bountybot.config import Settings
-from bountybot.forges.base import ForgeError, RepoRef
+from bountybot.forges.base import ForgeError
 from bountybot.forges.github import GitHubClient, client_from_settings
+from bountybot.refs import RepoRef
 
 from fakes.github import FakeGitHub
 

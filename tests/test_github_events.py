@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bountybot.forges import github_events, gitlab_events
 from bountybot.forges.github_events import normalize
 from bountybot.forges.links import closing_refs
 from bountybot.rules import (
@@ -161,7 +162,8 @@ def test_other_events_are_acknowledged(event):
     ],
 )
 def test_github_closing_keywords(text, expected):
-    assert closing_refs(text, forge="github", repo_path="o/r", web_host="github.com") == expected
+    assert closing_refs(text, pattern=github_events.CLOSING, repo_path="o/r",
+                        web_host="github.com") == expected
 
 
 @pytest.mark.parametrize(
@@ -174,4 +176,5 @@ def test_github_closing_keywords(text, expected):
     ],
 )
 def test_gitlab_closing_pattern(text, expected):
-    assert closing_refs(text, forge="gitlab", repo_path="g/s/p", web_host="gitlab.com") == expected
+    assert closing_refs(text, pattern=gitlab_events.CLOSING, repo_path="g/s/p",
+                        web_host="gitlab.com", issue_paths=gitlab_events.ISSUE_PATHS) == expected

@@ -13,8 +13,9 @@ import gitlab
 import pytest
 
 from bountybot.config import Settings
-from bountybot.forges.base import ForgeError, RepoRef
+from bountybot.forges.base import ForgeError
 from bountybot.forges.gitlab import GitLabClient, client_from_settings
+from bountybot.refs import RepoRef
 
 from fakes.gitlab import FakeGitLab
 

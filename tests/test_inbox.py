@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 from sqlmodel import select
 
 from bountybot.config import Settings
-from bountybot.forges.base import ForgeError, RepoRef
+from bountybot.forges.base import ForgeError
 from bountybot.inbox import DeliveryWorker
 from bountybot.inbox_writer import insert_new
+from bountybot.refs import RepoRef
 from bountybot.states import PledgeState, TaskState
 from bountybot.storage import tables as t
 from bountybot.storage.bounties import load_bounty

@@ -16,7 +16,8 @@ from test_inbox import NOW, comment, label
 
 from bountybot.config import Settings
 from bountybot.forges.events import SYNC_EVENT, Happening, happenings_to_json
-from bountybot.forges.topics import issue_topic, topic_of
+from bountybot.forges.registry import FORGES
+from bountybot.forges.topics import issue_topic
 from bountybot.inbox import DeliveryWorker
 from bountybot.inbox_writer import insert_new
 from bountybot.resources import SESSIONMAKER
@@ -52,7 +53,7 @@ def row(name: str, kind: str, data: dict[str, Any] | str, topic: str | None = No
         forge: str = "github") -> dict[str, Any]:
     """A delivery as the door stores it; its topic read from the payload as the door does."""
     if topic is None and isinstance(data, dict):
-        topic = topic_of(forge, kind, data)
+        topic = FORGES[forge].topic(kind, data)
     return dict(forge=forge, delivery_id=name, event=kind, topic=topic,
                 payload=data if isinstance(data, str) else json.dumps(data),
                 state=t.DeliveryState.PENDING, attempts=0, received_at=NOW)

@@ -16,7 +16,7 @@ from sqlalchemy import update
 from sqlmodel import col, select
 
 from bountybot.config import Settings
-from bountybot.forges.base import ForgeError, RepoRef
+from bountybot.forges.base import ForgeError
 from bountybot.governor import Governor
 from bountybot.outbox import (
     OutboxSender,
@@ -25,6 +25,7 @@ from bountybot.outbox import (
     retry_dead,
     summary_marker,
 )
+from bountybot.refs import RepoRef
 from bountybot.rules import (
     Actor,
     Comment,

@@ -15,7 +15,6 @@ from gitlab_harness import PROJECT, PROJECT_ID, GitLabBot
 from sqlmodel import select
 
 from bountybot.cli import main
-from bountybot.forges.base import RepoRef
 from bountybot.forges.events import (
     Happening,
     happening_from_dict,
@@ -23,6 +22,7 @@ from bountybot.forges.events import (
     happenings_from_payload,
 )
 from bountybot.reconcile import LEASE, Reconciler, SyncReport
+from bountybot.refs import RepoRef
 from bountybot.resources import SESSIONMAKER, SETTINGS
 from bountybot.rules import (
     Actor,

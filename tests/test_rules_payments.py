@@ -4,8 +4,8 @@ disputed payment, a payout waiting for its developer's account). Pure: no databa
 
 from __future__ import annotations
 
-from bountybot.payments.base import PaymentKind
-from bountybot.payments.stripe_provider import StripeProvider
+from bountybot.providers.base import PaymentKind
+from bountybot.providers.stripe import StripeProvider
 from bountybot.rules import (
     Decision,
     LabelAdded,

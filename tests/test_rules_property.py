@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from bountybot.payments.manual import ManualProvider
+from bountybot.providers.manual import ManualProvider
 from bountybot.rules import (
     IssueClosed,
     LabelAdded,

@@ -7,7 +7,7 @@ from datetime import date
 import pytest
 
 from bountybot.money import Money
-from bountybot.payments.manual import ManualProvider
+from bountybot.providers.manual import ManualProvider
 from bountybot.rules import (
     IssueClosed,
     LabelAdded,

@@ -20,7 +20,7 @@ from markdown_it import MarkdownIt
 
 from bountybot.i18n import format_day, format_percentage, french_spacing, translate
 from bountybot.money import Money
-from bountybot.payments.manual import ManualProvider
+from bountybot.providers.manual import ManualProvider
 from bountybot.rules import (
     LabelAdded,
     LinkClosed,

@@ -71,6 +71,7 @@ from bountybot.api.views import (
     transaction_json,
 )
 from bountybot.export import export_csv, export_json
+from bountybot.forges.registry import names
 from bountybot.ledger import ESCROW
 from bountybot.logs import event
 from bountybot.needs import history
@@ -88,7 +89,7 @@ log = logging.getLogger(__name__)
 PREFIX = "/api/"
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 100
-FORGES = ("github", "gitlab")
+FORGES = names()
 # Task ids are INTEGER columns: a larger number cannot be a task (and PostgreSQL would refuse
 # to compare it), so it is answered 404 like any other unknown id.
 MAX_ID = 2**31 - 1

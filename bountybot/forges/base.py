@@ -8,9 +8,10 @@ imports a forge library. Tests implement it too, or point the real adapter at a 
 from __future__ import annotations
 
 import email.utils
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
+
+from bountybot.refs import RepoRef
 
 if TYPE_CHECKING:
     from bountybot.forges.events import Changes
@@ -29,20 +30,6 @@ def parse_retry_after(value: str, now: datetime) -> float:
         return max((email.utils.parsedate_to_datetime(value) - now).total_seconds(), 0.0)
     except (TypeError, ValueError):
         return DEFAULT_RATE_LIMIT_WAIT
-
-
-@dataclass(frozen=True, slots=True)
-class RepoRef:
-    """A repository as the forge knows it: stable id, current path, and the installation
-    (GitHub App) that gives access to it, if any."""
-
-    forge: str
-    forge_repo_id: str
-    full_path: str
-    installation_id: str | None = None
-    # Whether the forge says the repo is private (None when the payload does not say): its
-    # data then stays out of the public pages, API and export unless published.
-    private: bool | None = None
 
 
 class ForgeError(Exception):

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bountybot.commands import parse_comment
-from bountybot.forges.base import RepoRef
+from bountybot.refs import RepoRef
 from bountybot.rules import (
     Actor,
     Comment,

@@ -18,9 +18,12 @@ from github.Requester import Requester
 from requests.utils import parse_header_links
 
 from bountybot.clock import utc_now
-from bountybot.forges.base import DEFAULT_RATE_LIMIT_WAIT, ForgeError, RepoRef, parse_retry_after
+from bountybot.forges import github_events
+from bountybot.forges.base import DEFAULT_RATE_LIMIT_WAIT, ForgeError, parse_retry_after
 from bountybot.forges.events import Changes, since_or_later
+from bountybot.forges.forge import Forge
 from bountybot.forges.github_events import synced_comment, synced_label, synced_merge
+from bountybot.refs import RepoRef
 
 if TYPE_CHECKING:
     from bountybot.config import Settings
@@ -411,3 +414,17 @@ def client_from_settings(settings: Settings) -> GitHubClient | None:
     assert gh.private_key_file is not None  # enabled() without a token means an app
     return GitHubClient(gh.api_url, bot_login=settings.bot.login, app_id=gh.app_id,
                         private_key=gh.private_key_file.read_text())
+
+
+def web_url(settings: Settings, path: str) -> str:
+    """The repo at `path` on GitHub: github.com, or the Enterprise host of `github.api_url`."""
+    api = settings.github.api_url.rstrip("/")
+    if urlsplit(api).hostname == "api.github.com":
+        return f"https://github.com/{path}"
+    return f"{re.sub(r'/api/v3$', '', api)}/{path}"
+
+
+FORGE = Forge(
+    name="github", title="GitHub", edge=github_events.EDGE,
+    normalize=github_events.normalize, topic=github_events.topic,
+    client=client_from_settings, web_url=web_url, comment_limit=65_536)

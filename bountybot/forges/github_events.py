@@ -1,15 +1,20 @@
 """GitHub webhook payloads, and the REST objects reconciliation reads, turned into normalized
-happenings (pure: no HTTP, no PyGithub)."""
+happenings; GitHub's webhook door (signature, delivery id, event names), its topics and its
+closing keywords (pure: no HTTP, no PyGithub)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from bountybot.forges.base import RepoRef
+from bountybot.forges.door import UNPROVEN, Edge, Sender, delivery_id_problem, header_bytes
 from bountybot.forges.events import (
+    SYNC_EVENT,
     Found,
     Happening,
     Normalized,
@@ -21,7 +26,9 @@ from bountybot.forges.events import (
     parse_time,
     since_or_later,
 )
-from bountybot.forges.links import closing_refs
+from bountybot.forges.links import closing_pattern, closing_refs
+from bountybot.forges.topics import as_id, dig, issue_topic
+from bountybot.refs import RepoRef
 from bountybot.rules import (
     Actor,
     Comment,
@@ -36,6 +43,68 @@ from bountybot.rules import (
 )
 
 FORGE = "github"
+# GitHub's closing keywords (docs: "Linking a pull request to an issue").
+KEYWORDS = r"close[sd]?|fix(?:e[sd])?|resolve[sd]?"
+CLOSING = closing_pattern(KEYWORDS)
+# GitHub's event names: lower case words joined by underscores, some with a digit
+# (`projects_v2_item`). Anything else is not GitHub's, and never the reconciler's
+# `bountybot.sync`.
+EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_SIGNATURE = re.compile(r"sha256=[0-9a-fA-F]{64}")
+
+
+# -- the door ----------------------------------------------------------------------------------
+
+
+def signature(secret: str, body: bytes | bytearray) -> str:
+    """The `X-Hub-Signature-256` GitHub sends with `body`: `sha256=` and the HMAC-SHA256 of the
+    raw body in hex."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def signature_ok(secret: str, body: bytes | bytearray, header: str | None) -> bool:
+    """Whether `header` is `body`'s `X-Hub-Signature-256`; compared in constant time, as bytes
+    (a header may hold anything)."""
+    if not header or not header.startswith("sha256="):
+        return False
+    return hmac.compare_digest(signature(secret, body).encode(), header_bytes(header))
+
+
+def sender(settings: Any, headers: Mapping[str, str]) -> Sender | None:
+    """Unproven until the body is read, but a request with no signature worth checking is
+    refused before any of its body is."""
+    given = headers.get("X-Hub-Signature-256")
+    return UNPROVEN if given and _SIGNATURE.fullmatch(given) else None
+
+
+def identify(headers: Mapping[str, str]) -> tuple[str, str] | str:
+    """(delivery id, event name), or why the headers do not say."""
+    delivery_id, kind = headers.get("X-GitHub-Delivery"), headers.get("X-GitHub-Event")
+    if not delivery_id or not kind:
+        return "X-GitHub-Delivery and X-GitHub-Event headers are required"
+    if kind == SYNC_EVENT or not EVENT_NAME.fullmatch(kind):
+        return "X-GitHub-Event is not a GitHub event name (such as issue_comment)"
+    return delivery_id_problem("X-GitHub-Delivery", delivery_id) or (delivery_id, kind)
+
+
+EDGE = Edge(
+    turn_on="BOUNTYBOT_GITHUB_WEBHOOK_SECRET and BOUNTYBOT_GITHUB_TOKEN (or a GitHub App)",
+    sender=sender,
+    signed=lambda secret, body, headers: signature_ok(
+        secret, body, headers.get("X-Hub-Signature-256")),
+    refused="bad or missing X-Hub-Signature-256", refused_event="webhook.bad_signature",
+    identify=identify)
+
+
+def topic(kind: str, payload: Any) -> str | None:
+    """The issue or pull request a delivery is about (GitHub numbers both in one sequence)."""
+    repo = as_id(dig(payload, "repository", "id"))
+    number = as_id(dig(payload, "issue", "number")) or as_id(
+        dig(payload, "pull_request", "number"))
+    return issue_topic(FORGE, repo, number) if repo and number else None
+
+
+# -- payloads ----------------------------------------------------------------------------------
 
 
 def _repo(payload: dict[str, Any], repository: dict[str, Any] | None = None) -> RepoRef:
@@ -154,7 +223,7 @@ def _pull_request(action: str | None, payload: dict[str, Any]) -> Normalized:
 
     def refs(title: str | None, body: str | None) -> list[tuple[str, int]]:
         text = f"{title or ''}\n{body or ''}"
-        return closing_refs(text, forge=FORGE, repo_path=repo.full_path, web_host=host)
+        return closing_refs(text, pattern=CLOSING, repo_path=repo.full_path, web_host=host)
 
     now = refs(pr.get("title"), pr.get("body"))
     events: list[tuple[str, int, Event]] = []

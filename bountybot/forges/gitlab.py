@@ -12,9 +12,12 @@ import requests
 from gitlab.exceptions import GitlabError, GitlabHttpError
 
 from bountybot.clock import utc_now
-from bountybot.forges.base import DEFAULT_RATE_LIMIT_WAIT, ForgeError, RepoRef, parse_retry_after
+from bountybot.forges import gitlab_events
+from bountybot.forges.base import DEFAULT_RATE_LIMIT_WAIT, ForgeError, parse_retry_after
 from bountybot.forges.events import Changes, since_or_later
+from bountybot.forges.forge import Forge
 from bountybot.forges.gitlab_events import synced_label, synced_merge, synced_note
+from bountybot.refs import RepoRef
 
 if TYPE_CHECKING:
     from bountybot.config import Settings
@@ -382,3 +385,17 @@ def client_from_settings(settings: Settings) -> GitLabClient | None:
     assert gl.token is not None  # enabled() means a token is set
     return GitLabClient(gl.url, token=gl.token.get_secret_value(), bot_login=settings.bot.login,
                         maintainer_level=gl.maintainer_access_level)
+
+
+def web_url(settings: Settings, path: str) -> str:
+    """The project at `path` on the GitLab of `gitlab.url`."""
+    return f"{settings.gitlab.url.rstrip('/')}/{path}"
+
+
+FORGE = Forge(
+    name="gitlab", title="GitLab", edge=gitlab_events.EDGE,
+    normalize=gitlab_events.normalize, topic=gitlab_events.topic,
+    client=client_from_settings, web_url=web_url, comment_limit=1_000_000,
+    # One instance token signs every project's hooks: a note's commands are confirmed
+    # through the API (that note, by that author, on that issue) before they apply.
+    confirms_comments=True)

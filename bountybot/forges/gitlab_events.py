@@ -1,5 +1,6 @@
 """GitLab webhook payloads, and the REST objects reconciliation reads, turned into normalized
-happenings (pure: no HTTP, no python-gitlab).
+happenings; GitLab's webhook door (tokens, delivery ids, event names), its topics and its
+closing keywords (pure: no HTTP, no python-gitlab).
 
 Read by `X-Gitlab-Event` (`Issue Hook`, `Note Hook`, `Merge Request Hook`, their `Confidential`
 variants, or the payload's `object_kind` passed as the event); anything else normalizes to
@@ -23,14 +24,17 @@ What GitLab's payloads do not say, and what this module does about it:
 from __future__ import annotations
 
 import functools
+import hmac
 import re
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from bountybot.forges.base import RepoRef
+from bountybot.forges.door import Edge, Sender, delivery_id_problem, header_bytes
 from bountybot.forges.events import (
+    SYNC_EVENT,
     Found,
     Happening,
     Normalized,
@@ -41,7 +45,9 @@ from bountybot.forges.events import (
     parse_time,
     since_or_later,
 )
-from bountybot.forges.links import closing_refs
+from bountybot.forges.links import closing_pattern, closing_refs
+from bountybot.forges.topics import as_id, dig, issue_topic
+from bountybot.refs import RepoRef
 from bountybot.rules import (
     Actor,
     Comment,
@@ -55,6 +61,105 @@ from bountybot.rules import (
 )
 
 FORGE = "gitlab"
+# GitLab's default closing pattern: GitHub's keywords, their -ing forms, and "implement".
+KEYWORDS = (r"clos(?:e[sd]?|ing)|fix(?:e[sd]|ing)?|resolv(?:e[sd]?|ing)"
+            r"|implement(?:s|ed|ing)?")
+CLOSING = closing_pattern(KEYWORDS)
+# Issue URLs: `group/project/-/issues/N`, and the older `group/project/issues/N`.
+ISSUE_PATHS = ("-/issues/", "issues/")
+# The X-Gitlab-Event values GitLab documents for project, group and system hooks
+# (docs.gitlab.com: user/project/integrations/webhook_events, administration/system_hooks).
+EVENTS = frozenset({
+    "Push Hook", "Tag Push Hook", "Issue Hook", "Confidential Issue Hook", "Note Hook",
+    "Confidential Note Hook", "Merge Request Hook", "Wiki Page Hook", "Pipeline Hook",
+    "Job Hook", "Deployment Hook", "Feature Flag Hook", "Release Hook", "Emoji Hook",
+    "Resource Access Token Hook", "Member Hook", "Subgroup Hook", "Project Hook",
+    "Milestone Hook", "Vulnerability Hook", "System Hook",
+})
+
+
+# -- the door ----------------------------------------------------------------------------------
+
+
+def sender(settings: Any, headers: Mapping[str, str]) -> Sender | None:
+    """The instance's secret (`settings`: the GitLab section), or the secrets of the projects
+    and groups that share this token; None when the token is none of them. Every secret is
+    compared, in constant time."""
+    header = headers.get("X-Gitlab-Token")
+    if header is None or settings.webhook_secret is None:
+        return None
+    given = header_bytes(header)
+    proven = hmac.compare_digest(given, settings.webhook_secret.get_secret_value().encode())
+    scopes = tuple(path for path, secret in settings.project_secrets.items()
+                   if secret.get_secret_value()  # never an empty one (the settings refuse it)
+                   and hmac.compare_digest(given, secret.get_secret_value().encode()))
+    if proven:
+        return Sender(proven=True)
+    return Sender(scopes=scopes) if scopes else None
+
+
+def identify(headers: Mapping[str, str]) -> tuple[str, str] | str:
+    """(delivery id, event name), or why the headers do not say."""
+    kind = headers.get("X-Gitlab-Event")
+    if not kind:
+        return "the X-Gitlab-Event header is required"
+    if kind == SYNC_EVENT or kind not in EVENTS:
+        return "X-Gitlab-Event is not one of GitLab's webhook events (such as Note Hook)"
+    # Idempotency-Key is stable across GitLab's own retries (17.4+); before that, the event
+    # UUID names one delivery of one kind.
+    delivery_id = headers.get("Idempotency-Key")
+    if delivery_id:
+        return delivery_id_problem("Idempotency-Key", delivery_id) or (delivery_id, kind)
+    uuid = headers.get("X-Gitlab-Event-UUID")
+    if not uuid:
+        return "Idempotency-Key or X-Gitlab-Event-UUID is required"
+    composite = f"{uuid}:{kind}"
+    return delivery_id_problem("X-Gitlab-Event-UUID", composite) or (composite, kind)
+
+
+def scoped_repo(payload: dict[str, Any]) -> tuple[str, str] | None:
+    """(project id, path) of the project a delivery is about, when the payload names one
+    properly: what a project's or group's own secret may speak for (`within` its path)."""
+    project = payload.get("project")
+    if not isinstance(project, dict):
+        return None
+    project_id, path = project.get("id"), project.get("path_with_namespace")
+    if (not isinstance(project_id, int) or isinstance(project_id, bool)
+            or not 0 < project_id < 2**63 or not isinstance(path, str)):
+        return None
+    return str(project_id), path
+
+
+EDGE = Edge(
+    turn_on="BOUNTYBOT_GITLAB_WEBHOOK_SECRET and BOUNTYBOT_GITLAB_TOKEN",
+    sender=sender,
+    signed=lambda secret, body, headers: False,  # the token alone proves a GitLab delivery
+    refused="bad or missing X-Gitlab-Token", refused_event="webhook.bad_token",
+    identify=identify, scoped_repo=scoped_repo,
+    out_of_scope="this X-Gitlab-Token is the secret of another project or group than the"
+                 " delivery's")
+
+
+def topic(kind: str, payload: Any) -> str | None:
+    """The issue or merge request a delivery is about (numbered apart: `issue`, `mr`)."""
+    repo = as_id(dig(payload, "project", "id"))
+    if repo is None:
+        return None
+    object_kind = dig(payload, "object_kind")
+    if object_kind in ("issue", "work_item"):
+        number, which = as_id(dig(payload, "object_attributes", "iid")), "issue"
+    elif object_kind == "merge_request":
+        number, which = as_id(dig(payload, "object_attributes", "iid")), "mr"
+    elif object_kind == "note":
+        number, which = as_id(dig(payload, "issue", "iid")), "issue"
+        if number is None:
+            number, which = as_id(dig(payload, "merge_request", "iid")), "mr"
+    else:
+        return None
+    return issue_topic(FORGE, repo, number, which) if number else None
+
+
+# -- payloads ----------------------------------------------------------------------------------
 
 # The X-Gitlab-Event header, and the payload's object_kind, to the kind of hook it is.
 _KINDS = {
@@ -185,7 +290,8 @@ def _refs(repo: RepoRef, web_url: str | None, title: str | None,
     text = f"{title or ''}\n{description or ''}"
     if root:
         text = text.replace(f"{web.netloc}{root}/", f"{web.netloc}/")
-    return closing_refs(text, forge=FORGE, repo_path=repo.full_path, web_host=web.netloc)
+    return closing_refs(text, pattern=CLOSING, repo_path=repo.full_path, web_host=web.netloc,
+                        issue_paths=ISSUE_PATHS)
 
 
 def _merge_request(payload: dict[str, Any], repo: RepoRef,

@@ -5,7 +5,9 @@ A topic names one issue or one pull/merge request of one repo by the forge's sta
 `github:<repository id>:<number>` (GitHub numbers issues and pull requests in one sequence),
 `gitlab:<project id>:issue:<iid>` or `gitlab:<project id>:mr:<iid>` (GitLab has two). A
 payload that names no issue (a ping, an installation) has no topic: it waits for nothing.
-Nothing here trusts the payload: what is not the expected shape gives no topic.
+Nothing here trusts the payload: what is not the expected shape gives no topic. Each forge's
+events module reads its own payloads (`github_events.topic`, `gitlab_events.topic`) with the
+helpers here.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 MAX_TOPIC = 255
 
 
-def _id(value: Any) -> str | None:
+def as_id(value: Any) -> str | None:
     """A forge id or number as text: a whole number (int, or digits), else None."""
     if isinstance(value, bool):
         return None
@@ -26,7 +28,7 @@ def _id(value: Any) -> str | None:
     return None
 
 
-def _get(payload: Any, *keys: str) -> Any:
+def dig(payload: Any, *keys: str) -> Any:
     for key in keys:
         if not isinstance(payload, dict):
             return None
@@ -34,34 +36,9 @@ def _get(payload: Any, *keys: str) -> Any:
     return payload
 
 
-def issue_topic(forge: str, repo_id: str, number: int | str, kind: str = "issue") -> str:
-    """The topic of issue (or, `kind="mr"` on GitLab, merge request) `number` of a repo."""
-    if forge == "gitlab":
-        return f"gitlab:{repo_id}:{kind}:{number}"[:MAX_TOPIC]
+def issue_topic(forge: str, repo_id: str, number: int | str, kind: str | None = None) -> str:
+    """The topic of issue `number` of a repo; `kind` (`issue`, `mr`) where a forge numbers its
+    issues and its merge requests apart (GitLab), so that #3 and !3 are two topics."""
+    if kind is not None:
+        return f"{forge}:{repo_id}:{kind}:{number}"[:MAX_TOPIC]
     return f"{forge}:{repo_id}:{number}"[:MAX_TOPIC]
-
-
-def topic_of(forge: str, kind: str, payload: Any) -> str | None:
-    """The topic of a webhook delivery of `kind` (the event header) from `forge`."""
-    if forge == "github":
-        repo = _id(_get(payload, "repository", "id"))
-        number = _id(_get(payload, "issue", "number")) or _id(
-            _get(payload, "pull_request", "number"))
-        return issue_topic(forge, repo, number) if repo and number else None
-    if forge == "gitlab":
-        repo = _id(_get(payload, "project", "id"))
-        if repo is None:
-            return None
-        object_kind = _get(payload, "object_kind")
-        if object_kind in ("issue", "work_item"):
-            number, which = _id(_get(payload, "object_attributes", "iid")), "issue"
-        elif object_kind == "merge_request":
-            number, which = _id(_get(payload, "object_attributes", "iid")), "mr"
-        elif object_kind == "note":
-            number, which = _id(_get(payload, "issue", "iid")), "issue"
-            if number is None:
-                number, which = _id(_get(payload, "merge_request", "iid")), "mr"
-        else:
-            return None
-        return issue_topic(forge, repo, number, which) if number else None
-    return None

@@ -19,8 +19,8 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.logs import event
-from bountybot.payments.base import PaymentKind
 from bountybot.payments.stripe_api import scrub
+from bountybot.providers.base import PaymentKind
 from bountybot.states import PayoutState, PledgeState
 from bountybot.storage import tables as t
 from bountybot.storage.uow import UnitOfWork

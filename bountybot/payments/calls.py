@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from bountybot.payments.base import PaymentKind
 from bountybot.payments.stripe_api import (
     AccountStatus,
     CheckoutSession,
@@ -23,6 +22,7 @@ from bountybot.payments.stripe_api import (
     StripeGateway,
     TransferResult,
 )
+from bountybot.providers.base import PaymentKind
 
 T = TypeVar("T")
 # Our platform balance lacks the money for now (card payments take days to become available):

@@ -21,8 +21,8 @@ from typing import Any
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bountybot.payments.base import PaymentKind, PaymentRequest
 from bountybot.payments.stripe_api import idempotency_key
+from bountybot.providers.base import PaymentKind, PaymentRequest
 from bountybot.storage import tables as t
 from bountybot.storage.dialect import insert_for
 

@@ -26,8 +26,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bountybot.payments.base import PaymentKind
 from bountybot.payments.stripe_api import PaymentError, StripeGateway
+from bountybot.providers.base import PaymentKind
 from bountybot.states import PayoutState, PledgeState
 from bountybot.storage import tables as t
 

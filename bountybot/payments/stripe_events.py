@@ -54,7 +54,6 @@ from bountybot.bodies import (
 )
 from bountybot.inbox_writer import insert_new
 from bountybot.logs import event as log_event
-from bountybot.payments.base import PaymentKind
 from bountybot.payments.ops import (
     insert_ops,
     op_values,
@@ -67,6 +66,7 @@ from bountybot.payments.stripe_api import (
     idempotency_key,
     verify_webhook,
 )
+from bountybot.providers.base import PaymentKind
 from bountybot.resources import SESSIONMAKER, SETTINGS
 from bountybot.rules import PaymentDisputed, PledgeConfirmed, PledgeLapsed, Refused
 from bountybot.states import PledgeState

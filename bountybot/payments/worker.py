@@ -42,7 +42,6 @@ from bountybot.i18n import translate
 from bountybot.logs import event
 from bountybot.loops import wait_any
 from bountybot.money import Money, format_money
-from bountybot.payments.base import PaymentKind
 from bountybot.payments.calls import Caller, Job, Outcome
 from bountybot.payments.ops import (
     OpState,
@@ -52,6 +51,7 @@ from bountybot.payments.ops import (
 )
 from bountybot.payments.stripe_api import StripeGateway, idempotency_key
 from bountybot.payments.stripe_events import apply_session, set_ready
+from bountybot.providers.base import PaymentKind
 from bountybot.rules import PayoutAwaitingAccount, PayoutFailed, PayoutPaid, PledgeLapsed, Refused
 from bountybot.states import PayoutState, PledgeState
 from bountybot.storage import tables as t

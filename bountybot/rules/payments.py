@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from bountybot.i18n import register
 from bountybot.money import format_money
-from bountybot.payments.base import PaymentKind, PaymentRequest
+from bountybot.providers.base import PaymentKind, PaymentRequest
 from bountybot.rules.pledges import release
 from bountybot.rules.work import Refused, Work
 from bountybot.states import PayoutState, PledgeState

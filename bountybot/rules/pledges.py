@@ -5,7 +5,7 @@ from __future__ import annotations
 from bountybot.i18n import register
 from bountybot.ledger import ESCROW, backer_account, move
 from bountybot.money import Money, format_money
-from bountybot.payments.base import PaymentKind, PaymentRequest
+from bountybot.providers.base import PaymentKind, PaymentRequest
 from bountybot.rules.model import Pledge, same_login
 from bountybot.rules.work import Refused, Work
 from bountybot.states import FINAL_TASK_STATES, PledgeState, TaskState

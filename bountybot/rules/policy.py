@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bountybot.payments.base import PaymentProvider
-from bountybot.payments.manual import ManualProvider
+from bountybot.providers.base import PaymentProvider
+from bountybot.providers.manual import ManualProvider
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def policy_from_settings(settings: Any, *, locale: str | None = None,
     bot = settings.bot
     provider: PaymentProvider = ManualProvider(confirm=settings.payments.manual_confirm)
     if settings.payments.provider == "stripe":
-        from bountybot.payments.stripe_provider import StripeProvider
+        from bountybot.providers.stripe import StripeProvider
 
         provider = StripeProvider()
     return Policy(

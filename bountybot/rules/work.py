@@ -16,7 +16,7 @@ from typing import Any
 
 from bountybot.i18n import translate
 from bountybot.ledger import Posting
-from bountybot.payments.base import PaymentRequest
+from bountybot.providers.base import PaymentRequest
 from bountybot.rules.model import Actor, Bounty, Claim, Payout, Pledge
 from bountybot.rules.policy import Policy
 from bountybot.rules.summary import state_word

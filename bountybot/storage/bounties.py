@@ -17,10 +17,10 @@ from sqlalchemy import delete
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bountybot.forges.base import RepoRef
 from bountybot.ledger import check_balanced
 from bountybot.money import Money
 from bountybot.payments.ops import queue_requests
+from bountybot.refs import RepoRef
 from bountybot.rules import (
     Actor,
     Bounty,

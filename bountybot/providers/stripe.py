@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bountybot.payments.base import PledgeStart
+from bountybot.providers.base import PledgeStart
 from bountybot.states import PayoutState, PledgeState
 
 
