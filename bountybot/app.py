@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Handler
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -170,7 +171,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 @web.middleware
-async def read_body_in_time(request: web.Request, handler: Any) -> web.StreamResponse:
+async def read_body_in_time(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A request body (a webhook's payload) must arrive within `server.body_timeout_seconds`:
     read here, under that deadline, before the handler (whose `read()` then gets it at once).
     Only for a route that exists, and only up to the size limit, so nothing is read in vain.

@@ -21,5 +21,5 @@ def backoff(attempt: int, base: float, cap: float, rng: random.Random | None = N
     """Seconds before try `attempt + 1`: `base` doubled at each try, at most `cap`; with `rng`,
     spread over half to one and a half times that (jitter), so retries of many messages that
     failed together do not all come back at once."""
-    delay = min(cap, base * 2 ** max(attempt - 1, 0))
+    delay = min(cap, base * 2.0 ** max(attempt - 1, 0))
     return delay * (0.5 + rng.random()) if rng is not None else delay

@@ -27,9 +27,9 @@ import logging
 import resource
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from bountybot.logs import event
 
@@ -178,7 +178,7 @@ class ConnectionGuard:
         self.idle.pop(conn, None)
 
     @web.middleware
-    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         conn = self.open.get(request.protocol)
         if conn is None:
             return await handler(request)  # not a connection of ours (a test client's)

@@ -613,7 +613,7 @@ class DeliveryWorker:
         task_id = await save_decision(session, repo, issue, decision, source=source, now=now,
                                       summary_delay=self.summary_delay)
         if handled and bounty is None and task_id is not None:
-            await session.exec(update(t.HandledComment)  # type: ignore[call-overload]
+            await session.exec(update(t.HandledComment)
                                .where(col(t.HandledComment.id).in_(handled))
                                .values(task_id=task_id))
         cache.bounties[key] = decision.bounty
@@ -663,7 +663,7 @@ class DeliveryWorker:
                 delay = (error.retry_after if isinstance(error, ForgeError)
                          and error.retry_after else backoff(attempts, self.retry_delay, 3600.0))
                 values["next_attempt_at"] = now + timedelta(seconds=min(delay, 3600.0))
-            await uow.session.exec(update(d).where(  # type: ignore[call-overload]
+            await uow.session.exec(update(d).where(
                 col(d.id) == delivery_id).values(**values))
         event(log, "delivery.failed" if finished else "delivery.retry", logging.WARNING,
               delivery=name, attempts=attempts, error=reason)
@@ -753,7 +753,7 @@ async def _fresh_lines(session: AsyncSession, forge: str, comment: Comment, poli
             .values([dict(forge=forge, comment_id=comment.id[:t.FORGE_ID], revision=key,
                           task_id=bounty.id if bounty is not None else None, handled_at=now)
                      for key, _ in wanted])
-            .on_conflict_do_nothing().returning(t.HandledComment.id,  # type: ignore[arg-type]
+            .on_conflict_do_nothing().returning(t.HandledComment.id,
                                                 t.HandledComment.revision))
     taken = {revision: row_id for row_id, revision in (await session.exec(stmt)).all()}
     fresh = [(key, line) for key, line in wanted if key in taken]

@@ -455,7 +455,7 @@ class OutboxSender:
                 row.state, row.sent_at = SENT, now
             if outcome.summary_id and job.task_id is not None:
                 # Keep updated_at: the summary's id is no change of the task.
-                await s.exec(update(Task).where(  # type: ignore[call-overload]
+                await s.exec(update(Task).where(
                     col(Task.id) == job.task_id,
                     or_(col(Task.summary_comment_id).is_(None),
                         col(Task.summary_comment_id) != outcome.summary_id),

@@ -185,7 +185,7 @@ class Reconciler:
             await session.exec(insert_for(session)(cursor.__table__)  # type: ignore[attr-defined]
                                .values(repo_id=repo_id, etags={}).on_conflict_do_nothing())
             taken = (await session.exec(
-                update(cursor)  # type: ignore[call-overload]
+                update(cursor)
                 .where(col(cursor.repo_id) == repo_id,
                        or_(col(cursor.leased_until).is_(None), col(cursor.leased_until) < now))
                 .values(leased_until=now + self.lease, lease_owner=self.owner)
@@ -208,7 +208,7 @@ class Reconciler:
         async with UnitOfWork(self.sessionmaker, priority=BACKGROUND) as uow:
             stored = await insert_new(uow.session, deliveries) if deliveries else set()
             moved = (await uow.session.exec(
-                update(cursor)  # type: ignore[call-overload]
+                update(cursor)
                 .where(col(cursor.repo_id) == row.id, col(cursor.lease_owner) == self.owner)
                 .values(since=cursor_to, etags=changes.etags,
                         synced_at=now, last_error=None, leased_until=None, lease_owner=None)
@@ -227,7 +227,7 @@ class Reconciler:
         try:
             async with UnitOfWork(self.sessionmaker, priority=BACKGROUND) as uow:
                 await uow.session.exec(
-                    update(cursor)  # type: ignore[call-overload]
+                    update(cursor)
                     .where(col(cursor.repo_id) == repo_id, col(cursor.lease_owner) == self.owner)
                     .values(leased_until=None, lease_owner=None, last_error=error))
         except Exception:  # the database is down too: the lease runs out by itself

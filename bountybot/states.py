@@ -126,7 +126,7 @@ PAYOUT_MOVES: frozenset[tuple[PayoutState, PayoutState]] = frozenset(
 FINAL_TASK_STATES = frozenset({T.DONE, T.CANCELLED, T.EXPIRED})
 LIVE_CLAIM_STATES = frozenset({C.ACTIVE, C.IN_REVIEW})
 
-_TABLES: dict[type, frozenset] = {
+_TABLES: dict[type, frozenset[tuple[StrEnum, StrEnum]]] = {
     TaskState: TASK_MOVES,
     PledgeState: PLEDGE_MOVES,
     ClaimState: CLAIM_MOVES,

@@ -47,6 +47,7 @@ from functools import partial
 from typing import Any
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
 from sqlalchemy import func
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -538,7 +539,7 @@ def _unavailable(error: BaseException) -> bool:
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Under `/api/`, every error is a JSON `{"error": ...}`; a traceback only goes to the log."""
     if not request.path.startswith(PREFIX):
         return await handler(request)

@@ -239,7 +239,7 @@ class StripeGateway:
 
     def close(self) -> None:
         """Close the calling thread's HTTP session; other threads' go with their threads."""
-        self._http.close()
+        self._http.close()  # type: ignore[no-untyped-call]  # stripe's client has no types
 
     # -- checkout -------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from decimal import Decimal
 from urllib.parse import quote
@@ -164,7 +165,7 @@ def _settled(b: Bounty, payouts: list[Payout]) -> str:
 def headline(b: Bounty, locale: str) -> str:
     """The money in one phrase: pledged while the task runs; raised and who was paid once it
     is done; what was refunded once it is cancelled or expired."""
-    t = lambda key, **kw: translate(locale, key, **kw)  # noqa: E731
+    t = functools.partial(translate, locale)
     if b.state in ENDED:
         refunded = sum_money((p.amount for p in b.pledges if p.state == REFUNDED), b.currency)
         if not refunded.minor:
@@ -196,7 +197,7 @@ def _title(b: Bounty, locale: str) -> str:
 
 def _claim_line(b: Bounty, locale: str) -> str | None:
     """The live claim with its clock, or the claim the task was done under."""
-    t = lambda key, **kw: translate(locale, key, **kw)  # noqa: E731
+    t = functools.partial(translate, locale)
     claim = b.shown_claim()
     if claim is None:
         return None
@@ -241,7 +242,7 @@ def _fee_line(locale: str, fee_bp: int) -> str:
 
 def _backers_table(b: Bounty, locale: str) -> list[str]:
     """The backers and what each gave (counted money, plus what waits for confirmation)."""
-    t = lambda key, **kw: translate(locale, key, **kw)  # noqa: E731
+    t = functools.partial(translate, locale)
     counted = counted_states(b)
     ended = b.state in ENDED
     rows = []
@@ -293,8 +294,8 @@ def render_summary(b: Bounty, locale: str, fee_bp: int, public_url: str | None =
     Blocks are separated by blank lines: a GFM table runs until a blank line, so a line right
     after it would render as one more row; and a single newline inside a paragraph is no line
     break on GitLab. The tests render it with a CommonMark + GFM-tables parser."""
-    t = lambda key, **kw: translate(locale, key, **kw)  # noqa: E731
-    label = lambda key: _label(locale, key)  # noqa: E731
+    t = functools.partial(translate, locale)
+    label = functools.partial(_label, locale)
     blocks: list[str] = []
     title = f"{SUMMARY_MARKER}\n### {_title(b, locale)}"
     bar = "" if b.state in ENDED else progress_bar(

@@ -13,6 +13,7 @@ are plain SQLAlchemy types (`UTCDateTime` is `DateTime(timezone=True)` in the da
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -65,22 +66,22 @@ FOR EACH ROW EXECUTE FUNCTION ledger_entry_check_balanced()
 """
 
 
-def _timestamp(name: str, nullable: bool = False) -> sa.Column:
+def _timestamp(name: str, nullable: bool = False) -> sa.Column[Any]:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
 
 
-def _state(nullable: bool = False) -> sa.Column:
+def _state(nullable: bool = False) -> sa.Column[Any]:
     return sa.Column("state", sa.String(length=20), nullable=nullable)
 
 
-def _id(table: str) -> tuple[sa.Column, sa.PrimaryKeyConstraint]:
+def _id(table: str) -> tuple[sa.Column[Any], sa.PrimaryKeyConstraint]:
     return (
         sa.Column("id", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f(f"pk_{table}")),
     )
 
 
-def _task_fk(table: str, nullable: bool = False) -> tuple[sa.Column, sa.ForeignKeyConstraint]:
+def _task_fk(table: str, nullable: bool = False) -> tuple[sa.Column[Any], sa.ForeignKeyConstraint]:
     return (
         sa.Column("task_id", sa.Integer(), nullable=nullable),
         sa.ForeignKeyConstraint(["task_id"], ["task.id"], name=op.f(f"fk_{table}_task_id_task")),

@@ -8,6 +8,7 @@ Create Date: 2026-11-23
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -23,11 +24,11 @@ _INDEXES = (
 )
 
 
-def _when(name: str, nullable: bool = False) -> sa.Column:
+def _when(name: str, nullable: bool = False) -> sa.Column[Any]:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
 
 
-def _text(name: str, length: int = 255) -> sa.Column:
+def _text(name: str, length: int = 255) -> sa.Column[Any]:
     return sa.Column(name, sa.String(length=length), nullable=True)
 
 
