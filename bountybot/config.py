@@ -157,6 +157,10 @@ class ServerSettings(_Section):
     read_concurrency: int = Field(default=4, ge=1, le=64)
     # How long a public read over that bound waits for its turn before a 503 with Retry-After.
     read_wait_seconds: float = Field(default=2.0, ge=0, le=60)
+    # Rendered public pages (index, repo, monthly appeal, feeds) are kept this long and then
+    # refreshed in the background (bountybot/web/cache.py); 0 turns the cache off. At most 60,
+    # the max-age the pages already send: another replica's change shows within twice this.
+    page_cache_seconds: float = Field(default=10.0, ge=0, le=60)
     # A connection has this long to send a whole request head (line and headers), from its
     # opening or from its head's first byte: no socket stays open by sending nothing, or a
     # byte at a time (slowloris).

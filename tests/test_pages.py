@@ -298,3 +298,72 @@ async def test_pages_are_cached_a_minute_with_an_etag_and_304(site: Any) -> None
     assert french.status == 200 and french.headers["ETag"] != etag
     missing = await client.get("/github/nobody/nothing")
     assert missing.status == 404 and "ETag" not in missing.headers
+
+
+async def open_tasks(sessionmaker: Any, numbers: range, state: str = "open") -> None:
+    """Tasks with a goal of €100 on REPO, written directly (no webhook: hundreds in a second)."""
+    from bountybot.states import TaskState
+    from bountybot.storage.bounties import ensure_repo
+    from bountybot.storage.tables import id_of
+    from bountybot.storage.uow import UnitOfWork
+
+    now = datetime.now(UTC)
+    async with UnitOfWork(sessionmaker) as uow:
+        repo = await ensure_repo(uow.session, "github", "1296269", REPO)
+        for n in numbers:
+            uow.session.add(t.Task(repo_id=id_of(repo), number=n, title=f"Task {n}",
+                                   state=TaskState(state),
+                                   goal_minor=10000, currency="EUR", updated_at=now,
+                                   created_at=now - timedelta(seconds=1000 - n)))
+
+
+async def test_long_lists_show_the_newest_and_say_how_many_more(
+        engine: Any, sessionmaker: Any) -> None:
+    await open_tasks(sessionmaker, range(1, 58))  # 57 open
+    await open_tasks(sessionmaker, range(58, 61), state="done")  # not counted
+    from bountybot.config import Settings
+
+    app = create_app(Settings(config_file=None), engine=engine, features=[pages.setup])
+    async with TestClient(TestServer(app)) as client:
+        page = await get(client, BASE)
+        listed = [link for link in page.links if "/-/issues/" in link]
+        assert len(listed) == pages.LISTED_TASKS == 50
+        # The newest first: #57 down to #8; #1 to #7 are the 7 more.
+        assert listed[0] == f"{BASE}/-/issues/57" and listed[-1] == f"{BASE}/-/issues/8"
+        assert "and 7 more open tasks" in page.words
+        # The figures count every task: the done ones too, live this month (created in it).
+        assert "€6,000.00 asked across 60 tasks" in page.words
+        page = await get(client, BASE + "?lang=fr")
+        assert "et 7 autres tâches ouvertes" in page.words
+        page = await get(client, "/")
+        assert "and 7 more open tasks" in page.words
+
+        await open_tasks(sessionmaker, range(61, 110))  # 106 open, 109 live this month
+        page = await get(client, f"{BASE}/-/needs")
+        listed = [link for link in page.links if "/-/issues/" in link]
+        assert len(listed) == pages.LISTED_LIVE == 100
+        assert listed[0] == f"{BASE}/-/issues/109" and f"{BASE}/-/issues/7" not in listed
+        assert "and 9 more live tasks this month" in page.words
+        assert "€10,900.00 asked across 109 tasks" in page.words
+        page = await get(client, f"{BASE}/-/needs?lang=fr")
+        assert "et 9 autres tâches en cours ce mois-ci" in page.words
+        page = await get(client, BASE)
+        assert "and 56 more open tasks" in page.words
+
+
+async def test_one_task_is_said_in_the_singular(engine: Any, sessionmaker: Any) -> None:
+    await open_tasks(sessionmaker, range(1, 2))
+    from bountybot.config import Settings
+
+    app = create_app(Settings(config_file=None), engine=engine, features=[pages.setup])
+    async with TestClient(TestServer(app)) as client:
+        page = await get(client, f"{BASE}/-/needs")
+        assert "€100.00 asked for 1 task, €0.00 funded" in page.words
+        assert "more" not in page.words
+        page = await get(client, f"{BASE}/-/needs?lang=fr")
+        assert re.search(rf"100,00{SPACE}€ demandés pour 1 tâche,", page.words), page.words
+        await open_tasks(sessionmaker, range(2, 52))  # 51 open: one more than listed
+        page = await get(client, BASE)
+        assert "and 1 more open task" in page.words and "1 more open tasks" not in page.words
+        page = await get(client, BASE + "?lang=fr")
+        assert "et 1 autre tâche ouverte" in page.words

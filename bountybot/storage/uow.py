@@ -9,6 +9,11 @@ A clean exit commits, an exception rolls back (and re-raises); callbacks registe
 is ever started for work that did not happen. Calling `session.commit()` inside a unit of work
 is a bug and raises: services never commit. Savepoints (`session.begin_nested()`) are allowed.
 
+Every commit that wrote something, by a unit of work or by any other session or connection of
+this process, bumps `WRITES` (a process-wide generation counter): the public page cache
+(`bountybot/web/cache.py`) keeps a page only while the counter is where it was when the page was
+computed, so a page read after this process's own write is always recomputed.
+
 The transaction begins on entry. On SQLite that takes the database's single write lock, so
 units of work run one at a time (a second one waits, up to the busy timeout): keep them short,
 and never wait inside one for another. Plain sessions that only read do not take the lock.
@@ -27,9 +32,10 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from sqlalchemy import event
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import Pool
 from sqlalchemy.sql import Select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
@@ -42,6 +48,61 @@ AfterCommit = Callable[[], Awaitable[Any] | Any]
 _COMMITTING = "bountybot.uow.committing"
 
 S = TypeVar("S", Select[Any], SelectOfScalar[Any])
+
+
+class Generation:
+    """A counter bumped by every commit of this process that wrote to the books."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def bump(self) -> None:
+        self.value += 1
+
+
+WRITES = Generation()
+_WROTE = "bountybot.uow.wrote"
+_COMMITTED = "bountybot.uow.committed"
+# Statements that never change the books; anything else that touched a row (or whose count of
+# rows is unknown, -1) marks its connection's transaction as a write.
+_READS = ("select", "pragma", "show", "set", "savepoint", "release", "rollback", "begin")
+
+
+# Engine-wide (every engine of the process, the read pool's too), not only UnitOfWork: tests and
+# the CLI also commit plain sessions, and a missed bump would serve a page from before a write.
+@event.listens_for(Engine, "after_cursor_execute")
+def _note_write(conn: Connection, cursor: Any, statement: str, _parameters: Any, context: Any,
+                _executemany: bool) -> None:
+    # A SELECT that SQLAlchemy compiled says so (even one that begins `WITH`); text() and
+    # driver SQL are judged by their first word.
+    if getattr(getattr(getattr(context, "compiled", None), "statement", None), "is_select",
+               False):
+        return
+    if statement.lstrip()[:9].lower().startswith(_READS):
+        return
+    if getattr(cursor, "rowcount", -1) != 0:
+        conn.info[_WROTE] = True
+
+
+# Bumped twice: as the commit begins (the "commit" event comes before the database's COMMIT),
+# and again once it is over, when the connection goes back to its pool, so that a page computed
+# on a snapshot taken during the COMMIT is not kept as if it were after it.
+@event.listens_for(Engine, "commit")
+def _bump_on_commit(conn: Connection) -> None:
+    if conn.info.pop(_WROTE, False):
+        conn.info[_COMMITTED] = True
+        WRITES.bump()
+
+
+@event.listens_for(Pool, "checkin")
+def _bump_after_commit(_dbapi_connection: Any, record: Any) -> None:
+    if record is not None and record.info.pop(_COMMITTED, False):
+        WRITES.bump()
+
+
+@event.listens_for(Engine, "rollback")
+def _forget_on_rollback(conn: Connection) -> None:
+    conn.info.pop(_WROTE, None)
 
 
 class CommitOutsideUnitOfWork(RuntimeError):

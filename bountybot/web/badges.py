@@ -37,6 +37,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.api.views import locale_of, privacy_of, reading, shown_publicly
+from bountybot.forges.registry import route_pattern
 from bountybot.i18n import babel_locale, format_percentage, language, register, translate
 from bountybot.money import Money, minor_digits, to_decimal
 from bountybot.needs import Figures, history
@@ -46,7 +47,7 @@ from bountybot.states import PayoutState, PledgeState, TaskState
 from bountybot.storage import tables as t
 
 LANGUAGES = ("en", "fr")
-FORGES = "github|gitlab"
+FORGE_NAMES = route_pattern()
 # A repo path: segments of the forges' allowed characters, any depth (GitLab subgroups).
 PATH = r"[A-Za-z0-9_.][A-Za-z0-9_.\-]*(?:/[A-Za-z0-9_.][A-Za-z0-9_.\-]*)*"
 CACHE_SECONDS = 300  # shields' own cache for the endpoint JSON (it refuses less than 300)
@@ -179,7 +180,7 @@ def render_json(badge: Badge) -> dict[str, object]:
 @lru_cache(maxsize=16)
 def _whole_pattern(locale: str) -> str:
     """The locale's currency pattern without decimals (`¤#,##0`, `#,##0 ¤`)."""
-    pattern = Locale.parse(locale).currency_formats["standard"].pattern
+    pattern: str = Locale.parse(locale).currency_formats["standard"].pattern
     return pattern.split(";")[0].replace("0.00", "0")
 
 
@@ -281,8 +282,8 @@ async def _public_repo(session: AsyncSession, forge: str, path: str) -> t.Repo |
 def setup(app: web.Application) -> None:
     """Add the badge routes. They are specific (`/-/issues/{n}/badge.svg`), so they may come
     before the pages' catch-all repo route."""
-    issue = rf"/{{forge:{FORGES}}}/{{path:{PATH}}}/-/issues/{{number:[0-9]{{1,9}}}}"
-    needs = rf"/{{forge:{FORGES}}}/{{path:{PATH}}}/-/needs"
+    issue = rf"/{{forge:{FORGE_NAMES}}}/{{path:{PATH}}}/-/issues/{{number:[0-9]{{1,9}}}}"
+    needs = rf"/{{forge:{FORGE_NAMES}}}/{{path:{PATH}}}/-/needs"
     app.router.add_get(issue + "/badge.{kind:svg|json}", show_task_badge)
     app.router.add_get(needs + "/badge.{kind:svg|json}", show_needs_badge)
 

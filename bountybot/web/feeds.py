@@ -29,13 +29,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
-from feedgen.feed import FeedGenerator  # type: ignore[import-untyped]
+from feedgen.feed import FeedGenerator
 from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.api.views import Privacy, privacy_of, reading, shown_publicly
 from bountybot.config import FundingManifest, Settings
+from bountybot.forges.registry import FORGES
 from bountybot.i18n import register, translate
 from bountybot.money import Money, minor_digits
 from bountybot.needs import MonthFigures
@@ -44,11 +45,14 @@ from bountybot.resources import READ_GATE, READER, SETTINGS
 from bountybot.states import TaskState
 from bountybot.storage import tables as t
 from bountybot.storage.tables import id_of
+from bountybot.web import cache
+from bountybot.web.cache import Page
 from bountybot.web.pages import (
-    FORGES,
+    FORGE_NAMES,
     PATH,
     Words,
     all_amounts,
+    counted,
     not_found_page,
     page_url,
     reader_locale,
@@ -70,18 +74,23 @@ register("feed.funded_goal", "{task}: goal of {goal} reached",
 register("feed.paid", "{task}: {amount} paid to {who}", "{task} : {amount} versés à {who}")
 register("feed.appeal", "{month}: {asked} asked across {tasks} tasks, {funded} funded ({percent})",
          "{month} : {asked} demandés pour {tasks} tâches, {funded} financés ({percent})")
+register("feed.appeal.one", "{month}: {asked} asked for {tasks} task, {funded} funded ({percent})",
+         "{month} : {asked} demandés pour {tasks} tâche, {funded} financés ({percent})")
 register("feed.paid_no_amount", "{task}: paid to {who}", "{task} : versé à {who}")
 register("feed.appeal_percent", "{month}: {percent} of what {tasks} tasks ask is funded",
          "{month} : {percent} de ce que demandent {tasks} tâches est financé")
+register("feed.appeal_percent.one", "{month}: {percent} of what {tasks} task asks is funded",
+         "{month} : {percent} de ce que demande {tasks} tâche est financé")
 register("feed.appeal_none", "{month}: nothing asked", "{month} : aucun besoin")
 
 
 def setup(app: web.Application) -> None:
     """Add the feeds and the manifest; before the pages' catch-all repo route."""
-    repo = rf"/{{forge:{FORGES}}}/{{path:{PATH}}}/-"
+    repo = rf"/{{forge:{FORGE_NAMES}}}/{{path:{PATH}}}/-"
     app.router.add_get("/feed.atom", instance_feed)
     app.router.add_get(repo + "/feed.atom", repo_feed)
     app.router.add_get(repo + "/funding.json", funding_json)
+    cache.install(app)
 
 
 # -- addresses -------------------------------------------------------------------------------
@@ -147,10 +156,12 @@ def _appeal_entry(figures: MonthFigures, base: str, w: Words, repo: t.Repo | Non
     month = w.month(figures.month)
     main = figures.main
     if main.asked and not amounts:
-        title = translate(w.locale, "feed.appeal_percent", month=month,
+        title = translate(w.locale, counted(w.locale, "feed.appeal_percent", figures.goal_tasks),
+                          month=month,
                           tasks=figures.goal_tasks, percent=w.percent(main.percent))
     elif main.asked:
-        title = translate(w.locale, "feed.appeal", month=month,
+        title = translate(w.locale, counted(w.locale, "feed.appeal", figures.goal_tasks),
+                          month=month,
                           asked=w.money(main.asked, main.currency), tasks=figures.goal_tasks,
                           funded=w.money(main.funded, main.currency),
                           percent=w.percent(main.percent))
@@ -209,17 +220,21 @@ def render_feed(feed_id: str, title: str, self_link: str, alternate: str, locale
     return body
 
 
-def _cached(request: web.Request, body: bytes, content_type: str,
-            vary: bool = True) -> web.Response:
+def _page(body: bytes, content_type: str, vary: bool = True) -> Page:
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-    headers = {hdrs.CACHE_CONTROL: FEED_CACHE, hdrs.ETAG: etag}
+    headers = {hdrs.CACHE_CONTROL: FEED_CACHE}
     if vary:
         headers[hdrs.VARY] = "Accept-Language"
-    tags = [x.strip().removeprefix("W/")
-            for x in request.headers.get(hdrs.IF_NONE_MATCH, "").split(",")]
-    if etag in tags or "*" in tags:
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=body, content_type=content_type, charset="utf-8", headers=headers)
+    return Page(body, etag, content_type, tuple(headers.items()))
+
+
+def _cached(request: web.Request, body: bytes, content_type: str,
+            vary: bool = True) -> web.Response:
+    return cache.answer(request, _page(body, content_type, vary))
+
+
+class _NoRepo(Exception):
+    """The feed's repo is unknown or private: a 404, never kept."""
 
 
 async def _public_repo(session: AsyncSession, forge: str, path: str) -> t.Repo | None:
@@ -230,34 +245,46 @@ async def _public_repo(session: AsyncSession, forge: str, path: str) -> t.Repo |
 
 
 async def instance_feed(request: web.Request) -> web.Response:
-    now = datetime.now(UTC)
     w = Words(reader_locale(request))
     base = base_url(request)
     settings = request.app[SETTINGS]
-    async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
-        entries = await _entries(session, None, base, w, settings, now)
-    body = render_feed(tag(base, "feed"), translate(w.locale, "feed.title_all"),
-                       base + "/feed.atom", base + "/", w.locale, entries)
-    return _cached(request, body, "application/atom+xml")
+
+    async def compute() -> Page:
+        now = datetime.now(UTC)
+        async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
+            entries = await _entries(session, None, base, w, settings, now)
+        body = render_feed(tag(base, "feed"), translate(w.locale, "feed.title_all"),
+                           base + "/feed.atom", base + "/", w.locale, entries)
+        return _page(body, "application/atom+xml")
+
+    # The base address is in the key: without `server.public_url`, links follow the Host.
+    return await cache.cached(request, ("feed", base, w.locale), compute)
 
 
 async def repo_feed(request: web.Request) -> web.Response:
-    now = datetime.now(UTC)
     w = Words(reader_locale(request))
     base = base_url(request)
     settings = request.app[SETTINGS]
     forge, path = request.match_info["forge"], request.match_info["path"]
-    async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
-        repo = await _public_repo(session, forge, path)
-        if repo is None:
-            return not_found_page(request, "repo", forge=forge, path=path)
-        entries = await _entries(session, repo, base, w, settings, now)
-        where = repo_url(repo)
-        title = translate(w.locale, "feed.title_repo", repo=repo.full_path)
-        feed_id = tag(base, f"feed/{repo.forge}/{repo.full_path}")
-    body = render_feed(feed_id, title, f"{base}{where}/-/feed.atom", base + where, w.locale,
-                       entries)
-    return _cached(request, body, "application/atom+xml")
+
+    async def compute() -> Page:
+        now = datetime.now(UTC)
+        async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
+            repo = await _public_repo(session, forge, path)
+            if repo is None:
+                raise _NoRepo
+            entries = await _entries(session, repo, base, w, settings, now)
+            where = repo_url(repo)
+            title = translate(w.locale, "feed.title_repo", repo=repo.full_path)
+            feed_id = tag(base, f"feed/{repo.forge}/{repo.full_path}")
+        body = render_feed(feed_id, title, f"{base}{where}/-/feed.atom", base + where,
+                           w.locale, entries)
+        return _page(body, "application/atom+xml")
+
+    try:
+        return await cache.cached(request, ("repo_feed", forge, path, base, w.locale), compute)
+    except _NoRepo:
+        return not_found_page(request, "repo", forge=forge, path=path)
 
 
 # -- funding.json --------------------------------------------------------------------------------
@@ -268,14 +295,9 @@ def manifest_for(settings: Settings, repo: t.Repo) -> FundingManifest | None:
 
 
 def forge_repo_url(settings: Settings, repo: t.Repo) -> str:
-    """The repo on its forge: github.com (or the Enterprise host of `github.api_url`), or
-    `gitlab.url`."""
-    if repo.forge == "gitlab":
-        return f"{settings.gitlab.url.rstrip('/')}/{repo.full_path}"
-    api = settings.github.api_url.rstrip("/")
-    if urlsplit(api).hostname == "api.github.com":
-        return f"https://github.com/{repo.full_path}"
-    return f"{re.sub(r'/api/v3$', '', api)}/{repo.full_path}"
+    """The repo on its forge (each forge's `web_url`: github.com or an Enterprise host, the
+    GitLab of `gitlab.url`)."""
+    return FORGES[repo.forge].web_url(settings, repo.full_path)
 
 
 def _major(minor: int, currency: str) -> int | float:

@@ -10,7 +10,15 @@
 Reads go through the public read pool (`READER`) and take a turn of `READ_GATE`, as the API's
 do. A private repo that was not published answers as an unknown one. Every page is
 `Cache-Control: public, max-age=60` with an ETag (a hash of the bytes) and a 304 on
-`If-None-Match`; `Vary: Accept-Language`, since `?lang=` or the header picks en or fr.
+`If-None-Match`; `Vary: Accept-Language`, since `?lang=` or the header picks en or fr. The index,
+repo and appeal pages are kept rendered for `server.page_cache_seconds` (`web/cache.py`).
+
+Pages are bounded whatever the size of the books: a repo page (and the index) lists the
+`LISTED_TASKS` newest open tasks, the appeal the `LISTED_LIVE` newest live tasks, each with
+"and K more" counted in SQL; the figures above them always count every task. Newest first, as
+the feeds and the API: a backer comes to find work that needs them, and the newest tasks are
+the ones with the least money yet; an order by money would keep the same well-funded tasks on
+top forever, and it is the appeal's sentence and meter that say how far the money has got.
 
 Privacy (`api.views.Privacy`): with `bot.public_backers = "count"` a page says how many backers
 a task has, never who (in its backers, its timeline and the refunds); a repo with
@@ -32,6 +40,8 @@ from typing import Any
 import aiohttp_jinja2
 import jinja2
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+from babel import Locale
 from babel.dates import format_date
 from sqlalchemy import func
 from sqlmodel import col, select
@@ -47,7 +57,8 @@ from bountybot.api.views import (
     reading,
     shown_publicly,
 )
-from bountybot.i18n import babel_locale, format_day, format_percentage, language, translate
+from bountybot.forges.registry import route_pattern
+from bountybot.i18n import CATALOG, babel_locale, format_day, format_percentage, language, translate
 from bountybot.money import Money, format_money
 from bountybot.needs import MonthFigures, history, next_month, previous_months
 from bountybot.resources import READ_GATE, READER, SETTINGS, Busy
@@ -56,15 +67,20 @@ from bountybot.rules.summary import state_word
 from bountybot.states import TaskState
 from bountybot.storage import tables as t
 from bountybot.storage.tables import id_of
-from bountybot.web import words  # noqa: F401  (registers the pages' sentences)
+from bountybot.web import (
+    cache,
+    words,  # noqa: F401  (registers the pages' sentences)
+)
+from bountybot.web.cache import Page
 
 HERE = Path(__file__).parent
 LANGUAGES = ("en", "fr")
-FORGES = "github|gitlab"
+FORGE_NAMES = route_pattern()  # github|gitlab: the registry's forges, for the routes
 PATH = r"[A-Za-z0-9_.][A-Za-z0-9_.\-]*(?:/[A-Za-z0-9_.][A-Za-z0-9_.\-]*)*"
 OPEN_STATES = (TaskState.OPEN, TaskState.FUNDED, TaskState.CLAIMED, TaskState.IN_REVIEW)
 CACHE_CONTROL = "public, max-age=60"
-MAX_TASKS = 200  # open tasks listed on one page
+LISTED_TASKS = 50  # open tasks listed on a repo page or the index: the newest
+LISTED_LIVE = 100  # live tasks listed on a monthly appeal: the newest
 # Audit lines shown in a task's timeline, in the order they happened.
 TIMELINE = ("task.open", "pledge.held", "task.funded", "claim.active", "link.open",
             "link.merged", "payout.pending", "payout.paid", "pledge.refunded",
@@ -88,7 +104,7 @@ def setup(app: web.Application) -> None:
         app, loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
     env.trim_blocks = env.lstrip_blocks = True
-    repo = rf"/{{forge:{FORGES}}}/{{path:{PATH}}}"
+    repo = rf"/{{forge:{FORGE_NAMES}}}/{{path:{PATH}}}"
     app.router.add_get("/", index)
     app.router.add_get("/static/bountybot.css", stylesheet)
     app.router.add_get("/tasks/{id:[0-9]{1,10}}", short_link)
@@ -97,6 +113,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get(repo + r"/-/needs/{month:[0-9]{4}-[0-9]{2}}", needs_page)
     app.router.add_get(repo, repo_page)
     app.middlewares.append(html_errors)
+    cache.install(app)
 
 
 # -- language and formatting ---------------------------------------------------------------
@@ -126,6 +143,15 @@ def reader_locale(request: web.Request) -> str:
     return default if default in LANGUAGES else "en"
 
 
+def counted(locale: str, key: str, count: int) -> str:
+    """`key.one` where the language puts `count` in the singular ("1 task"; in French "0 tâche",
+    "1 tâche"), when that form is registered; else `key`."""
+    one = f"{key}.one"
+    if one in CATALOG and Locale.parse(babel_locale(locale)).plural_form(count) == "one":
+        return one
+    return key
+
+
 class Words:
     """What templates use to write in the reader's language."""
 
@@ -134,6 +160,11 @@ class Words:
 
     def __call__(self, key: str, **params: Any) -> str:
         return translate(self.locale, f"page.{key}", **params)
+
+    def n(self, key: str, count: int, **params: Any) -> str:
+        """The sentence `key` for `count` things (see `counted`), `count` filled in."""
+        return translate(self.locale, counted(self.locale, f"page.{key}", count), count=count,
+                         **params)
 
     def money(self, minor: int, currency: str) -> str:
         return format_money(Money(minor, currency), self.locale)
@@ -154,25 +185,22 @@ class Words:
 # -- answering -------------------------------------------------------------------------------
 
 
-def _html(request: web.Request, template: str, context: dict[str, Any],
-          status: int = 200) -> web.Response:
-    """The page, with its ETag, cache and language headers; 304 if the client has it."""
+def render(request: web.Request, template: str, context: dict[str, Any],
+           status: int = 200) -> Page:
+    """The page's bytes, with its ETag, cache and language headers."""
     locale = context["w"].locale
     context.setdefault("lang", locale)
     body = aiohttp_jinja2.render_string(template, request, context).encode()
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-    headers = {hdrs.VARY: "Accept-Language", hdrs.CONTENT_LANGUAGE: locale}
-    if status == 200:
-        headers[hdrs.CACHE_CONTROL] = CACHE_CONTROL
-        headers[hdrs.ETAG] = etag
-        tags = [tag.strip().removeprefix("W/")
-                for tag in request.headers.get(hdrs.IF_NONE_MATCH, "").split(",")]
-        if etag in tags or "*" in tags:
-            return web.Response(status=304, headers=headers)
-    else:
-        headers[hdrs.CACHE_CONTROL] = "no-cache"
-    return web.Response(body=body, status=status, content_type="text/html", charset="utf-8",
-                        headers=headers)
+    headers = {hdrs.VARY: "Accept-Language", hdrs.CONTENT_LANGUAGE: locale,
+               hdrs.CACHE_CONTROL: CACHE_CONTROL if status == 200 else "no-cache"}
+    return Page(body, etag, "text/html", tuple(headers.items()), status)
+
+
+def _html(request: web.Request, template: str, context: dict[str, Any],
+          status: int = 200) -> web.Response:
+    """The page, with its ETag, cache and language headers; 304 if the client has it."""
+    return cache.answer(request, render(request, template, context, status))
 
 
 def not_found_page(request: web.Request, key: str, **params: Any) -> web.Response:
@@ -183,7 +211,7 @@ def not_found_page(request: web.Request, key: str, **params: Any) -> web.Respons
 
 
 @web.middleware
-async def html_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+async def html_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A page not found is an HTML 404 in the reader's language; a full read gate is a 503.
     Not under `/api/` or `/webhooks/`, which answer in JSON."""
     if request.path.startswith(("/api/", "/webhooks/", "/healthz")):
@@ -216,13 +244,24 @@ async def _repo(session: AsyncSession, forge: str, path: str) -> t.Repo:
 
 
 async def _open_tasks(session: AsyncSession, repo_id: int | None) -> list[TaskRows]:
+    """The newest `LISTED_TASKS` open tasks (of `repo_id`, or of every public repo)."""
     stmt = (select(t.Task, t.Repo).join(t.Repo, col(t.Repo.id) == col(t.Task.repo_id))
             .where(col(t.Task.state).in_(OPEN_STATES), shown_publicly())
-            .order_by(col(t.Task.id).desc()).limit(MAX_TASKS))
+            .order_by(col(t.Task.id).desc()).limit(LISTED_TASKS))
     if repo_id is not None:
         stmt = stmt.where(col(t.Task.repo_id) == repo_id)
     pairs = [(task, repo) for task, repo in (await session.exec(stmt)).all()]
     return await load_tasks(session, pairs)
+
+
+async def _count_open(session: AsyncSession, repo_id: int | None) -> int:
+    """All the open tasks `_open_tasks` would list without its bound."""
+    stmt = (select(func.count()).select_from(t.Task)
+            .join(t.Repo, col(t.Repo.id) == col(t.Task.repo_id))
+            .where(col(t.Task.state).in_(OPEN_STATES), shown_publicly()))
+    if repo_id is not None:
+        stmt = stmt.where(col(t.Task.repo_id) == repo_id)
+    return int((await session.exec(stmt)).one())
 
 
 def task_view(rows: TaskRows, now: datetime, privacy: Privacy) -> dict[str, Any]:
@@ -292,46 +331,61 @@ def all_amounts(settings: Any) -> bool:
 # -- handlers --------------------------------------------------------------------------------
 
 
-async def stylesheet(request: web.Request) -> web.Response:
+async def stylesheet(_request: web.Request) -> web.Response:
     body = (HERE / "static" / "bountybot.css").read_bytes()
     return web.Response(body=body, content_type="text/css", charset="utf-8",
                         headers={hdrs.CACHE_CONTROL: "public, max-age=3600"})
 
 
 async def index(request: web.Request) -> web.Response:
-    now = datetime.now(UTC)
     w = Words(reader_locale(request))
-    async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
-        repos = [_repo_view(r) for r in (await session.exec(
-            select(t.Repo).where(shown_publicly())
-            .order_by(func.lower(col(t.Repo.full_path))))).all()]
-        tasks = [task_view(rows, now, _privacy(request, rows.repo))
-                 for rows in await _open_tasks(session, None)]
-        [appeal] = await history(session, None, _this_month(now), 1, now=now, detail=False,
-                                 default_currency=_bot(request).currency)
-    return _html(request, "index.html", {
-        "w": w, "repos": repos,
-        "tasks": tasks, "appeal": appeal, "needs_url": None,
-        "privacy": Privacy(names=_bot(request).public_backers != "count",
-                           amounts=all_amounts(request.app[SETTINGS]))})
+
+    async def compute() -> Page:
+        now = datetime.now(UTC)
+        async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
+            repos = [_repo_view(r) for r in (await session.exec(
+                select(t.Repo).where(shown_publicly())
+                .order_by(func.lower(col(t.Repo.full_path))))).all()]
+            tasks = [task_view(rows, now, _privacy(request, rows.repo))
+                     for rows in await _open_tasks(session, None)]
+            more = await _count_open(session, None) - len(tasks)
+            [appeal] = await history(session, None, _this_month(now), 1, now=now, detail=False,
+                                     default_currency=_bot(request).currency)
+        return render(request, "index.html", {
+            "w": w, "repos": repos,
+            "tasks": tasks, "more": more, "appeal": appeal, "needs_url": None,
+            "privacy": Privacy(names=_bot(request).public_backers != "count",
+                               amounts=all_amounts(request.app[SETTINGS]))})
+
+    return await cache.cached(request, ("index", w.locale), compute)
 
 
 async def repo_page(request: web.Request) -> web.Response:
-    now = datetime.now(UTC)
     w = Words(reader_locale(request))
-    async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
-        repo = await _repo(session, request.match_info["forge"], request.match_info["path"])
-        privacy = _privacy(request, repo)
-        tasks = [task_view(rows, now, privacy) for rows in await _open_tasks(session, id_of(repo))]
-        # The repo page shows the figures only; the month's tasks and payouts are on /-/needs.
-        months = await history(session, id_of(repo), _this_month(now), now=now, detail=False,
-                               default_currency=repo.currency or _bot(request).currency)
-        shown = _repo_view(repo)
-    base = shown["url"]
-    return _html(request, "repo.html", {
-        "w": w, "repo": shown,
-        "tasks": tasks, "appeal": months[0], "history": months, "privacy": privacy,
-        "needs_url": f"{base}/-/needs", "badge_url": f"{base}/-/needs/badge.svg"})
+    forge, path = request.match_info["forge"], request.match_info["path"]
+
+    async def compute() -> Page:
+        now = datetime.now(UTC)
+        async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
+            repo = await _repo(session, forge, path)
+            privacy = _privacy(request, repo)
+            tasks = [task_view(rows, now, privacy)
+                     for rows in await _open_tasks(session, id_of(repo))]
+            more = await _count_open(session, id_of(repo)) - len(tasks)
+            # The repo page shows the figures only; the month's tasks and payouts are on
+            # /-/needs.
+            months = await history(session, id_of(repo), _this_month(now), now=now,
+                                   detail=False,
+                                   default_currency=repo.currency or _bot(request).currency)
+            shown = _repo_view(repo)
+        base = shown["url"]
+        return render(request, "repo.html", {
+            "w": w, "repo": shown,
+            "tasks": tasks, "more": more, "appeal": months[0], "history": months,
+            "privacy": privacy,
+            "needs_url": f"{base}/-/needs", "badge_url": f"{base}/-/needs/badge.svg"})
+
+    return await cache.cached(request, ("repo", forge, path, w.locale), compute)
 
 
 async def needs_page(request: web.Request) -> web.Response:
@@ -344,21 +398,29 @@ async def needs_page(request: web.Request) -> web.Response:
         if not (1 <= number <= 12 and year >= 2000) or date(year, number, 1) > month:
             raise NotFound("month", month=raw)
         month = date(year, number, 1)
-    async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
-        repo = await _repo(session, request.match_info["forge"], request.match_info["path"])
-        months = await history(session, id_of(repo), month, now=now,
-                               default_currency=repo.currency or _bot(request).currency)
-        shown = _repo_view(repo)
-        privacy = _privacy(request, repo)
-    base = shown["url"]
-    earlier = previous_months(month, 2)[1]
-    later = None if month >= _this_month(now) else next_month(month)
-    return _html(request, "needs.html", {
-        "w": w, "repo": shown,
-        "appeal": months[0], "history": months, "needs_url": f"{base}/-/needs",
-        "privacy": privacy,
-        "earlier": f"{base}/-/needs/{earlier:%Y-%m}",
-        "later": None if later is None else f"{base}/-/needs/{later:%Y-%m}"})
+    forge, path = request.match_info["forge"], request.match_info["path"]
+
+    async def compute() -> Page:
+        now = datetime.now(UTC)
+        async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
+            repo = await _repo(session, forge, path)
+            months = await history(session, id_of(repo), month, now=now,
+                                   default_currency=repo.currency or _bot(request).currency)
+            shown = _repo_view(repo)
+            privacy = _privacy(request, repo)
+        base = shown["url"]
+        earlier = previous_months(month, 2)[1]
+        later = None if month >= _this_month(now) else next_month(month)
+        live = months[0].tasks
+        return render(request, "needs.html", {
+            "w": w, "repo": shown,
+            "appeal": months[0], "history": months, "needs_url": f"{base}/-/needs",
+            "live": list(reversed(live[-LISTED_LIVE:])), "more": max(0, len(live) - LISTED_LIVE),
+            "privacy": privacy,
+            "earlier": f"{base}/-/needs/{earlier:%Y-%m}",
+            "later": None if later is None else f"{base}/-/needs/{later:%Y-%m}"})
+
+    return await cache.cached(request, ("needs", forge, path, raw, w.locale), compute)
 
 
 async def task_page(request: web.Request) -> web.Response:

@@ -27,15 +27,34 @@ _WORDS: list[tuple[str, str, str]] = [
     ("reached", "Goal reached", "Objectif atteint"),
     ("appeal_all", "This month, across all projects", "Ce mois-ci, tous projets confondus"),
     ("appeal", "This month’s needs", "Les besoins du mois"),
+    # The sentences that count tasks have a `.one` form, picked by `Words.n` for the language
+    # ("1 task" in English; "0 tâche", "1 tâche" in French); days left are `days_left`.
     ("sentence",
-     "{month}: {asked} asked across {tasks} tasks, {funded} funded ({percent}), {to_go} to go,"
-     " {days} days left.",
-     "{month} : {asked} demandés pour {tasks} tâches, {funded} financés ({percent}), {to_go}"
-     " restants, encore {days} jours."),
+     "{month}: {asked} asked across {count} tasks, {funded} funded ({percent}), {to_go} to go,"
+     " {days_left}.",
+     "{month} : {asked} demandés pour {count} tâches, {funded} financés ({percent}), {to_go}"
+     " restants, {days_left}."),
+    ("sentence.one",
+     "{month}: {asked} asked for {count} task, {funded} funded ({percent}), {to_go} to go,"
+     " {days_left}.",
+     "{month} : {asked} demandés pour {count} tâche, {funded} financés ({percent}), {to_go}"
+     " restants, {days_left}."),
+    ("days_left", "{count} days left", "encore {count} jours"),
+    ("days_left.one", "{count} day left", "encore {count} jour"),
     ("sentence_past",
-     "{month}: {asked} asked across {tasks} tasks, {funded} funded ({percent}), {to_go} short.",
-     "{month} : {asked} demandés pour {tasks} tâches, {funded} financés ({percent}), il a"
+     "{month}: {asked} asked across {count} tasks, {funded} funded ({percent}), {to_go} short.",
+     "{month} : {asked} demandés pour {count} tâches, {funded} financés ({percent}), il a"
      " manqué {to_go}."),
+    ("sentence_past.one",
+     "{month}: {asked} asked for {count} task, {funded} funded ({percent}), {to_go} short.",
+     "{month} : {asked} demandés pour {count} tâche, {funded} financés ({percent}), il a"
+     " manqué {to_go}."),
+    ("more_tasks", "and {count} more open tasks", "et {count} autres tâches ouvertes"),
+    ("more_tasks.one", "and {count} more open task", "et {count} autre tâche ouverte"),
+    ("more_live", "and {count} more live tasks this month",
+     "et {count} autres tâches en cours ce mois-ci"),
+    ("more_live.one", "and {count} more live task this month",
+     "et {count} autre tâche en cours ce mois-ci"),
     ("sentence_none", "{month}: nothing asked.", "{month} : rien de demandé."),
     ("appeal_meter", "{month}: {funded} of {asked} funded", "{month} : {funded} sur {asked}"
      " financés"),
@@ -101,10 +120,14 @@ _WORDS: list[tuple[str, str, str]] = [
     ("meter_pct", "{percent} of the goal", "{percent} de l’objectif"),
     ("meter_name_pct", "Funding of #{number}: {percent} of the goal",
      "Financement de #{number} : {percent} de l’objectif"),
-    ("sentence_pct", "{month}: {percent} of what {tasks} tasks ask is funded, {days} days left.",
-     "{month} : {percent} de ce que demandent {tasks} tâches est financé, encore {days} jours."),
-    ("sentence_past_pct", "{month}: {percent} of what {tasks} tasks asked was funded.",
-     "{month} : {percent} de ce que demandaient {tasks} tâches a été financé."),
+    ("sentence_pct", "{month}: {percent} of what {count} tasks ask is funded, {days_left}.",
+     "{month} : {percent} de ce que demandent {count} tâches est financé, {days_left}."),
+    ("sentence_pct.one", "{month}: {percent} of what {count} task asks is funded, {days_left}.",
+     "{month} : {percent} de ce que demande {count} tâche est financé, {days_left}."),
+    ("sentence_past_pct", "{month}: {percent} of what {count} tasks asked was funded.",
+     "{month} : {percent} de ce que demandaient {count} tâches a été financé."),
+    ("sentence_past_pct.one", "{month}: {percent} of what {count} task asked was funded.",
+     "{month} : {percent} de ce que demandait {count} tâche a été financé."),
     ("appeal_meter_pct", "{month}: {percent} funded", "{month} : {percent} financés"),
     ("paid_to_x", "Paid to {developer} for #{number}", "Versé à {developer} pour #{number}"),
     ("refund_anon", "{amount} back to a backer (#{number}, {why})",
