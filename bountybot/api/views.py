@@ -30,9 +30,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bountybot.ledger import ESCROW
 from bountybot.money import Money, format_money
 from bountybot.needs import Figures, MonthFigures
-from bountybot.rules.model import RAISED, Bounty, Claim, Pledge
+from bountybot.rules.model import RAISED, Bounty
 from bountybot.states import ClaimState, TaskState
 from bountybot.storage import tables as t
+from bountybot.storage.bounties import bounty_of
 from bountybot.storage.tables import id_of
 
 Json = dict[str, Any]
@@ -109,15 +110,9 @@ class TaskRows:
     payouts: list[t.Payout]
 
     def bounty(self) -> Bounty:
-        """The rules' view of the task, enough for its figures (held money, backers, claim)."""
-        cur = self.task.currency
-        return Bounty(
-            self.repo.forge, self.repo.full_path, self.task.number, cur, self.task.state,
-            pledges=[Pledge(p.backer, Money(p.amount_minor, cur), p.state, p.created_at)
-                     for p in self.pledges],
-            claims=[Claim(c.developer, c.state, c.created_at, c.expires_at) for c in self.claims],
-            id=self.task.id,
-        )
+        """The rules' view of the task (`storage.bounties.bounty_of`)."""
+        return bounty_of(self.repo, self.task, self.pledges, self.claims, self.waiting,
+                         self.links, self.payouts)
 
 
 Child = TypeVar("Child", t.Pledge, t.Claim, t.Waiting, t.Link, t.Payout)

@@ -10,6 +10,7 @@ commits: the unit of work does.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -105,27 +106,33 @@ async def load_bounty_by_id(session: AsyncSession, task_id: int) -> Bounty | Non
     return await to_bounty(session, repo, task)
 
 
+def bounty_of(repo: t.Repo, task: t.Task, pledges: Sequence[t.Pledge],
+              claims: Sequence[t.Claim], waiting: Sequence[t.Waiting], links: Sequence[t.Link],
+              payouts: Sequence[t.Payout]) -> Bounty:
+    """The one mapping of a task's rows to the rules' `Bounty`, for the workers and the public
+    reads alike; each child list in id order (the waiting list in any: its positions order
+    it)."""
+    cur = task.currency
+    return Bounty(
+        repo.forge, repo.full_path, task.number, cur, task.state, task.title, task.url,
+        _money(task.goal_minor, cur), task.deadline, task.created_at,
+        [Pledge(p.backer, Money(p.amount_minor, cur), p.state, p.created_at, p.comment_id, p.id)
+         for p in pledges],
+        [Claim(c.developer, c.state, c.created_at, c.expires_at, c.paused_seconds, c.ended_at,
+               c.id, c.remind_at) for c in claims],
+        [w.login for w in sorted(waiting, key=lambda w: w.position)],
+        [Link(li.number, li.author, li.state, li.url, li.id, li.repo_path) for li in links],
+        [Payout(p.developer, Money(p.amount_minor, cur), p.state, p.created_at, p.reference,
+                p.paid_at, p.id, p.due_at, p.released_at) for p in payouts],
+        task.id,
+        Dispute(task.disputed_by, task.dispute_reason or "", task.disputed_at)
+        if task.disputed_by and task.disputed_at else None)
+
+
 async def to_bounty(session: AsyncSession, repo: t.Repo, task: t.Task) -> Bounty:
     assert task.id is not None
-    cur = task.currency
-    pledges = [Pledge(p.backer, Money(p.amount_minor, cur), p.state, p.created_at,
-                      p.comment_id, p.id)
-               for p in await _children(session, t.Pledge, task.id)]
-    claims = [Claim(c.developer, c.state, c.created_at, c.expires_at, c.paused_seconds,
-                    c.ended_at, c.id, c.remind_at)
-              for c in await _children(session, t.Claim, task.id)]
-    waiting = [w.login for w in sorted(await _children(session, t.Waiting, task.id),
-                                       key=lambda w: w.position)]
-    links = [Link(li.number, li.author, li.state, li.url, li.id, li.repo_path)
-             for li in await _children(session, t.Link, task.id)]
-    payouts = [Payout(p.developer, Money(p.amount_minor, cur), p.state, p.created_at,
-                      p.reference, p.paid_at, p.id, p.due_at, p.released_at)
-               for p in await _children(session, t.Payout, task.id)]
-    return Bounty(repo.forge, repo.full_path, task.number, cur, task.state, task.title,
-                  task.url, _money(task.goal_minor, cur), task.deadline, task.created_at,
-                  pledges, claims, waiting, links, payouts, task.id,
-                  Dispute(task.disputed_by, task.dispute_reason or "", task.disputed_at)
-                  if task.disputed_by and task.disputed_at else None)
+    return bounty_of(repo, task, *[await _children(session, table, task.id) for table in
+                                   (t.Pledge, t.Claim, t.Waiting, t.Link, t.Payout)])
 
 
 async def _update(session: AsyncSession, row_type: type[Any], obj: Any,
