@@ -22,13 +22,13 @@ demo: $(VENV)/.installed
 # The suite runs on two workers (pytest-xdist): about 4 minutes on 2 cores, 9 on one.
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check
-	$(BIN)/mypy bountybot
+	$(BIN)/mypy bountybot tests
 	$(BIN)/lint-imports
 	$(BIN)/pytest -n 2
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check
-	$(BIN)/mypy bountybot
+	$(BIN)/mypy bountybot tests
 	$(BIN)/lint-imports
 
 $(BIN)/python:

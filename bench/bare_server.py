@@ -25,7 +25,7 @@ def main() -> None:
             return web.Response(status=401)
         return web.Response(status=200)
 
-    async def health(request: web.Request) -> web.Response:
+    async def health(_request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
     app = web.Application(client_max_size=25 * 1024 * 1024)

@@ -152,7 +152,7 @@ async def healthz(request: web.Request) -> web.Response:
             status = "stalled"
             event(log, "health.queue_stalled", logging.WARNING, pending=pending,
                   oldest_due_seconds=oldest)
-    except Exception as e:  # any failure means unhealthy; the reason goes to the log only
+    except Exception as e:  # noqa: BLE001 - any failure means unhealthy; the reason is logged
         reason = (str(e).splitlines() or [""])[0][:200]
         event(
             log, "health.database_unreachable", logging.WARNING,

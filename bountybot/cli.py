@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = _command(commands, "db", "database maintenance (`db upgrade`)",
                   "Database maintenance.")
-    db.set_defaults(run=lambda args: _usage(db))
+    db.set_defaults(run=lambda _args: _usage(db))
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND")
     upgrade = _command(db_commands, "upgrade", "apply the database migrations",
                        parents=[config])
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a new SQLite file to write (default: one in a new temporary"
                       " directory); a file that holds anything is refused")
     demo.set_defaults(run=cmd_demo)
-    parser.set_defaults(run=lambda args: _usage(parser))
+    parser.set_defaults(run=lambda _args: _usage(parser))
     return parser
 
 
@@ -431,7 +431,7 @@ def _prepare_database(settings: Settings) -> None:
             migrate.upgrade(url)
             event(log, "database.created", database=settings.database.display_url(),
                   revision=migrate.head())
-    except Exception as e:  # driver errors vary (SQLAlchemy, asyncpg, OSError): one line each
+    except Exception as e:  # noqa: BLE001 - driver errors vary (SQLAlchemy, asyncpg, OSError)
         raise _database_error(settings, "open", e) from None
     _require_head(settings)
 
@@ -442,7 +442,7 @@ def _require_head(settings: Settings) -> None:
 
     try:
         current, head = migrate.current(settings.database.url), migrate.head()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - driver errors vary: each becomes one line
         raise _database_error(settings, "open", e) from None
     if current != head:
         raise CommandError(
@@ -462,7 +462,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
         before = migrate.current(url)
         migrate.upgrade(url)
         after = migrate.current(url)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - driver errors vary: each becomes one line
         raise _database_error(settings, "upgrade", e) from None
     if before == after:
         print(f"database {settings.database.display_url()} is at revision {after} (head)")

@@ -445,7 +445,8 @@ class _EnvSource(PydanticBaseSettingsSource):
         super().__init__(settings_cls)
         self.environ = environ
 
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+    # pydantic's signature (PydanticBaseSettingsSource): `field` is not needed here.
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:  # noqa: ARG002
         return None, field_name, False  # unused: __call__ does the whole walk
 
     def __call__(self) -> dict[str, Any]:
@@ -462,7 +463,8 @@ class _EnvSource(PydanticBaseSettingsSource):
 class _TomlSource(PydanticBaseSettingsSource):
     """The TOML file: the one asked for (argument or `BOUNTYBOT_CONFIG`), else the shipped one."""
 
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+    # pydantic's signature (PydanticBaseSettingsSource): `field` is not needed here.
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:  # noqa: ARG002
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
@@ -533,9 +535,9 @@ class Settings(BaseSettings):
         cls,
         settings_cls: type[BaseSettings],
         init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - pydantic passes these by keyword
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Highest first. No dotenv and no secrets dir: one file, one environment, no surprises.
         return (init_settings, _EnvSource(settings_cls, os.environ), _TomlSource(settings_cls))

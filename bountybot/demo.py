@@ -105,7 +105,8 @@ class StandInForge:
     async def react(self, repo: RepoRef, number: int, comment_id: str) -> None:
         self.written.append(Written("react", repo.full_path, number, "+1", comment_id))
 
-    async def username(self, repo: RepoRef, user_id: int) -> str:
+    # The ForgeClient protocol's signature: not every argument is needed here.
+    async def username(self, repo: RepoRef, user_id: int) -> str:  # noqa: ARG002
         return f"user{user_id}"
 
     async def comment(self, repo: RepoRef, number: int, comment_id: str
@@ -115,10 +116,12 @@ class StandInForge:
             return None
         return found[2], found[3]
 
-    async def user_login(self, repo: RepoRef, login: str) -> str | None:
+    # The ForgeClient protocol's signature: not every argument is needed here.
+    async def user_login(self, repo: RepoRef, login: str) -> str | None:  # noqa: ARG002
         return login
 
-    async def changes(self, repo: RepoRef, *, label: str, since: datetime | None,
+    # The ForgeClient protocol's signature: not every argument is needed here.
+    async def changes(self, repo: RepoRef, *, label: str, since: datetime | None,  # noqa: ARG002
                       etags: dict[str, str]) -> Changes:
         return Changes(etags=dict(etags))
 

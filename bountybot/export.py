@@ -149,6 +149,13 @@ def _public_or_none() -> ColumnElement[bool]:
     return or_(col(t.Repo.id).is_(None), shown_publicly())
 
 
+async def _shaped_pages(session: AsyncSession, stmt: Any, key: Any, size: int,
+                        shape: Callable[[Any], Json]) -> AsyncIterator[Page]:
+    """The rows of `stmt` page by page, each page to be shaped into JSON when it is encoded."""
+    async for rows in _pages(session, stmt, key, size):
+        yield partial(_each, shape, rows)
+
+
 def _ledger_pages(session: AsyncSession, size: int,
                   public: bool) -> AsyncIterator[Sequence[Any]]:
     """Ledger transactions in order, each with its task and repo (None for a task-less one)."""
@@ -162,6 +169,63 @@ def _ledger_pages(session: AsyncSession, size: int,
 
 def _turn(pace: asyncio.Lock | None) -> contextlib.AbstractAsyncContextManager[Any]:
     return pace if pace is not None else contextlib.nullcontext()
+
+
+def _encode(page: Page) -> tuple[bytes, int]:
+    items = page()
+    return ",\n".join(_dumps(item) for item in items).encode(), len(items)
+
+
+async def _write_array(write: Write, pace: asyncio.Lock | None, name: str,
+                       pages: AsyncIterator[Page]) -> int:
+    """Write one named array of the export, a page at a time; return how many items it had."""
+    await write(f',\n"{name}":['.encode())
+    n = 0
+    while True:
+        async with _turn(pace):
+            page = await anext(pages, None)
+            if page is None:
+                break
+            text, size = await _off_loop(partial(_encode, page))
+        # Sent outside the turn: a slow client holds up its own export only.
+        await write((b",\n" if n else b"\n") + text)
+        n += size
+    await write(b"]")
+    return n
+
+
+def _repos_query(public: bool) -> Any:
+    return select(t.Repo).where(shown_publicly()) if public else select(t.Repo)
+
+
+def _tasks_query(public: bool) -> Any:
+    stmt = select(t.Task, t.Repo).join(t.Repo, col(t.Repo.id) == col(t.Task.repo_id))
+    if public:
+        stmt = stmt.where(shown_publicly())
+    return stmt
+
+
+def _audit_events_query(public: bool) -> Any:
+    stmt = select(t.AuditEvent)
+    if public:
+        stmt = (stmt.outerjoin(t.Task, col(t.Task.id) == col(t.AuditEvent.task_id))
+                .outerjoin(t.Repo, col(t.Repo.id) == col(t.Task.repo_id))
+                .where(_public_or_none()))
+    return stmt
+
+
+def _payment_ops_query(public: bool) -> Any:
+    stmt = (select(t.PaymentOp, t.Repo)
+            .outerjoin(t.Repo, col(t.Repo.id) == col(t.PaymentOp.repo_id)))
+    if public:
+        # An operation names its repo, its task, or both: neither may be private.
+        task_repo = aliased(t.Repo)
+        stmt = (stmt.outerjoin(t.Task, col(t.Task.id) == col(t.PaymentOp.task_id))
+                .outerjoin(task_repo, col(task_repo.id) == col(t.Task.repo_id))
+                .where(_public_or_none(),
+                       or_(col(task_repo.id).is_(None), ~col(task_repo.private),
+                           col(task_repo.published))))
+    return stmt
 
 
 async def export_json(sessionmaker: async_sessionmaker[AsyncSession], write: Write, *,
@@ -180,34 +244,11 @@ async def export_json(sessionmaker: async_sessionmaker[AsyncSession], write: Wri
     async with reading(sessionmaker) as session:
         await write(f'{{"format":{_dumps(FORMAT)},"generated_at":{_dumps(iso(now))}'.encode())
 
-        def encode(page: Page) -> tuple[bytes, int]:
-            items = page()
-            return ",\n".join(_dumps(item) for item in items).encode(), len(items)
-
         async def array(name: str, pages: AsyncIterator[Page]) -> int:
-            await write(f',\n"{name}":['.encode())
-            n = 0
-            while True:
-                async with _turn(pace):
-                    page = await anext(pages, None)
-                    if page is None:
-                        break
-                    text, size = await _off_loop(partial(encode, page))
-                # Sent outside the turn: a slow client holds up its own export only.
-                await write((b",\n" if n else b"\n") + text)
-                n += size
-            await write(b"]")
-            return n
-
-        async def repos() -> AsyncIterator[Page]:
-            stmt = select(t.Repo).where(shown_publicly()) if public else select(t.Repo)
-            async for rows in _pages(session, stmt, col(t.Repo.id), page_size):
-                yield partial(_each, repo_json, rows)
+            return await _write_array(write, pace, name, pages)
 
         async def tasks() -> AsyncIterator[Page]:
-            stmt = select(t.Task, t.Repo).join(t.Repo, col(t.Repo.id) == col(t.Task.repo_id))
-            if public:
-                stmt = stmt.where(shown_publicly())
+            stmt = _tasks_query(public)
             async for rows in _pages(session, stmt, col(t.Task.id), page_size):
                 loaded = await load_tasks(session, [(task, repo) for task, repo in rows])
                 yield partial(_each, lambda r: task_json(r, locale, full=True), loaded)
@@ -225,35 +266,17 @@ async def export_json(sessionmaker: async_sessionmaker[AsyncSession], write: Wri
 
                 yield partial(_each, shape, rows)
 
-        async def audit_events() -> AsyncIterator[Page]:
-            stmt = select(t.AuditEvent)
-            if public:
-                stmt = (stmt.outerjoin(t.Task, col(t.Task.id) == col(t.AuditEvent.task_id))
-                        .outerjoin(t.Repo, col(t.Repo.id) == col(t.Task.repo_id))
-                        .where(_public_or_none()))
-            async for rows in _pages(session, stmt, col(t.AuditEvent.id), page_size):
-                yield partial(_each, audit_json, rows)
+        def payment_op(row: Any) -> Json:
+            return payment_op_json(row[0], locale_of(row[1], locale))
 
-        async def payment_ops() -> AsyncIterator[Page]:
-            stmt = (select(t.PaymentOp, t.Repo)
-                    .outerjoin(t.Repo, col(t.Repo.id) == col(t.PaymentOp.repo_id)))
-            if public:
-                # An operation names its repo, its task, or both: neither may be private.
-                task_repo = aliased(t.Repo)
-                stmt = (stmt.outerjoin(t.Task, col(t.Task.id) == col(t.PaymentOp.task_id))
-                        .outerjoin(task_repo, col(task_repo.id) == col(t.Task.repo_id))
-                        .where(_public_or_none(),
-                               or_(col(task_repo.id).is_(None), ~col(task_repo.private),
-                                   col(task_repo.published))))
-            async for rows in _pages(session, stmt, col(t.PaymentOp.id), page_size):
-                yield partial(_each, lambda row: payment_op_json(row[0], locale_of(row[1], locale)),
-                              rows)
-
-        counts["repos"] = await array("repos", repos())
+        counts["repos"] = await array("repos", _shaped_pages(
+            session, _repos_query(public), col(t.Repo.id), page_size, repo_json))
         counts["tasks"] = await array("tasks", tasks())
         counts["transactions"] = await array("ledger", ledger())
-        counts["audit_events"] = await array("audit_events", audit_events())
-        counts["payment_ops"] = await array("payment_ops", payment_ops())
+        counts["audit_events"] = await array("audit_events", _shaped_pages(
+            session, _audit_events_query(public), col(t.AuditEvent.id), page_size, audit_json))
+        counts["payment_ops"] = await array("payment_ops", _shaped_pages(
+            session, _payment_ops_query(public), col(t.PaymentOp.id), page_size, payment_op))
         await write(f',\n"counts":{_dumps(counts)}}}\n'.encode())
 
 

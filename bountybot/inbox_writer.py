@@ -51,7 +51,8 @@ class InboxWriter:
                     key = (values["forge"], values["delivery_id"])
                     fresh.append(key in stored)
                     stored.discard(key)
-            except Exception as error:  # the database is down: every waiting request says so
+            except Exception as error:  # noqa: BLE001 - the database is down, however it fails:
+                # every waiting request says so.
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(error)

@@ -57,7 +57,8 @@ def _format_value(value: Any) -> str:
 class LineFormatter(logging.Formatter):
     """`<UTC time>Z <LEVEL> <message> key=value ...`, tracebacks on the following lines."""
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+    # logging.Formatter's signature: the format is fixed, `datefmt` is not read.
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802, ARG002
         return datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802

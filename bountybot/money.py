@@ -214,6 +214,36 @@ def _normalize(text: str, refuse: Callable[..., AmountError], prefix: str) -> st
     return "".join(chars)
 
 
+def _check_written_currency(written: str, currency: str,
+                            refuse: Callable[..., AmountError]) -> None:
+    """The currency written beside an amount (`€`, `eur`) must be known and the task's."""
+    code = SYMBOLS.get(written) or written.upper()
+    if code not in known_currencies() or len(code) != 3:
+        raise refuse("amount.unknown_currency", written=written)
+    if code != currency:
+        raise refuse("amount.currency_mismatch", written=code)
+
+
+def _minor_units(body: str, digits: int, refuse: Callable[..., AmountError]) -> int:
+    """The number of an amount (`50`, `50,5`) in minor units, or refused."""
+    whole: str
+    frac: str
+    if re.fullmatch(r"[0-9]+", body):
+        whole, frac = body, ""
+    elif decimal := re.fullmatch(r"([0-9]+)[.,]([0-9]+)", body):
+        whole, frac = decimal[1], decimal[2]
+        if digits == 0:
+            raise refuse("amount.no_decimals", example_minor=1500)
+        if len(frac) > digits:
+            raise refuse("amount.too_many_decimals", digits=digits)
+    elif re.fullmatch(r"[0-9][0-9 .,'_]*[0-9]", body):
+        raise refuse("amount.thousands_separator", example_minor=1500 * 10**digits)
+    else:
+        raise refuse("amount.not_a_number")
+    minor: int = int(whole) * 10**digits + int(frac.ljust(digits, "0") or "0")
+    return minor
+
+
 def parse_amount(text: str, currency: str, *, min_minor: int | None = None,
                  max_minor: int | None = None, command: str = "pledge") -> Money:
     """Read an amount as DESIGN.md writes them (`50`, `50,50`, `€50`, `50 EUR`...), or refuse.
@@ -239,24 +269,8 @@ def parse_amount(text: str, currency: str, *, min_minor: int | None = None,
         raise refuse("amount.not_a_number")
     written = pre or post
     if written:
-        code = SYMBOLS.get(written) or written.upper()
-        if code not in known_currencies() or len(code) != 3:
-            raise refuse("amount.unknown_currency", written=written)
-        if code != currency:
-            raise refuse("amount.currency_mismatch", written=code)
-    if re.fullmatch(r"[0-9]+", body):
-        whole, frac = body, ""
-    elif decimal := re.fullmatch(r"([0-9]+)[.,]([0-9]+)", body):
-        whole, frac = decimal[1], decimal[2]
-        if digits == 0:
-            raise refuse("amount.no_decimals", example_minor=1500)
-        if len(frac) > digits:
-            raise refuse("amount.too_many_decimals", digits=digits)
-    elif re.fullmatch(r"[0-9][0-9 .,'_]*[0-9]", body):
-        raise refuse("amount.thousands_separator", example_minor=1500 * 10**digits)
-    else:
-        raise refuse("amount.not_a_number")
-    minor = int(whole) * 10**digits + int(frac.ljust(digits, "0") or "0")
+        _check_written_currency(written, currency, refuse)
+    minor = _minor_units(body, digits, refuse)
     if minor == 0:
         raise refuse("amount.zero")
     if min_minor is not None and minor < min_minor:

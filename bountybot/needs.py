@@ -194,6 +194,37 @@ def _minor(value: Any) -> int:
     return int(value or 0)
 
 
+async def _endings(session: AsyncSession, ids: list[int]) -> dict[int, datetime]:
+    """When each of these tasks ended, by its first audit line that ended it (none: not ended)."""
+    ended: dict[int, datetime] = {}
+    if ids:
+        stmt = (select(t.AuditEvent.task_id, func.min(t.AuditEvent.created_at))
+                .where(col(t.AuditEvent.task_id).in_(ids), col(t.AuditEvent.action).in_(ENDED))
+                .group_by(col(t.AuditEvent.task_id)))
+        for task_id, at in (await session.exec(stmt)).all():
+            if task_id is not None:
+                ended[task_id] = _utc(at)
+    return ended
+
+
+async def _committed(session: AsyncSession, ids: list[int], cutoff: datetime
+                     ) -> dict[int, int]:
+    """What the backers had put into each of these tasks before `cutoff` (0 when nothing)."""
+    committed: dict[int, int] = defaultdict(int)
+    if ids:
+        stmt = (select(t.LedgerTransaction.task_id, func.sum(t.LedgerEntry.amount_minor))
+                .join(t.LedgerEntry,
+                      col(t.LedgerEntry.transaction_id) == col(t.LedgerTransaction.id))
+                .where(col(t.LedgerTransaction.task_id).in_(ids),
+                       col(t.LedgerTransaction.created_at) < cutoff,
+                       col(t.LedgerEntry.account).like("backer:%"))
+                .group_by(col(t.LedgerTransaction.task_id)))
+        for task_id, total in (await session.exec(stmt)).all():
+            if task_id is not None:
+                committed[task_id] = -_minor(total)
+    return committed
+
+
 async def month_figures(session: AsyncSession, repo_id: int | None, month: date, *,
                         now: datetime | None = None, default_currency: str = "EUR",
                         public: bool = True) -> MonthFigures:
@@ -208,15 +239,7 @@ async def month_figures(session: AsyncSession, repo_id: int | None, month: date,
     rows = (await session.exec(
         select(t.Task, t.Repo).join(t.Repo, joined)
         .where(col(t.Task.created_at) < end, *where).order_by(col(t.Task.id)))).all()
-    ids = [id_of(task) for task, _ in rows]
-    ended: dict[int, datetime] = {}
-    if ids:
-        stmt = (select(t.AuditEvent.task_id, func.min(t.AuditEvent.created_at))
-                .where(col(t.AuditEvent.task_id).in_(ids), col(t.AuditEvent.action).in_(ENDED))
-                .group_by(col(t.AuditEvent.task_id)))
-        for task_id, at in (await session.exec(stmt)).all():
-            if task_id is not None:
-                ended[task_id] = _utc(at)
+    ended = await _endings(session, [id_of(task) for task, _ in rows])
     live = []
     for task, repo in rows:
         tid = id_of(task)
@@ -226,19 +249,7 @@ async def month_figures(session: AsyncSession, repo_id: int | None, month: date,
         if end_at is None or end_at >= start:
             live.append((task, repo))
 
-    committed: dict[int, int] = defaultdict(int)
-    live_ids = [id_of(task) for task, _ in live]
-    if live_ids:
-        stmt2 = (select(t.LedgerTransaction.task_id, func.sum(t.LedgerEntry.amount_minor))
-                 .join(t.LedgerEntry,
-                       col(t.LedgerEntry.transaction_id) == col(t.LedgerTransaction.id))
-                 .where(col(t.LedgerTransaction.task_id).in_(live_ids),
-                        col(t.LedgerTransaction.created_at) < cutoff,
-                        col(t.LedgerEntry.account).like("backer:%"))
-                 .group_by(col(t.LedgerTransaction.task_id)))
-        for task_id, total in (await session.exec(stmt2)).all():
-            if task_id is not None:
-                committed[task_id] = -_minor(total)
+    committed = await _committed(session, [id_of(task) for task, _ in live], cutoff)
 
     figures: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     tasks = []

@@ -356,33 +356,41 @@ class OutboxSender:
         if job.kind == SUMMARY:
             return await self._summary(job, client, repo)
         if job.kind == REACTION:
-            comment_id = job.comment_id
-            if not comment_id:
-                raise ForgeError("a reaction without a comment id")
-            if self.governor.headroom(self._key(repo)) <= self.reaction_reserve:
-                # A reaction only acknowledges; the summary shows the command too. When the
-                # write budget runs short (a burst of pledges), it goes to the summaries and
-                # replies, so one write per command comment is never exceeded.
-                raise _Skipped()
-            try:
-                async with self.governor.slot(self._key(repo), True, max_wait=0):
-                    await client.react(repo, job.number, comment_id)
-            except Busy:
-                raise _Skipped() from None  # no reaction is worth waiting for
+            await self._react(job, client, repo)
             return None, False
         if job.kind in (REPLY, NOTICE):
-            if not job.text:
-                raise ForgeError(f"a {job.kind} without text")
-            marker = message_marker(job.id)
-            if job.look_first:
-                found = await self._call(
-                    job, False, lambda: client.find_comment(repo, job.number, marker))
-                if found:
-                    return None, True
-            body = fit_comment(job.text, f"\n\n{marker}", repo.forge)
-            await self._call(job, True, lambda: client.create_comment(repo, job.number, body))
-            return None, False
+            return None, await self._comment(job, client, repo)
         raise ForgeError(f"unknown message kind {job.kind!r}")
+
+    async def _react(self, job: _Job, client: ForgeClient, repo: RepoRef) -> None:
+        """Acknowledge a command comment with a reaction, unless the write budget runs short."""
+        comment_id = job.comment_id
+        if not comment_id:
+            raise ForgeError("a reaction without a comment id")
+        if self.governor.headroom(self._key(repo)) <= self.reaction_reserve:
+            # A reaction only acknowledges; the summary shows the command too. When the
+            # write budget runs short (a burst of pledges), it goes to the summaries and
+            # replies, so one write per command comment is never exceeded.
+            raise _Skipped()
+        try:
+            async with self.governor.slot(self._key(repo), True, max_wait=0):
+                await client.react(repo, job.number, comment_id)
+        except Busy:
+            raise _Skipped() from None  # no reaction is worth waiting for
+
+    async def _comment(self, job: _Job, client: ForgeClient, repo: RepoRef) -> bool:
+        """Post a reply or a notice; returns whether it was found already on the forge."""
+        if not job.text:
+            raise ForgeError(f"a {job.kind} without text")
+        marker = message_marker(job.id)
+        if job.look_first:
+            found = await self._call(
+                job, False, lambda: client.find_comment(repo, job.number, marker))
+            if found:
+                return True
+        body = fit_comment(job.text, f"\n\n{marker}", repo.forge)
+        await self._call(job, True, lambda: client.create_comment(repo, job.number, body))
+        return False
 
     async def _summary(self, job: _Job, client: ForgeClient,
                        repo: RepoRef) -> tuple[str | None, bool]:

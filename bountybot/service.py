@@ -172,6 +172,28 @@ def gateway_from_settings(settings: Settings) -> Any:
     return StripeGateway(key.get_secret_value(), api_base=settings.stripe.api_base)
 
 
+def _start_loops(runtime: Runtime, worker: DeliveryWorker,
+                 sender: OutboxSender) -> list[asyncio.Task[Any]]:
+    """The delivery worker's, the outbox sender's and (if on) the payment worker's loops."""
+    tasks = [asyncio.create_task(worker.run_forever(runtime.wake_worker, runtime.stop)),
+             asyncio.create_task(sender.run_forever(runtime.wake_outbox, runtime.stop))]
+    if runtime.payments is not None and runtime.payment_loop:
+        tasks.append(asyncio.create_task(
+            runtime.payments.run_forever(runtime.wake_payments, runtime.stop)))
+    return tasks
+
+
+async def _stopped(tasks: list[asyncio.Task[Any]]) -> None:
+    """Wait for the loops to see the stop, a while; cancel those that do not."""
+    for task in tasks:
+        try:
+            await asyncio.wait_for(task, timeout=10)
+        except (TimeoutError, asyncio.CancelledError):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 async def _loops(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
     settings = app[SETTINGS]
@@ -201,28 +223,14 @@ async def _loops(app: web.Application) -> AsyncIterator[None]:
                                          **{"clock": runtime.clock, **runtime.payment_options})
     jobs = scheduled_jobs(runtime, settings)
     scheduler = start_scheduler(jobs) if runtime.scheduled else None
-    tasks = []
-    if runtime.background:
-        tasks = [asyncio.create_task(runtime.worker.run_forever(runtime.wake_worker,
-                                                                runtime.stop)),
-                 asyncio.create_task(runtime.sender.run_forever(runtime.wake_outbox,
-                                                                runtime.stop))]
-        if runtime.payments is not None and runtime.payment_loop:
-            tasks.append(asyncio.create_task(
-                runtime.payments.run_forever(runtime.wake_payments, runtime.stop)))
+    tasks = _start_loops(runtime, runtime.worker, runtime.sender) if runtime.background else []
     try:
         yield
     finally:
         if scheduler is not None:
             stop_scheduler(scheduler)
         runtime.stop.set()
-        for task in tasks:
-            try:
-                await asyncio.wait_for(task, timeout=10)
-            except (TimeoutError, asyncio.CancelledError):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await _stopped(tasks)
         if own_gateway:
             runtime.gateway.close()
         if own_clients:

@@ -84,7 +84,7 @@ def pg_server_url() -> str:
     shown = make_url(url).render_as_string(hide_password=True)
     try:
         run_sync(lambda: asyncio.wait_for(execute(url, "SELECT 1"), timeout=10))
-    except Exception as error:  # any failure to connect means "no PostgreSQL here"
+    except Exception as error:  # noqa: BLE001 - any failure to connect: "no PostgreSQL here"
         message = f"PostgreSQL at {shown} is unreachable: {error!r}"
         if os.environ.get("CI"):
             pytest.fail(f"{message} (CI is set, so this is a failure, not a skip)", pytrace=False)

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 
 from aiohttp.test_utils import TestClient, TestServer
 from sqlmodel import select
@@ -65,7 +65,7 @@ class GitHubBot:
                     sender_options: dict[str, Any] | None = None,
                     payments: dict[str, Any] | None = None,
                     sections: dict[str, Any] | None = None, service: dict[str, Any] | None = None,
-                    features: list[Any] | None = None, **bot: Any) -> GitHubBot:
+                    features: list[Any] | None = None, **bot: Any) -> Self:
         """`sections`: more settings (`{"stripe": {...}}`); `service`: more arguments for
         `bountybot.service.setup` (a Stripe gateway, the payment worker's options);
         `features`: more features' `setup`s (the badges, the pages), after the API's."""
@@ -187,6 +187,12 @@ class GitHubBot:
             if repo is None:
                 return None
             return await load_bounty(session, repo, number)
+
+    async def existing_task(self, number: int = 1) -> Bounty:
+        """The task of issue `number`, which the test has made."""
+        task = await self.task(number)
+        assert task is not None, f"issue #{number} has no task"
+        return task
 
     async def rows(self, table: Any) -> list[Any]:
         async with self.app[SESSIONMAKER]() as session:

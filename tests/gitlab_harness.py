@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
@@ -51,6 +52,7 @@ class GitLabBot(GitHubBot):
     """Reuses the GitHub harness's app handling (settle, rows); talks GitLab."""
 
     gitlab: FakeGitLab
+    notes_ids: Iterator[int]
 
     @classmethod
     async def start_gitlab(cls, db_url: str, fake: FakeGitLab, *,
@@ -76,10 +78,10 @@ class GitLabBot(GitHubBot):
               worker_options={"summary_delay": 0.0})
         client = TestClient(TestServer(app))
         await client.start_server()
-        bot = cls(client, github, engine)  # type: ignore[arg-type]
-        bot.gitlab = fake
-        bot.notes_ids = itertools.count(70_001)
-        return bot
+        harness = cls(client, github, engine)  # type: ignore[arg-type]
+        harness.gitlab = fake
+        harness.notes_ids = itertools.count(70_001)
+        return harness
 
     async def post_gitlab(self, event: str, data: dict[str, Any] | bytes, *,
                           key: str | None = None, token: str | None = GL_SECRET,
@@ -117,7 +119,8 @@ class GitLabBot(GitHubBot):
         return await self.post_gitlab("Issue Hook", data)
 
     async def comment(self, login: str, body: str, number: int = 1, *,  # type: ignore[override]
-                      user_type: str = "User", delivery: str | None = None,
+                      # GitHubBot's signature; GitLab's note payload has no user type.
+                      user_type: str = "User", delivery: str | None = None,  # noqa: ARG002
                       no_action: bool = False) -> Any:
         data = payload("gitlab", "note_hook.issue.create")
         self._project(data)
@@ -131,7 +134,7 @@ class GitLabBot(GitHubBot):
         return await self.post_gitlab("Note Hook", data, key=delivery)
 
     async def close_issue(self, number: int = 1,  # type: ignore[override]
-                          reason: str = "completed") -> Any:
+                          reason: str = "completed") -> Any:  # noqa: ARG002 - GitHubBot's signature
         data = payload("gitlab", "issue_hook.open")
         self._project(data)
         self._user(data, "maya")

@@ -15,11 +15,15 @@ from bountybot.ledger.audit import AuditReport, JournalEntry, JournalTransaction
 from bountybot.rules import (
     Actor,
     Bounty,
+    Claim,
     Comment,
     Decision,
     Event,
     IssueRef,
+    Link,
     Message,
+    Payout,
+    Pledge,
     Policy,
     decide_comment,
     decide_event,
@@ -46,7 +50,9 @@ class MemoryBooks:
         b = decision.bounty
         if b is None:
             return
-        for obj in [b, *b.pledges, *b.claims, *b.links, *b.payouts]:
+        objs: list[Bounty | Pledge | Claim | Link | Payout] = [
+            b, *b.pledges, *b.claims, *b.links, *b.payouts]
+        for obj in objs:
             if obj.id is None:
                 obj.id = next(self._ids)
         keys = {t.key for t in self.journal}

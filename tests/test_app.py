@@ -28,7 +28,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def settings_for(url: str, **sections: dict[str, object]) -> Settings:
-    return Settings.load(database={"url": url}, **sections)
+    return Settings.load(None, database={"url": url}, **sections)
 
 
 def closed_port() -> int:

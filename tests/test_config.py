@@ -45,7 +45,8 @@ def write(tmp_path: Path, text: str) -> Path:
 # defaults and files ------------------------------------------------------------------------
 
 
-def test_defaults_without_any_file(no_shipped_file: None) -> None:
+@pytest.mark.usefixtures("no_shipped_file")
+def test_defaults_without_any_file() -> None:
     s = Settings()
     assert s.config_file is None
     assert (s.server.host, s.server.port, s.server.public_url) == ("127.0.0.1", 8080, None)
@@ -264,9 +265,8 @@ def root_logging():
     root.setLevel(level)
 
 
-def test_logs_are_readable_lines_with_secrets_redacted(
-    secret_settings: Settings, root_logging: None
-) -> None:
+@pytest.mark.usefixtures("root_logging")
+def test_logs_are_readable_lines_with_secrets_redacted(secret_settings: Settings) -> None:
     out = io.StringIO()
     setup_logging(secret_settings, level=logging.INFO, stream=out)
     log = logging.getLogger("bountybot.test")

@@ -35,7 +35,8 @@ def operator(db_url, monkeypatch) -> str:
     return db_url
 
 
-async def test_list_retry_and_fail_deliveries(operator, sessionmaker, capsys):
+@pytest.mark.usefixtures("operator")
+async def test_list_retry_and_fail_deliveries(sessionmaker, capsys):
     topic = issue_topic("github", str(REPO_ID), 1)
     await store(sessionmaker, [
         row("d00", "issues", label(1)),

@@ -119,6 +119,7 @@ def scripts(draw: st.DrawFn) -> list[tuple[Any, ...]]:
     at once (`now`) or later (`deliver`: any webhook made so far, again or not, under its
     first delivery id or a new one) and reconciliation between any two steps."""
     lives: list[list[tuple[Any, ...]]] = []
+    life: list[tuple[Any, ...]]
     for k in range(draw(st.integers(1, 3))):
         life = [("write", k, draw(st.sampled_from(["alice", "bob"])), draw(bodies),
                  draw(st.booleans()))]
@@ -315,7 +316,7 @@ class World:
         # No waiting: the worker applies deliveries in the order they came, these first.
         return ex
 
-    async def send(self, ex: Example, sent: Sent, reuse: bool) -> None:
+    async def send(self, sent: Sent, reuse: bool) -> None:
         delivery = sent.ids[0] if reuse and sent.ids else str(uuid.uuid4())
         sent.ids.append(delivery)
         response = await self.bot.post(sent.event, sent.data, delivery=delivery)
@@ -327,7 +328,7 @@ class World:
         sent = Sent(event, data, effect)
         ex.sent.append(sent)
         if now:
-            await self.send(ex, sent, reuse=False)
+            await self.send(sent, reuse=False)
 
     async def step(self, ex: Example, step: tuple[Any, ...]) -> None:
         kind = step[0]
@@ -350,7 +351,7 @@ class World:
             sender = note.author if who == "author" else "maya"
             data = self.comment_data("edited", note, len(note.versions) - 1, sender,
                                      ex.pledge_issue)
-            effect = (lambda: note.deliver(body)) if sender == note.author else (lambda: None)
+            effect: Any = (lambda: note.deliver(body)) if sender == note.author else (lambda: None)
             await self.made(ex, "issue_comment", data, effect, now)
         elif kind == "open":
             _, j, where, author, chosen, style, now = step
@@ -374,7 +375,7 @@ class World:
             self.fake.edit_pull(pull.repo, pull.number, pull.body)
             if pull.merged:
                 pull.edited_after_merge = True
-                effect: Any = lambda: None  # noqa: E731 - an edit of a closed one: nothing
+                effect = lambda: None  # noqa: E731 - an edit of a closed one: nothing
             else:
                 pull.while_open |= aimed
                 effect = lambda: pull.linked.update(aimed)  # noqa: E731
@@ -398,7 +399,7 @@ class World:
         elif kind == "deliver":
             _, index, reuse = step
             if ex.sent:
-                await self.send(ex, ex.sent[index % len(ex.sent)], reuse)
+                await self.send(ex.sent[index % len(ex.sent)], reuse)
         else:
             assert kind == "sync", step
             await self.sync(ex)

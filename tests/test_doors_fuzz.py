@@ -78,8 +78,10 @@ async def world(sqlite_url: str, github_server: FakeGitHub, gitlab_server: FakeG
     lab = GitLabBot(client, github_server, engine)
     lab.gitlab = gitlab_server
     lab.notes_ids = iter(range(70_001, 80_000))
+    port = client.server.port
+    assert port is not None
     try:
-        yield World(hub, lab, stripe_server, client.server.port)
+        yield World(hub, lab, stripe_server, port)
     finally:
         await client.close()
         await engine.dispose()

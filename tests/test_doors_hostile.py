@@ -173,7 +173,7 @@ def gitlab_headers(token: str | bytes | None = GL_SECRET, *, event: str = "Note 
 
 # -- 1. no 500 from any header or body ----------------------------------------------------------
 
-NOT_TEXT = [
+NOT_TEXT: list[str | bytes] = [
     "sha256=" + "é" * 64,                       # UTF-8, not ASCII
     b"sha256=" + b"\xff\xfe" * 32,              # not even UTF-8
     "sha256=" + "0" * 63 + "€",
@@ -193,7 +193,8 @@ async def test_a_signature_header_no_comparison_can_take_is_a_401(github: GitHub
 
 async def test_a_token_header_no_comparison_can_take_is_a_401(gitlab: GitLabBot) -> None:
     body = json.dumps(note(gitlab, "alice", "/pledge 5")).encode()
-    for value in ["é" * 20, b"\xff" * 20, GL_SECRET + "é", "€"]:
+    values: list[str | bytes] = ["é" * 20, b"\xff" * 20, GL_SECRET + "é", "€"]
+    for value in values:
         status, _, text = await raw_post(gitlab.client, "/webhooks/gitlab",
                                          gitlab_headers(value), body)
         assert status == 401, (value, text)
@@ -220,8 +221,10 @@ async def test_a_stripe_signature_no_comparison_can_take_is_a_401(paying: Stripy
     body = json.dumps(STRIPE_EVENT).encode()
     good = paying.stripe.sign(body, WHSEC)
     stamp = good.split(",")[0]
-    for value in [f"{stamp},v1={'é' * 64}", stamp.encode() + b",v1=" + b"\xff" * 64,
-                  good + "é", "t=١٢٣,v1=" + "0" * 64, f"{stamp},v1=,v1"]:
+    signatures: list[str | bytes] = [
+        f"{stamp},v1={'é' * 64}", stamp.encode() + b",v1=" + b"\xff" * 64,
+        good + "é", "t=١٢٣,v1=" + "0" * 64, f"{stamp},v1=,v1"]
+    for value in signatures:
         status, _, text = await raw_post(paying.bot.client, "/webhooks/stripe",
                                          [("Stripe-Signature", value)], body)
         assert status == 401, (value, text)
@@ -334,8 +337,8 @@ async def test_delivery_ids_are_stored_as_given_or_refused(github: GitHubBot,
     assert (await github.post("ping", PING, delivery=longest)).status == 202
     assert [row.delivery_id for row in await github.rows(t.Delivery)] == [longest]
     # Without Idempotency-Key, GitLab's id is the event UUID and the kind: together at most 255.
-    headers = [("X-Gitlab-Event", "Note Hook"), ("X-Gitlab-Token", GL_SECRET),
-               ("X-Gitlab-Event-UUID", "u" * 250)]
+    headers: list[Header] = [("X-Gitlab-Event", "Note Hook"), ("X-Gitlab-Token", GL_SECRET),
+                             ("X-Gitlab-Event-UUID", "u" * 250)]
     assert (await raw_post(gitlab.client, "/webhooks/gitlab", headers, PING))[0] == 400
     assert [row.forge for row in await gitlab.rows(t.Delivery)] == ["github"]
 

@@ -42,7 +42,9 @@ async def tale(engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSessio
 
 
 @pytest.fixture
-async def client(engine: AsyncEngine, tale: Tale) -> AsyncIterator[TestClient[Any, Any]]:
+async def client(engine: AsyncEngine,
+                 tale: Tale,  # noqa: ARG001 - the story's books, written before the API serves
+                 ) -> AsyncIterator[TestClient[Any, Any]]:
     async with serve(engine) as client:
         yield client
 
@@ -158,8 +160,8 @@ async def collect(produce: Any, sessionmaker: Any, **kwargs: Any) -> tuple[bytes
     return b"".join(chunks), len(chunks)
 
 
-async def test_exports_page_through_the_books(tale: Tale,
-                                              sessionmaker: async_sessionmaker[AsyncSession]
+@pytest.mark.usefixtures("tale")
+async def test_exports_page_through_the_books(sessionmaker: async_sessionmaker[AsyncSession]
                                               ) -> None:
     now = datetime(2026, 12, 1, tzinfo=UTC)
     whole, _ = await collect(export_json, sessionmaker, now=now)
@@ -199,8 +201,9 @@ def test_csv_cells_cannot_become_formulas(value: str) -> None:
     assert export._cell("SEPA-42") == "SEPA-42" and export._cell(None) == ""
 
 
+@pytest.mark.usefixtures("tale")
 async def test_an_export_reads_one_snapshot_and_holds_up_no_writer(
-        tale: Tale, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     async def trail(session: AsyncSession) -> int:
         stmt = select(func.count()).select_from(t.AuditEvent)
         return int((await session.exec(stmt)).one())

@@ -194,7 +194,8 @@ async def test_an_apps_comment_is_its_own(fake: FakeGitHub, client: GitHubClient
     assert await client.find_comment(REPO, 7, MARKER) == str(ours)
 
 
-async def test_writes_are_not_throttled(fake: FakeGitHub, client: GitHubClient) -> None:
+@pytest.mark.usefixtures("fake")
+async def test_writes_are_not_throttled(client: GitHubClient) -> None:
     # PyGithub's defaults would wait 1 s between writes: nine seconds here.
     started = time.monotonic()
     for i in range(10):
@@ -372,8 +373,9 @@ async def test_the_installation_token_is_refreshed_before_it_expires(
         assert stale.status == 401
 
 
-async def test_a_jwt_from_the_wrong_key_is_refused(fake: FakeGitHub, app_client: GitHubClient,
-                                                   app_key: tuple[str, str]) -> None:
+@pytest.mark.usefixtures("app_key")
+async def test_a_jwt_from_the_wrong_key_is_refused(fake: FakeGitHub,
+                                                   app_client: GitHubClient) -> None:
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
     fake.add_app(APP_ID, other.public_bytes(serialization.Encoding.PEM,
                                             serialization.PublicFormat.SubjectPublicKeyInfo

@@ -33,20 +33,23 @@ async def test_the_whole_happy_path(bot: GitHubBot):
         await bot.comment(login, f"/pledge {amount}")
     await bot.settle()
     task = await bot.task(1)
+    assert task is not None
     assert task.state == TaskState.FUNDED and task.held().minor == 11050
     await bot.comment("dave", "/claim")
     await bot.comment("erin", "/claim")
     await bot.comment("alice", "/withdraw")
     await bot.settle()
     task = await bot.task(1)
+    assert task is not None
     assert task.state == TaskState.CLAIMED and task.waiting == ["erin"]
     assert task.backer_total("alice", frozenset({PledgeState.HELD})).minor == 6000
     await bot.pull_request("opened", "dave", 77, "Fixes #1\n\nAll done.")
     await bot.settle()
-    assert (await bot.task(1)).state == TaskState.IN_REVIEW
+    assert (await bot.existing_task(1)).state == TaskState.IN_REVIEW
     await bot.pull_request("closed", "dave", 77, "Fixes #1\n\nAll done.", merged=True)
     await bot.settle()
     task = await bot.task(1)
+    assert task is not None
     assert task.state == TaskState.DONE
     assert [(p.developer, p.amount.minor, p.state) for p in task.payouts] == [
         ("dave", 11050, PayoutState.PENDING)]
@@ -75,6 +78,7 @@ async def test_a_non_maintainer_cannot_set_the_goal(bot: GitHubBot):
     await bot.comment("mallory", "/goal 5")
     await bot.settle()
     task = await bot.task(1)
+    assert task is not None
     assert task.goal is None
     (reply,) = [c for c in bot.bot_comments(1) if "bountybot:summary" not in c.body]
     assert "maintainer" in reply.body
@@ -92,7 +96,7 @@ async def test_a_redelivery_changes_nothing(bot: GitHubBot):
     await bot.settle()
     assert (first.status, again.status) == (202, 200)
     assert (await again.json())["status"] == "duplicate"
-    assert len((await bot.task(1)).pledges) == 1
+    assert len((await bot.existing_task(1)).pledges) == 1
     assert len(bot.fake.writes()) == writes
     assert len(await bot.rows(t.Delivery)) == 2  # the label and the comment
 
@@ -145,11 +149,13 @@ async def test_a_merge_by_someone_else_asks_for_an_award(bot: GitHubBot):
     await bot.pull_request("closed", "frank", 80, "fixes #1", merged=True)
     await bot.settle()
     task = await bot.task(1)
+    assert task is not None
     assert task.state == TaskState.CLAIMED and not task.payouts
     assert any("/award @frank" in c.body for c in bot.bot_comments(1))
     await bot.comment("maya", "/award @frank 70% @dave 30%")
     await bot.settle()
     task = await bot.task(1)
+    assert task is not None
     assert task.state == TaskState.DONE
     assert [(p.developer, p.amount.minor) for p in task.payouts] == [("frank", 700),
                                                                      ("dave", 300)]
@@ -162,6 +168,7 @@ async def test_closed_as_not_planned_refunds_everyone(bot: GitHubBot):
     await bot.close_issue(1, "not_planned")
     await bot.settle()
     task = await bot.task(1)
+    assert task is not None
     assert task.state == TaskState.CANCELLED
     assert {p.state for p in task.pledges} == {PledgeState.REFUNDED}
     assert any("refunded" in c.body for c in bot.bot_comments(1))
@@ -174,12 +181,16 @@ async def test_a_pull_request_closed_unmerged_returns_the_claim(bot: GitHubBot):
     await bot.comment("dave", "/claim")
     await bot.pull_request("opened", "dave", 5, "Closes #1")
     await bot.settle()
-    assert (await bot.task(1)).live_claim().state == ClaimState.IN_REVIEW
+    claim = (await bot.existing_task(1)).live_claim()
+    assert claim is not None and claim.state == ClaimState.IN_REVIEW
     await bot.pull_request("closed", "dave", 5, "Closes #1", merged=False)
     await bot.settle()
     task = await bot.task(1)
+    assert task is not None
     assert task.state == TaskState.CLAIMED
-    assert task.live_claim().state == ClaimState.ACTIVE and task.live_claim().expires_at
+    claim = task.live_claim()
+    assert claim is not None
+    assert claim.state == ClaimState.ACTIVE and claim.expires_at
     assert task.links[0].state == LinkState.CLOSED
 
 
@@ -188,7 +199,7 @@ async def test_bots_are_never_read(bot: GitHubBot):
     await bot.comment("dependabot[bot]", "/pledge 10", user_type="Bot")
     await bot.comment("bountybot", "/pledge 10")
     await bot.settle()
-    assert (await bot.task(1)).pledges == []
+    assert (await bot.existing_task(1)).pledges == []
 
 
 async def test_a_burst_of_pledges_stays_inside_the_write_budget(db_url, github_server):
@@ -214,7 +225,7 @@ async def test_a_burst_of_pledges_stays_inside_the_write_budget(db_url, github_s
         await asyncio.sleep(2)
         writes = bot.fake.writes()
         assert len(writes) <= 12  # the minute's whole budget, and fewer than the comments
-        assert (await bot.task(1)).held().minor == 10000
+        assert (await bot.existing_task(1)).held().minor == 10000
         rows = await bot.rows(t.Outbox)
         reactions = [o for o in rows if o.kind == "reaction"]
         assert any(o.state == t.OutboxState.SKIPPED for o in reactions)

@@ -255,9 +255,8 @@ async def test_the_maintainer_level_is_configurable(fake: FakeGitLab) -> None:
         await gl.close()
 
 
-async def test_a_missing_project_is_an_error_not_a_non_maintainer(
-    fake: FakeGitLab, client: GitLabClient
-) -> None:
+@pytest.mark.usefixtures("fake")
+async def test_a_missing_project_is_an_error_not_a_non_maintainer(client: GitLabClient) -> None:
     err = await failing(client.is_maintainer(RepoRef("gitlab", "999", "gone/away"), "carol"))
     assert (err.status, err.retryable) == (404, False)
 

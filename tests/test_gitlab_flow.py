@@ -33,19 +33,22 @@ async def test_the_whole_happy_path_in_a_subgroup_project(bot: GitLabBot):
         await bot.comment(login, f"/pledge {amount}")
     await bot.settle()
     task = await bot.task(1)
+    assert task is not None
     assert task.repo == PROJECT and task.state == TaskState.FUNDED
     await bot.comment("dave", "/claim")
     await bot.comment("frank", "/claim")
     await bot.comment("alice", "/withdraw")
     await bot.settle()
     task = await bot.task(1)
+    assert task is not None
     assert task.state == TaskState.CLAIMED and task.waiting == ["frank"]
     await bot.pull_request("opened", "dave", 3, "Closes #1")
     await bot.settle()
-    assert (await bot.task(1)).state == TaskState.IN_REVIEW
+    assert (await bot.existing_task(1)).state == TaskState.IN_REVIEW
     await bot.pull_request("closed", "dave", 3, "Closes #1", merged=True)
     await bot.settle()
     task = await bot.task(1)
+    assert task is not None
     assert task.state == TaskState.DONE
     assert [(p.developer, p.amount.minor, p.state) for p in task.payouts] == [
         ("dave", 11050, PayoutState.PENDING)]
@@ -66,7 +69,7 @@ async def test_a_non_maintainer_cannot_set_the_goal(bot: GitLabBot):
     await bot.label(1)
     await bot.comment("mallory", "/goal 5")
     await bot.settle()
-    assert (await bot.task(1)).goal is None
+    assert (await bot.existing_task(1)).goal is None
     (reply,) = [n for n in bot.bot_comments(1) if "bountybot:summary" not in n.body]
     assert "maintainer" in reply.body
 
@@ -80,7 +83,7 @@ async def test_a_redelivery_changes_nothing_and_old_note_hooks_are_read(bot: Git
     again = await bot.post_gitlab("Note Hook", stored[0].payload.encode(), key="idem-1")
     await bot.settle()
     assert (first.status, again.status) == (202, 200)
-    assert len((await bot.task(1)).pledges) == 1
+    assert len((await bot.existing_task(1)).pledges) == 1
     assert len(bot.gitlab.writes()) == writes
 
 
@@ -118,11 +121,12 @@ async def test_a_merge_by_someone_else_asks_for_an_award(bot: GitLabBot):
     await bot.pull_request("closed", "frank", 8, "Fixes commons/sub/garden#1", merged=True)
     await bot.settle()
     task = await bot.task(1)
+    assert task is not None
     assert task.state == TaskState.CLAIMED and not task.payouts
     assert any("/award @frank" in n.body for n in bot.bot_comments(1))
     await bot.comment("maya", "/award @frank")
     await bot.settle()
-    assert (await bot.task(1)).state == TaskState.DONE
+    assert (await bot.existing_task(1)).state == TaskState.DONE
 
 
 async def test_a_closed_issue_can_be_cancelled_and_everyone_refunded(bot: GitLabBot):
@@ -132,17 +136,18 @@ async def test_a_closed_issue_can_be_cancelled_and_everyone_refunded(bot: GitLab
     await bot.comment("alice", "/pledge 10")
     await bot.close_issue(1)
     await bot.settle()
-    assert (await bot.task(1)).state == TaskState.FUNDED
+    assert (await bot.existing_task(1)).state == TaskState.FUNDED
     assert any("/cancel" in n.body for n in bot.bot_comments(1))
     await bot.comment("maya", "/cancel")
     await bot.settle()
     task = await bot.task(1)
+    assert task is not None
     assert task.state == TaskState.CANCELLED and task.pledges[0].state == PledgeState.REFUNDED
     await bot.label(2)
     await bot.comment("bob", "/pledge 7", number=2)
     await bot.label(2, action="unlabeled")
     await bot.settle()
-    assert (await bot.task(2)).state == TaskState.CANCELLED
+    assert (await bot.existing_task(2)).state == TaskState.CANCELLED
     assert (await run_audit(bot.app[SESSIONMAKER])).ok
 
 
@@ -152,11 +157,14 @@ async def test_a_merge_request_closed_unmerged_returns_the_claim(bot: GitLabBot)
     await bot.comment("dave", "/claim")
     await bot.pull_request("opened", "dave", 5, "Resolves #1")
     await bot.settle()
-    assert (await bot.task(1)).live_claim().state == ClaimState.IN_REVIEW
+    claim = (await bot.existing_task(1)).live_claim()
+    assert claim is not None and claim.state == ClaimState.IN_REVIEW
     await bot.pull_request("closed", "dave", 5, "Resolves #1", merged=False)
     await bot.settle()
     task = await bot.task(1)
-    assert task.live_claim().state == ClaimState.ACTIVE
+    assert task is not None
+    claim = task.live_claim()
+    assert claim is not None and claim.state == ClaimState.ACTIVE
     assert task.links[0].state == LinkState.CLOSED
 
 

@@ -105,7 +105,7 @@ async def test_a_merge_in_another_repo_pays_nobody_until_a_maintainer_awards(bot
             action, "dave", 3, body, repo="mallory/sandbox", repo_id=555, merged=merged))
         assert response.status == 202
         await bot.settle()
-        task = await bot.task(16)
+        task = await bot.existing_task(16)
         # Not even the claim's clock stops for a pull request in a repo of one's own.
         assert task.state == TaskState.CLAIMED and task.claims[0].state == ClaimState.ACTIVE
     assert task.payouts == [] and task.held().minor == 10000
@@ -116,7 +116,7 @@ async def test_a_merge_in_another_repo_pays_nobody_until_a_maintainer_awards(bot
     # A maintainer of the task's repo who accepts the work confirms it.
     await bot.comment("maya", "/award @dave", 16)
     await bot.settle()
-    task = await bot.task(16)
+    task = await bot.existing_task(16)
     assert task.state == TaskState.DONE
     assert [(p.developer, p.amount.minor) for p in task.payouts] == [("dave", 10000)]
     await audited(bot)
@@ -133,12 +133,14 @@ async def test_a_pull_request_numbered_like_one_of_the_repo_stays_apart(bot: Git
     await bot.pull_request("opened", "dave", 5, "Fixes #17")
     await bot.settle()
     task = await bot.task(17)
+    assert task is not None
     assert task.state == TaskState.IN_REVIEW and task.payouts == []
     assert sorted((li.repo_path, li.state) for li in task.links) == [
         ("", LinkState.OPEN), ("mallory/sandbox", LinkState.MERGED)]
     await bot.pull_request("closed", "dave", 5, "Fixes #17", merged=True)
     await bot.settle()
     task = await bot.task(17)
+    assert task is not None
     assert task.state == TaskState.DONE and [p.developer for p in task.payouts] == ["dave"]
 
 
@@ -166,6 +168,7 @@ async def test_a_reference_never_crosses_forges(db_url: str, github_server: Fake
         assert (await bot.post_gitlab("Merge Request Hook", data)).status == 202
         await bot.settle()
         after = await GitHubBot.task(bot, 16)
+        assert after is not None
         assert after.state == TaskState.CLAIMED and after.links == [] and after.payouts == []
     finally:
         await bot.close()
@@ -180,12 +183,13 @@ async def test_editing_a_merged_pull_request_links_and_pays_nothing(bot: GitHubB
     await bot.pull_request("opened", "dave", 60, "Fixes #20")
     await bot.pull_request("closed", "dave", 60, "Fixes #20", merged=True)
     await bot.settle()
-    assert (await bot.task(20)).state == TaskState.DONE
+    assert (await bot.existing_task(20)).state == TaskState.DONE
     edited = pull_payload("edited", "dave", 60, "Fixes #20\nFixes #21", merged=True,
                           before="Fixes #20")
     assert (await bot.post("pull_request", edited)).status == 202
     await bot.settle()
     task = await bot.task(21)
+    assert task is not None
     assert task.state == TaskState.CLAIMED and task.links == []
     assert task.claims[0].expires_at is not None  # the claim's clock still runs
     # Reconciliation reads today's text of the merged pull request: the edit made after the
@@ -196,8 +200,9 @@ async def test_editing_a_merged_pull_request_links_and_pays_nothing(bot: GitHubB
     bot.fake.edit_pull(REPO, 60, "Fixes #20\nFixes #21")
     await sync(bot)
     task = await bot.task(21)
+    assert task is not None
     assert task.state == TaskState.CLAIMED and task.links == [] and task.payouts == []
-    assert [p.developer for p in (await bot.task(20)).payouts] == ["dave"]
+    assert [p.developer for p in (await bot.existing_task(20)).payouts] == ["dave"]
     await audited(bot)
 
 
@@ -214,8 +219,9 @@ async def test_a_merge_found_by_reconciliation_after_an_edit_pays_what_was_linke
     bot.forge_clock.move(5)  # type: ignore[attr-defined]
     bot.fake.edit_pull(REPO, 61, "Fixes #22, fixes #23")
     await sync(bot)
-    assert (await bot.task(22)).state == TaskState.DONE
+    assert (await bot.existing_task(22)).state == TaskState.DONE
     task = await bot.task(23)
+    assert task is not None
     assert task.state == TaskState.CLAIMED and task.links == [] and task.payouts == []
 
 
@@ -255,6 +261,7 @@ async def test_a_pledge_edited_in_after_a_lost_webhook_counts_once(bot: GitHubBo
     await bot.post("issue_comment", comment_payload("created", cid, "alice", "/pledge 20", 30))
     await bot.settle()
     task = await bot.task(30)
+    assert task is not None
     assert task.backer_total("alice", HELD).minor == 5000  # what the comment says: €50
     await audited(bot)
 
@@ -272,6 +279,7 @@ async def test_an_edit_adds_commands_only_when_its_author_makes_it(bot: GitHubBo
     await bot.settle()
     await sync(bot)  # an edited comment is not read by reconciliation either
     task = await bot.task(31)
+    assert task is not None
     assert task.backer_total("alice", HELD).minor == 2000
     handled = [d for d in await bot.rows(t.Delivery) if d.event == "issue_comment"]
     assert any("other than the comment's author" in (d.error or "") for d in handled)
@@ -281,7 +289,7 @@ async def test_an_edit_adds_commands_only_when_its_author_makes_it(bot: GitHubBo
     await bot.post("issue_comment", comment_payload("edited", cid, "alice", edited.body, 31,
                                                     before="/pledge 20\n/pledge 9000"))
     await bot.settle()
-    assert (await bot.task(31)).backer_total("alice", HELD).minor == 2500
+    assert (await bot.existing_task(31)).backer_total("alice", HELD).minor == 2500
 
 
 async def test_a_redelivered_comment_under_a_new_id_counts_once(bot: GitHubBot):
@@ -291,7 +299,7 @@ async def test_a_redelivered_comment_under_a_new_id_counts_once(bot: GitHubBot):
     for _ in range(3):  # GitHub's redelivery keeps the id; a replayed body has a new one
         await bot.post("issue_comment", data)
     await bot.settle()
-    assert (await bot.task(32)).backer_total("bob", HELD).minor == 1400
+    assert (await bot.existing_task(32)).backer_total("bob", HELD).minor == 1400
     replies = [c for c in bot.bot_comments(32) if "bountybot:summary" not in c.body]
     assert replies == []
 
@@ -310,7 +318,7 @@ async def test_an_issue_number_no_forge_gives_changes_nothing_and_stops_nothing(
     await bot.label(40)
     await bot.comment("alice", "/pledge 5", 40)
     await bot.settle()
-    assert (await bot.task(40)).held().minor == 500
+    assert (await bot.existing_task(40)).held().minor == 500
     deliveries = await bot.rows(t.Delivery)
     assert all(d.state == t.DeliveryState.HANDLED for d in deliveries)
     async with bot.app[SESSIONMAKER]() as session:
@@ -327,6 +335,7 @@ async def test_thousands_of_command_lines_are_ten_commands_and_one_short_reply(b
     await bot.comment("bob", "\n".join(["/pledge 1x"] * 7000), 50)  # all refused
     await bot.settle()
     task = await bot.task(50)
+    assert task is not None
     assert task.backer_total("alice", HELD).minor == 1000  # the first ten
     replies = [c.body for c in bot.bot_comments(50) if "bountybot:summary" not in c.body]
     assert len(replies) == 2 and all(len(body) < 65_536 for body in replies)
@@ -343,12 +352,14 @@ async def test_logins_compare_without_case(bot: GitHubBot):
     await bot.comment("dave", "/unclaim @DAVE", 60)  # his own claim, in capitals
     await bot.settle()
     task = await bot.task(60)
+    assert task is not None
     assert [c.state for c in task.claims] == [ClaimState.RELEASED, ClaimState.ACTIVE]
     assert task.claims[1].developer == "erin"
     await bot.comment("ERIN", "/claim", 60)  # already hers
     await bot.comment("maya", "/award @ERIN", 60)
     await bot.settle()
     task = await bot.task(60)
+    assert task is not None
     assert [p.developer for p in task.payouts] == ["erin"]  # as the task knows her
     await audited(bot)
 
@@ -361,6 +372,7 @@ async def test_the_bot_and_logins_with_no_account_cannot_be_awarded(bot: GitHubB
     await bot.comment("maya", "/award @dave 50% @renovate[bot] 50%", 61)
     await bot.settle()
     task = await bot.task(61)
+    assert task is not None
     assert task.state == TaskState.CLAIMED and task.payouts == []
     replies = "\n".join(c.body for c in bot.bot_comments(61))
     assert "@bountybot is a bot" in replies, replies
@@ -380,7 +392,7 @@ async def test_a_gitlab_note_is_applied_only_as_the_api_shows_it(db_url: str,
         await bot.comment("alice", "/pledge 50", 3)
         await bot.comment("dave", "/claim", 3)
         await bot.settle()
-        assert (await bot.task(3)).state == TaskState.CLAIMED
+        assert (await bot.existing_task(3)).state == TaskState.CLAIMED
 
         async def forged(note_id: int, login: str, body: str) -> None:
             data = payload("gitlab", "note_hook.issue.create")
@@ -400,12 +412,14 @@ async def test_a_gitlab_note_is_applied_only_as_the_api_shows_it(db_url: str,
         one = gitlab_server.add_note(PROJECT_ID, 3, "/pledge 1", username="alice")
         await forged(one, "alice", "\n".join(["/pledge 1"] * 10))
         task = await bot.task(3)
+        assert task is not None
         assert task.state == TaskState.CLAIMED and task.payouts == []
         assert task.backer_total("alice", HELD).minor == 5100
         # The maintainer's real note is applied.
         await bot.comment("maya", "/award @dave", 3)
         await bot.settle()
         task = await bot.task(3)
+        assert task is not None
         assert task.state == TaskState.DONE and [p.developer for p in task.payouts] == ["dave"]
     finally:
         await bot.close()

@@ -67,6 +67,7 @@ async def test_promise_confirm_merge_due_paid_audit_and_statements(bot: GitHubBo
 
     # Promises only: nothing is held, nothing is in the books, and the summary says who waits.
     task = await bot.task(1)
+    assert task is not None
     assert task.state == TaskState.OPEN and task.held().minor == 0
     assert [p.state for p in task.pledges] == [PledgeState.PENDING] * 3 + [PledgeState.WITHDRAWN]
     assert await bot.rows(t.LedgerTransaction) == []
@@ -89,6 +90,7 @@ async def test_promise_confirm_merge_due_paid_audit_and_statements(bot: GitHubBo
     assert "confirmed: held in escrow" in capsys.readouterr().out
     await bot.settle()
     task = await bot.task(1)
+    assert task is not None
     assert task.held().minor == 6000 and task.state == TaskState.OPEN
     text = summary(bot)
     assert "€60.00 pledged of €100.00" in text
@@ -102,7 +104,7 @@ async def test_promise_confirm_merge_due_paid_audit_and_statements(bot: GitHubBo
     assert refusal(capsys) == "bountybot: pledges confirm: there is no pledge 999999"
     # All or nothing: one bad id in the list confirms none of them.
     assert await cli("pledges", "confirm", str(ids["bob"]), "999999") == 1
-    assert (await bot.task(1)).held().minor == 6000
+    assert (await bot.existing_task(1)).held().minor == 6000
     assert await cli("pledges", "confirm") == 2
     capsys.readouterr()
 
@@ -112,6 +114,7 @@ async def test_promise_confirm_merge_due_paid_audit_and_statements(bot: GitHubBo
     assert capsys.readouterr().out.count("confirmed: held in escrow") == 2
     await bot.settle()
     task = await bot.task(1)
+    assert task is not None
     assert task.state == TaskState.FUNDED and task.held().minor == 10000
     assert "not counted" not in summary(bot) and "funded" in summary(bot)
     assert await cli("pledges", "confirm", "--task", str(task.id)) == 1
@@ -132,6 +135,7 @@ async def test_promise_confirm_merge_due_paid_audit_and_statements(bot: GitHubBo
     await bot.pull_request("closed", "dave", 77, "Fixes #1", merged=True)
     await bot.settle()
     task = await bot.task(1)
+    assert task is not None
     assert task.state == TaskState.DONE
     (payout,) = task.payouts
     assert (payout.developer, payout.amount.minor, payout.state) == (
@@ -204,7 +208,7 @@ async def test_a_cancel_refunds_in_the_books_and_the_statement_says_so(db_url, g
         await bot.comment("alice", "/pledge 5")
         await bot.comment("maya", "/cancel")
         await bot.settle()
-        assert (await bot.task(1)).state == TaskState.CANCELLED
+        assert (await bot.existing_task(1)).state == TaskState.CANCELLED
         alice = await (await bot.client.get("/api/v1/statements/github/backers/alice")).json()
         moves = [(m["what"], m["amount"]["amount"]) for m in alice["movements"]]
         # In time order; each pledge's own story in the order its money moved.

@@ -137,7 +137,7 @@ async def recompute(sessionmaker: Any, month: date, now: datetime) -> dict[str, 
     def at(x: Any) -> datetime:
         return x.created_at if x.created_at.tzinfo else x.created_at.replace(tzinfo=UTC)
 
-    out = defaultdict(int)
+    out: dict[str, int] = defaultdict(int)
     committed: dict[int | None, int] = defaultdict(int)
     for e in entries:
         txn = txns[e.transaction_id]
@@ -198,20 +198,20 @@ def test_monthly_figures_equal_the_ledger_for_random_stories(db_url: str) -> Non
             last = date(now.year, now.month, 1)
             repo_id = (await session.exec(select(t.Repo.id))).first()
             for where in (None, repo_id):
-                want = [await month_figures(session, where, m, now=now)
-                        for m in previous_months(last, checked + 1)]
+                months = [await month_figures(session, where, m, now=now)
+                          for m in previous_months(last, checked + 1)]
                 got_all = await history(session, where, last, checked + 1, now=now)
-                assert got_all[0] == want[0], script
+                assert got_all[0] == months[0], script
                 assert got_all[1:] == [replace(m, tasks=(), payouts=(), refunds=())
-                                       for m in want[1:]], script
+                                       for m in months[1:]], script
                 bare = await history(session, where, last, checked + 1, now=now, detail=False)
-                assert bare == [replace(m, tasks=(), payouts=(), refunds=()) for m in want]
+                assert bare == [replace(m, tasks=(), payouts=(), refunds=()) for m in months]
                 # A window that ends before the last month (an older needs page).
                 if checked > 1:
                     older = await history(session, where, previous_months(last, 2)[1], 2,
                                           now=now)
-                    assert older[0] == want[1], script
-                    assert older[1] == replace(want[2], tasks=(), payouts=(), refunds=())
+                    assert older[0] == months[1], script
+                    assert older[1] == replace(months[2], tasks=(), payouts=(), refunds=())
         assert checked >= 1
 
     @settings(max_examples=25, deadline=None,

@@ -138,8 +138,9 @@ async def site(db_url: str, github_server: FakeGitHub) -> AsyncIterator[tuple[Gi
         await bot.close()
 
 
-async def get(client: Any, path: str, status: int = 200, **headers: str) -> Page:
-    response = await client.get(path, headers=headers, allow_redirects=False)
+async def get(client: Any, path: str, *, status: int = 200,
+              headers: dict[str, str] | None = None) -> Page:
+    response = await client.get(path, headers=headers or {}, allow_redirects=False)
     assert response.status == status, (path, response.status, await response.text())
     page = Page(await response.text())
     assert page.scripts == 0  # no script, image or outside stylesheet, ever
@@ -188,7 +189,7 @@ async def test_the_monthly_appeal_in_french(site: Any) -> None:
     for path, headers in ((f"{BASE}/-/needs/{last:%Y-%m}?lang=fr", {}),
                           (f"{BASE}/-/needs/{last:%Y-%m}",
                            {"Accept-Language": "de;q=1, fr-CA;q=0.8, en;q=0.5"})):
-        page = await get(client, path, **headers)
+        page = await get(client, path, headers=headers)
         assert page.lang == "fr"
         assert re.search(rf"150,00{SPACE}€ demandés pour 2 tâches, 100,00{SPACE}€ financés"
                          rf" \(66{SPACE}%\), il a manqué 50,00{SPACE}€\.", page.words), page.words
@@ -254,15 +255,15 @@ async def test_short_links_redirect_and_unknowns_are_404_in_the_readers_language
     [task3] = [r for r in await bot.rows(t.Task) if r.number == 3]
     response = await client.get(f"/tasks/{task3.id}", allow_redirects=False)
     assert response.status == 301 and response.headers["Location"] == f"{BASE}/-/issues/3"
-    page = await get(client, "/tasks/999999", 404)
+    page = await get(client, "/tasks/999999", status=404)
     assert "No task 999999." in page.words
-    page = await get(client, f"{BASE}/-/issues/42", 404, **{"Accept-Language": "fr"})
+    page = await get(client, f"{BASE}/-/issues/42", status=404, headers={"Accept-Language": "fr"})
     assert page.lang == "fr" and f"Aucune prime sur le ticket #42 de {REPO}." in page.words
-    page = await get(client, "/github/nobody/nothing?lang=fr", 404)
+    page = await get(client, "/github/nobody/nothing?lang=fr", status=404)
     assert "Aucun projet public nobody/nothing sur github." in page.words
-    page = await get(client, f"{BASE}/-/needs/2999-01", 404)
+    page = await get(client, f"{BASE}/-/needs/2999-01", status=404)
     assert "No appeal for 2999-01." in page.words
-    page = await get(client, "/no/such/page", 404)
+    page = await get(client, "/no/such/page", status=404)
     assert "There is no page at this address." in page.words
 
 
@@ -275,9 +276,9 @@ async def test_private_repos_never_appear(site: Any) -> None:
     assert BASE not in page.links and f"{BASE}/-/issues/3" not in page.links
     assert "Codertocat" not in page.words and "nothing asked" in page.words
     for path in (BASE, f"{BASE}/-/needs", f"{BASE}/-/issues/1"):
-        await get(client, path, 404)
+        await get(client, path, status=404)
     [task1] = [r for r in await bot.rows(t.Task) if r.number == 1]
-    await get(client, f"/tasks/{task1.id}", 404)
+    await get(client, f"/tasks/{task1.id}", status=404)
     # Published by its operator, it is shown again.
     async with bot.app[SESSIONMAKER]() as session:
         await session.exec(update(t.Repo).values(published=True))  # type: ignore[call-overload]

@@ -53,7 +53,7 @@ async def dead_transfer(p: Stripy) -> tuple[str, int, t.PaymentOp]:
         await p.settle()
     (op,) = await p.ops("transfer")
     assert op.state == Dead and op.attempts == 4, (op.state, op.attempts, op.last_error)
-    (payout,) = (await p.bot.task(1)).payouts
+    (payout,) = (await p.bot.existing_task(1)).payouts
     assert payout.state == PayoutState.FAILED
     return account, payout_id, op
 
@@ -105,7 +105,7 @@ async def test_a_dead_transfer_is_listed_retried_by_hand_and_paid_once(paying: S
     sent = stripe.recorded("POST", "/v1/transfers")
     assert len(sent) == 5 and {r.headers["idempotency-key"] for r in sent} == {key}
     assert len({json.dumps(r.json, sort_keys=True) for r in sent}) == 1  # the same request
-    (payout,) = (await p.bot.task(1)).payouts
+    (payout,) = (await p.bot.existing_task(1)).payouts
     assert payout.state == PayoutState.PAID and payout.reference == transfer["id"]
     assert stripe.balance(account) == {"eur": 5000}
     (op,) = await p.ops("transfer")
@@ -162,7 +162,7 @@ async def test_a_dead_transfer_that_reached_stripe_is_revived_and_not_paid_twice
     assert len(stripe.recorded("POST", "/v1/transfers")) == 1  # never sent again
     (asked,) = stripe.recorded("GET", "/v1/transfers")[3:]
     assert asked.query["transfer_group"] == f"payout-{payout_id}"
-    (payout,) = (await p.bot.task(1)).payouts
+    (payout,) = (await p.bot.existing_task(1)).payouts
     assert payout.state == PayoutState.PAID and payout.reference == made["id"]
     assert stripe.balance(account) == {"eur": 5000}
     await p.audit()
@@ -187,8 +187,8 @@ async def test_a_dead_transfer_paid_by_hand_since_is_not_retried(paying: Stripy,
     assert not stripe.transfers
 
 
-async def test_a_revived_transfer_is_not_sent_once_its_payout_is_paid_by_hand(paying: Stripy,
-                                                                              capsys):
+@pytest.mark.usefixtures("capsys")
+async def test_a_revived_transfer_is_not_sent_once_its_payout_is_paid_by_hand(paying: Stripy):
     """Revived, then marked paid before the worker gets to it: it is not sent."""
     p, stripe = paying, paying.stripe
     stripe.fail_next("POST", TRANSFERS, 503, times=4)
@@ -199,7 +199,7 @@ async def test_a_revived_transfer_is_not_sent_once_its_payout_is_paid_by_hand(pa
     assert not stripe.transfers
     (op,) = await p.ops("transfer")
     assert (op.state, op.status) == (t.PaymentOpState.DONE, "not_needed")
-    (payout,) = (await p.bot.task(1)).payouts
+    (payout,) = (await p.bot.existing_task(1)).payouts
     assert payout.state == PayoutState.PAID and payout.reference == "SEPA-8"
 
 
@@ -214,7 +214,7 @@ async def test_a_revived_transfer_that_dies_again_leaves_the_payout_failed(payin
         await p.settle()
     (op,) = await p.ops("transfer")
     assert op.state == Dead and op.attempts == 4
-    (payout,) = (await p.bot.task(1)).payouts
+    (payout,) = (await p.bot.existing_task(1)).payouts
     assert payout.state == PayoutState.FAILED
     assert not stripe.transfers
     assert await run("payments", "--state", "dead") == 0

@@ -93,7 +93,9 @@ async def books(sessionmaker: async_sessionmaker[AsyncSession]) -> Books:
 
 
 @pytest.fixture
-async def client(engine: AsyncEngine, books: Books) -> AsyncIterator[TestClient[Any, Any]]:
+async def client(engine: AsyncEngine,
+                 books: Books,  # noqa: ARG001 - the books, written before the app serves
+                 ) -> AsyncIterator[TestClient[Any, Any]]:
     app = create_app(settings(), engine=engine, features=[setup])
     async with TestClient(TestServer(app)) as client:
         yield client

@@ -13,6 +13,7 @@ from test_stripe_flow import Stripy, merged, onboarded, pledged
 
 from bountybot.payments.provider_audit import ProviderReport, audit_provider
 from bountybot.resources import SESSIONMAKER
+from bountybot.rules import Pledge
 from bountybot.states import PayoutState, PledgeState
 from bountybot.storage import tables as t
 from bountybot.storage.books import run_audit
@@ -23,12 +24,12 @@ from github_harness import MAINTAINER
 STRIPE_ID = re.compile(r"/(?:cs_test|pi|ch|re|dp|tr|acct)_\w+$")
 
 
-async def pledges(p: Stripy) -> dict[str, t.Pledge]:
+async def pledges(p: Stripy) -> dict[str, Pledge]:
     """The task's pledges by backer."""
-    return {pl.backer: pl for pl in (await p.bot.task(1)).pledges}
+    return {pl.backer: pl for pl in (await p.bot.existing_task(1)).pledges}
 
 
-def intent(p: Stripy, pledge: t.Pledge) -> str:
+def intent(p: Stripy, pledge: Pledge) -> str:
     """The payment intent that paid a pledge."""
     (session,) = [s for s in p.stripe.sessions.values()
                   if s["metadata"]["pledge_id"] == str(pledge.id)]
@@ -80,7 +81,7 @@ async def test_a_paid_out_pledge_refunded_in_part_is_reported(paying: Stripy):  
     await pledged(p, ("alice", "50"))
     await merged(p)
     await onboarded(p)
-    (payout,) = (await p.bot.task(1)).payouts
+    (payout,) = (await p.bot.existing_task(1)).payouts
     assert payout.state == PayoutState.PAID
     alice = (await pledges(p))["alice"]
     assert alice.state == PledgeState.PAID_OUT

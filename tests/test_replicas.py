@@ -580,7 +580,12 @@ async def test_a_replica_killed_mid_burst_loses_and_repeats_nothing(
         deliveries = burst(fake, random.Random(7))
         started = time.monotonic()
         sender = Sender(cluster, session)
-        sender.hooks.append(lambda _: sum(sender.log.sent_to.values()) >= 100 and armed.set())
+
+        def arm(_: Any) -> None:
+            if sum(sender.log.sent_to.values()) >= 100:
+                armed.set()
+
+        sender.hooks.append(arm)
         # Paced (~75 a second), so that the replies to the first refusals come while POSTs
         # still go out; and from the 150th on, held until the kill: half the burst comes after.
         fallback = asyncio.create_task(kill_anyway())
@@ -628,7 +633,8 @@ async def test_a_task_another_replica_creates_meanwhile_is_tried_again_at_once(
     await other.__aenter__()
     other.session.add(t.Task(repo_id=repo_id, number=1, currency="EUR"))
     await other.session.flush()
-    holder = (await other.session.exec(text("SELECT pg_backend_pid()"))).one()[0]
+    holder = (await other.session.exec(text("SELECT pg_backend_pid()"))  # type: ignore[call-overload]
+              ).one()[0]
     handling = asyncio.create_task(worker.run_once())
     await waiting_for_a_lock(pg, holder)  # the worker's insert waits on the other's
     await other.__aexit__(None, None, None)
@@ -662,7 +668,9 @@ async def test_what_is_a_clash_between_transactions(pg: AsyncEngine) -> None:
         (lost,) = [task for task in done if task.exception()]
         await crossed[lost].rollback()  # the other one gets its lock now
         await asyncio.gather(*waiting)
-        assert is_conflict(lost.exception())
+        error = lost.exception()
+        assert error is not None
+        assert is_conflict(error)
     sessionmaker = create_sessionmaker(pg)
     with pytest.raises(Exception) as twice:
         async with UnitOfWork(sessionmaker) as uow:

@@ -7,6 +7,8 @@ arrow of DESIGN.md's diagrams (the tables in `bountybot.states`).
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -75,12 +77,12 @@ class BountyMachine(RuleBasedStateMachine):
         return any((old, mid) in moves and (mid, new) in moves
                    for moves in table for (_, mid) in moves)
 
-    def snapshot(self) -> dict[tuple[str, int | None], object]:
+    def snapshot(self) -> dict[tuple[str, int | None], StrEnum]:
         story = self.story
         if story is None or story.books.get(story.issue) is None:
             return {}
         t = story.task
-        shot: dict[tuple[str, int | None], object] = {("task", t.id): t.state}
+        shot: dict[tuple[str, int | None], StrEnum] = {("task", t.id): t.state}
         shot.update({("pledge", p.id): p.state for p in t.pledges})
         shot.update({("claim", c.id): c.state for c in t.claims})
         shot.update({("payout", p.id): p.state for p in t.payouts})
@@ -203,10 +205,11 @@ class BountyMachine(RuleBasedStateMachine):
     def mark_paid(self, index: int, again: bool) -> None:
         assert self.story is not None
         payouts = self.story.task.payouts
-        payout = payouts[index % len(payouts)]
-        self.step(lambda s: s.event(PayoutPaid(payout.id, f"ref-{payout.id}")))
+        payout_id = payouts[index % len(payouts)].id
+        assert payout_id is not None
+        self.step(lambda s: s.event(PayoutPaid(payout_id, f"ref-{payout_id}")))
         if again:
-            self.step(lambda s: s.event(PayoutPaid(payout.id, "again")))
+            self.step(lambda s: s.event(PayoutPaid(payout_id, "again")))
 
     @precondition(lambda self: self.story is not None and self.story.books.get(
         self.story.issue) is not None and bool(self.story.task.pledges))
@@ -214,8 +217,9 @@ class BountyMachine(RuleBasedStateMachine):
     def confirm(self, index: int) -> None:
         assert self.story is not None
         pledges = self.story.task.pledges
-        pledge = pledges[index % len(pledges)]
-        self.step(lambda s: s.event(PledgeConfirmed(pledge.id), actor="maya"))
+        pledge_id = pledges[index % len(pledges)].id
+        assert pledge_id is not None
+        self.step(lambda s: s.event(PledgeConfirmed(pledge_id), actor="maya"))
 
     @invariant()
     def books_balance(self) -> None:

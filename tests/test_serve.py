@@ -175,7 +175,8 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     root.setLevel(level)
 
 
-def test_db_upgrade_then_audit(cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.usefixtures("cli_env")
+def test_db_upgrade_then_audit(capsys: pytest.CaptureFixture[str]) -> None:
     from bountybot.cli import main
 
     assert main(["audit"]) == 2  # not migrated yet: says what to run
@@ -188,9 +189,8 @@ def test_db_upgrade_then_audit(cli_env: Path, capsys: pytest.CaptureFixture[str]
     assert "all invariants hold" in capsys.readouterr().out
 
 
-def test_sync_with_no_forge_on_says_what_to_set(
-    cli_env: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.mark.usefixtures("cli_env")
+def test_sync_with_no_forge_on_says_what_to_set(capsys: pytest.CaptureFixture[str]) -> None:
     from bountybot.cli import main
 
     assert main(["sync"]) == 2

@@ -171,7 +171,7 @@ async def test_a_bounty_paid_in_and_out_through_stripe(paying: Stripy, db_url, m
     await p.settle()
 
     # A checkout session for the pledge, keyed by it, with its ids; its link in the reply.
-    (pledge,) = (await p.bot.task(1)).pledges
+    (pledge,) = (await p.bot.existing_task(1)).pledges
     assert pledge.state == PledgeState.PENDING
     (session,) = stripe.sessions.values()
     assert (session["amount_total"], session["currency"]) == (5000, "eur")
@@ -181,18 +181,20 @@ async def test_a_bounty_paid_in_and_out_through_stripe(paying: Stripy, db_url, m
     assert create.headers["idempotency-key"] == f"bountybot:checkout:pledge:{pledge.id}"
     (link,) = p.said(session["url"])
     assert "@alice" in link and "€50.00" in link
-    assert (await p.bot.task(1)).state == TaskState.OPEN
+    assert (await p.bot.existing_task(1)).state == TaskState.OPEN
 
     # Alice pays: Stripe's webhook puts the money in escrow.
     assert (await p.post(stripe.pay(session["id"]))).status == 200
     await p.settle()
     task = await p.bot.task(1)
+    assert task is not None
     assert task.state == TaskState.FUNDED and task.pledges[0].state == PledgeState.HELD
     assert task.held().minor == 5000
 
     # The work is merged: the payout is due, and waits for Dave's payout account.
     await merged(p)
     task = await p.bot.task(1)
+    assert task is not None
     (payout,) = task.payouts
     assert task.state == TaskState.DONE and payout.state == PayoutState.PENDING
     (waiting,) = await p.ops("transfer")
@@ -224,7 +226,7 @@ async def test_a_bounty_paid_in_and_out_through_stripe(paying: Stripy, db_url, m
     assert transfer["transfer_group"] == f"payout-{payout.id}"
     (sent,) = stripe.recorded("POST", "/v1/transfers")
     assert sent.headers["idempotency-key"] == f"bountybot:transfer:payout:{payout.id}"
-    (payout,) = (await p.bot.task(1)).payouts
+    (payout,) = (await p.bot.existing_task(1)).payouts
     assert payout.state == PayoutState.PAID and payout.reference == transfer["id"]
     assert stripe.balance(account) == {"eur": 5000}
     await p.settle()
@@ -258,7 +260,7 @@ async def due_payout(p: Stripy) -> tuple[str, int]:
     """A merged task whose payout is due to Dave, onboarded: (his account, the payout id)."""
     await pledged(p, ("alice", "50"))
     await merged(p)
-    (payout,) = (await p.bot.task(1)).payouts
+    (payout,) = (await p.bot.existing_task(1)).payouts
     assert payout.id is not None
     return await onboarded(p), payout.id
 
@@ -272,13 +274,13 @@ async def test_a_transfer_that_times_out_is_settled_by_asking_stripe_and_pays_on
     (op,) = await p.ops("transfer")
     assert op.state == t.PaymentOpState.UNKNOWN and "Timeout" in (op.last_error or "")
     assert len(stripe.transfers) == 1  # done at Stripe, unknown here
-    (payout,) = (await p.bot.task(1)).payouts
+    (payout,) = (await p.bot.existing_task(1)).payouts
     assert payout.state == PayoutState.PENDING
 
     p.move(minutes=1)  # the retry comes due: Stripe is asked before anything is sent again
     await p.settle()
     (transfer,) = stripe.transfers.values()
-    (payout,) = (await p.bot.task(1)).payouts
+    (payout,) = (await p.bot.existing_task(1)).payouts
     assert payout.state == PayoutState.PAID and payout.reference == transfer["id"]
     assert len(stripe.recorded("POST", "/v1/transfers")) == 1
     (asked,) = stripe.recorded("GET", "/v1/transfers")
@@ -303,7 +305,7 @@ async def test_a_transfer_that_fails_is_sent_again_with_the_same_key_and_pays_on
     assert {r.headers["idempotency-key"] for r in sent} == {
         f"bountybot:transfer:payout:{payout_id}"}
     assert len({json.dumps(r.json, sort_keys=True) for r in sent}) == 1  # the same request
-    (payout,) = (await p.bot.task(1)).payouts
+    (payout,) = (await p.bot.existing_task(1)).payouts
     assert payout.state == PayoutState.PAID and payout.reference == transfer["id"]
     assert stripe.balance(account) == {"eur": 5000}
     await p.audit()
@@ -319,7 +321,7 @@ async def test_a_transfer_that_never_gets_through_is_dead_and_the_payout_failed(
     (op,) = await p.ops("transfer")
     assert op.state == t.PaymentOpState.DEAD and op.attempts == 4
     assert not stripe.transfers
-    (payout,) = (await p.bot.task(1)).payouts
+    (payout,) = (await p.bot.existing_task(1)).payouts
     assert payout.state == PayoutState.FAILED
     books = await run_audit(p.bot.app[SESSIONMAKER])
     assert books.ok, books.render()
@@ -331,10 +333,11 @@ async def test_a_transfer_that_never_gets_through_is_dead_and_the_payout_failed(
 async def test_cancel_refunds_every_held_pledge_to_its_payment_in_full(paying: Stripy):
     p, stripe = paying, paying.stripe
     await pledged(p, ("alice", "30"), ("bob", "20.50"))
-    assert (await p.bot.task(1)).state == TaskState.FUNDED
+    assert (await p.bot.existing_task(1)).state == TaskState.FUNDED
     await p.bot.comment(MAINTAINER, "/cancel")
     await p.settle()
     task = await p.bot.task(1)
+    assert task is not None
     assert task.state == TaskState.CANCELLED
     assert {pl.state for pl in task.pledges} == {PledgeState.REFUNDED}
     intents = {s["metadata"]["pledge_id"]: s["payment_intent"] for s in stripe.sessions.values()}
@@ -365,6 +368,7 @@ async def test_withdrawn_money_goes_back_and_a_late_payment_is_refunded(paying: 
     assert (await p.post(stripe.pay(bob["id"]))).status == 200
     await p.settle()
     task = await p.bot.task(1)
+    assert task is not None
     assert [pl.state for pl in task.pledges] == [PledgeState.WITHDRAWN] * 2
     refunds = {r["payment_intent"]: r["amount"] for r in stripe.refunds.values()}
     assert refunds == {stripe.sessions[alice["id"]]["payment_intent"]: 4000,
@@ -390,7 +394,7 @@ async def test_a_bad_signature_is_refused_and_changes_nothing(paying: Stripy):
     assert (await p.post(b"{not json", signature=stripe.sign(b"{not json", WHSEC))).status == 400
     await p.settle()
     assert [d for d in await p.bot.rows(t.Delivery) if d.forge == "stripe"] == []
-    assert (await p.bot.task(1)).pledges[0].state == PledgeState.PENDING
+    assert (await p.bot.existing_task(1)).pledges[0].state == PledgeState.PENDING
     assert not [txn for txn in await p.bot.rows(t.LedgerTransaction)]
 
 
@@ -438,6 +442,7 @@ async def test_an_expired_checkout_lets_the_pledge_lapse(paying: Stripy):
     assert (await p.post(stripe.expire(session["id"]))).status == 200
     await p.settle()
     task = await p.bot.task(1)
+    assert task is not None
     assert task.pledges[0].state == PledgeState.WITHDRAWN and task.state == TaskState.OPEN
     assert not await p.bot.rows(t.LedgerTransaction) and not stripe.refunds
 
@@ -446,7 +451,7 @@ async def test_a_checkout_stripe_refuses_drops_the_pledge_and_says_so(paying: St
     p, stripe = paying, paying.stripe
     stripe.fail_next("POST", r"^/v1/checkout/sessions$", 400)
     await pending(p, made=False)
-    assert (await p.bot.task(1)).pledges[0].state == PledgeState.WITHDRAWN
+    assert (await p.bot.existing_task(1)).pledges[0].state == PledgeState.WITHDRAWN
     (said,) = p.said("could not be made")
     assert "@alice" in said and "nothing was charged" in said
 
@@ -456,10 +461,10 @@ async def test_a_missed_payment_webhook_is_caught_by_looking_at_the_session(payi
     session = await pending(p)
     stripe.pay(session["id"])  # its webhook never arrives
     await p.settle()
-    assert (await p.bot.task(1)).pledges[0].state == PledgeState.PENDING
+    assert (await p.bot.existing_task(1)).pledges[0].state == PledgeState.PENDING
     p.move(hours=1, seconds=1)
     await p.settle()
-    assert (await p.bot.task(1)).pledges[0].state == PledgeState.HELD
+    assert (await p.bot.existing_task(1)).pledges[0].state == PledgeState.HELD
     await p.audit()
 
 
@@ -482,7 +487,7 @@ async def test_a_missed_account_webhook_is_caught_by_looking_at_the_account(payi
     p.move(hours=1, seconds=1)
     await p.settle()
     (transfer,) = stripe.transfers.values()
-    (payout,) = (await p.bot.task(1)).payouts
+    (payout,) = (await p.bot.existing_task(1)).payouts
     assert payout.state == PayoutState.PAID and payout.reference == transfer["id"]
     await p.audit()
 
@@ -510,4 +515,4 @@ async def test_a_disputed_payment_is_on_the_record_and_on_the_issue(paying: Stri
     assert "@alice" in said and "fraudulent" in said
     trail = [e.action for e in await p.bot.rows(t.AuditEvent)]
     assert "pledge.payment_disputed" in trail
-    assert (await p.bot.task(1)).pledges[0].state == PledgeState.HELD
+    assert (await p.bot.existing_task(1)).pledges[0].state == PledgeState.HELD

@@ -59,7 +59,9 @@ def started(**policy: Any) -> Story:
 def open_with_a_pending_pledge() -> Story:
     s = started(provider=ManualProvider(confirm=True))
     s.say("alice", "/pledge 60")
-    s.event(PledgeConfirmed(s.task.pledges[0].id), actor="maya")
+    pledge_id = s.task.pledges[0].id
+    assert pledge_id is not None
+    s.event(PledgeConfirmed(pledge_id), actor="maya")
     s.say("carol", "/pledge 10")  # not confirmed yet: shown, not counted
     return s
 
@@ -100,7 +102,9 @@ def done_paid() -> Story:
     s = done_pending()
     s.wait(4)
     s.event(Tick())
-    s.event(PayoutPaid(s.task.payouts[0].id, "SEPA-2026-118"), actor="maya")
+    payout_id = s.task.payouts[0].id
+    assert payout_id is not None
+    s.event(PayoutPaid(payout_id, "SEPA-2026-118"), actor="maya")
     return s
 
 

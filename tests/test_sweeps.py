@@ -169,7 +169,7 @@ async def test_payouts_wait_then_are_released(db_url, github_server, clock):
         assert len(notices(bot, "payouts are released")) == 1
         assert [p.id for p in await due_payouts(sm)] == [payout.id]
         await mark_paid(sm, bot_settings(bot), payout.id, "SEPA-1", now=clock.now)
-        assert (await bot.task(1)).payouts[0].state == PayoutState.PAID
+        assert (await bot.existing_task(1)).payouts[0].state == PayoutState.PAID
         assert (await run_audit(sm)).ok
     finally:
         await bot.close()
@@ -249,7 +249,7 @@ async def test_no_dispute_after_release_or_without_a_window(db_url, github_serve
         await bot.comment("alice", "/dispute too late")
         await bot.settle()
         assert notices(bot, "released at the merge")
-        assert (await bot.task(1)).dispute is None
+        assert (await bot.existing_task(1)).dispute is None
     finally:
         await bot.close()
 
@@ -319,7 +319,7 @@ async def test_the_scheduler_runs_the_sweep_in_a_served_app(db_url, github_serve
                 await asyncio.sleep(0.1)
         finally:
             stop_scheduler(scheduler)
-        assert (await bot.task(1)).claims[0].state == ClaimState.EXPIRED
+        assert (await bot.existing_task(1)).claims[0].state == ClaimState.EXPIRED
         assert REPO
     finally:
         await bot.close()

@@ -78,6 +78,6 @@ class Edge:
     identify: Callable[[Mapping[str, str]], tuple[str, str] | str]
     # The (repo id, path) a payload is about, for a sender limited to some `scopes`; None
     # when it names none. Only forges with per-repo secrets need it.
-    scoped_repo: Callable[[dict[str, Any]], tuple[str, str] | None] = lambda payload: None
+    scoped_repo: Callable[[dict[str, Any]], tuple[str, str] | None] = lambda _payload: None
     # What a 403 says when a repo's secret comes with a delivery about another repo.
     out_of_scope: str = "this secret is another repo's"

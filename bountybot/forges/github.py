@@ -224,15 +224,18 @@ class GitHubClient:
         )
         return str(data["id"])
 
-    async def edit_comment(self, repo: RepoRef, number: int, comment_id: str, body: str) -> None:
+    # The ForgeClient protocol's signature: not every argument is needed here.
+    async def edit_comment(self, repo: RepoRef, number: int, comment_id: str, body: str) -> None:  # noqa: ARG002
         await self._request(repo, "PATCH", f"{_repo_path(repo)}/issues/comments/{int(comment_id)}",
                             body={"body": body})
 
-    async def username(self, repo: RepoRef, user_id: int) -> str:
+    # The ForgeClient protocol's signature: not every argument is needed here.
+    async def username(self, repo: RepoRef, user_id: int) -> str:  # noqa: ARG002
         """GitHub payloads always carry logins; nothing asks this of GitHub."""
         raise ForgeError("GitHub users are named in the payloads, not looked up by id")
 
-    async def react(self, repo: RepoRef, number: int, comment_id: str) -> None:
+    # The ForgeClient protocol's signature: not every argument is needed here.
+    async def react(self, repo: RepoRef, number: int, comment_id: str) -> None:  # noqa: ARG002
         # 201 for a new reaction, 200 when the bot had already reacted: both are success.
         await self._request(
             repo, "POST", f"{_repo_path(repo)}/issues/comments/{int(comment_id)}/reactions",

@@ -70,7 +70,7 @@ def signature_ok(secret: str, body: bytes | bytearray, header: str | None) -> bo
     return hmac.compare_digest(signature(secret, body).encode(), header_bytes(header))
 
 
-def sender(settings: Any, headers: Mapping[str, str]) -> Sender | None:
+def sender(_settings: Any, headers: Mapping[str, str]) -> Sender | None:
     """Unproven until the body is read, but a request with no signature worth checking is
     refused before any of its body is."""
     given = headers.get("X-Hub-Signature-256")
@@ -96,7 +96,7 @@ EDGE = Edge(
     identify=identify)
 
 
-def topic(kind: str, payload: Any) -> str | None:
+def topic(_kind: str, payload: Any) -> str | None:
     """The issue or pull request a delivery is about (GitHub numbers both in one sequence)."""
     repo = as_id(dig(payload, "repository", "id"))
     number = as_id(dig(payload, "issue", "number")) or as_id(

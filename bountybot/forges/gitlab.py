@@ -207,7 +207,8 @@ class GitLabClient:
 
         return await self._run("GET", f"/projects/{pid}/issues/{number}/notes/{note_id}", read)
 
-    async def user_login(self, repo: RepoRef, login: str) -> str | None:
+    # The ForgeClient protocol's signature: not every argument is needed here.
+    async def user_login(self, repo: RepoRef, login: str) -> str | None:  # noqa: ARG002
         user_id = await self._user_id(login)
         if user_id is None:
             return None
@@ -263,7 +264,8 @@ class GitLabClient:
         self._user_ids[username.lower()] = (now + self._user_ttl, user_id)
         self._usernames[user_id] = (now + self._maintainer_ttl, username)
 
-    async def username(self, repo: RepoRef, user_id: int) -> str:
+    # The ForgeClient protocol's signature: not every argument is needed here.
+    async def username(self, repo: RepoRef, user_id: int) -> str:  # noqa: ARG002
         # Needs no project: a Merge Request Hook's repo may not be known by id yet.
         cached = self._usernames.get(user_id)
         if cached is not None and self._clock() < cached[0]:

@@ -133,14 +133,14 @@ def scoped_repo(payload: dict[str, Any]) -> tuple[str, str] | None:
 EDGE = Edge(
     turn_on="BOUNTYBOT_GITLAB_WEBHOOK_SECRET and BOUNTYBOT_GITLAB_TOKEN",
     sender=sender,
-    signed=lambda secret, body, headers: False,  # the token alone proves a GitLab delivery
+    signed=lambda _secret, _body, _headers: False,  # the token alone proves a GitLab delivery
     refused="bad or missing X-Gitlab-Token", refused_event="webhook.bad_token",
     identify=identify, scoped_repo=scoped_repo,
     out_of_scope="this X-Gitlab-Token is the secret of another project or group than the"
                  " delivery's")
 
 
-def topic(kind: str, payload: Any) -> str | None:
+def topic(_kind: str, payload: Any) -> str | None:
     """The issue or merge request a delivery is about (numbered apart: `issue`, `mr`)."""
     repo = as_id(dig(payload, "project", "id"))
     if repo is None:
@@ -203,7 +203,8 @@ def _titles(labels: list[dict[str, Any]] | None) -> set[str]:
     return {(item.get("title") or "").lower() for item in labels or []}
 
 
-def normalize(event: str, payload: dict[str, Any], *, label: str, bot_login: str) -> Normalized:
+# Every forge's normalize takes `bot_login`, passed by keyword; GitLab's needs none.
+def normalize(event: str, payload: dict[str, Any], *, label: str, bot_login: str) -> Normalized:  # noqa: ARG001
     """Read one delivery. Unknown events and actions normalize to nothing (with the reason).
     `bot_login` is unused: GitLab note edits are not read (see the module docstring)."""
     kind = _KINDS.get(event)

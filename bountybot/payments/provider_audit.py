@@ -127,6 +127,13 @@ async def _pledge(gateway: StripeGateway, pledge: t.Pledge,
             await _kept(gateway, name, pledge, session.payment_intent, bad, notes)
         return
     refund = by_pledge.get((PaymentKind.REFUND.value, pledge.id))
+    await _refunded(gateway, name, pledge, refund, session.payment_intent, bad)
+
+
+async def _refunded(gateway: StripeGateway, name: str, pledge: t.Pledge,
+                    refund: t.PaymentOp | None, payment_intent: str | None,
+                    bad: list[str]) -> None:
+    """A pledge paid at Stripe that the books gave back: its refund, as Stripe has it."""
     if refund is None or refund.refund_id is None:
         if refund is not None and refund.status == "already_refunded":
             return  # Stripe said so when we asked for it
@@ -136,10 +143,10 @@ async def _pledge(gateway: StripeGateway, pledge: t.Pledge,
     if found.status in ("failed", "canceled"):
         bad.append(f"{name}: its refund {found.id} {found.status}")
     if found.amount_minor != pledge.amount_minor or found.payment_intent not in (
-            None, session.payment_intent):
+            None, payment_intent):
         bad.append(f"{name}: its refund {found.id} gave back {found.amount_minor} of payment"
                    f" {found.payment_intent}, not {pledge.amount_minor} of"
-                   f" {session.payment_intent}")
+                   f" {payment_intent}")
 
 
 async def _kept(gateway: StripeGateway, name: str, pledge: t.Pledge, payment_intent: str,

@@ -366,7 +366,7 @@ class PaymentWorker:
             try:
                 found = await asyncio.to_thread(
                     self.caller.gateway.retrieve_checkout_session, session_id)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - one failed look must not stop the poll
                 event(log, "payments.poll_failed", logging.WARNING, op=op_id, error=str(error))
                 continue
             async with UnitOfWork(self.sessionmaker, priority=LATER) as uow:
@@ -401,7 +401,7 @@ class PaymentWorker:
                     found = await asyncio.to_thread(self.caller.gateway.retrieve_account,
                                                     account.account_id)
                     ready = found.transfers_active
-                except Exception as error:
+                except Exception as error:  # noqa: BLE001 - one failed look must not stop the poll
                     event(log, "payments.poll_failed", logging.WARNING, account=account.id,
                           error=str(error))
             async with UnitOfWork(self.sessionmaker, priority=LATER) as uow:

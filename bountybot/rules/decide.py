@@ -188,7 +188,8 @@ def _due(w: Work) -> None:
         release.release_payouts(w)
 
 
-def _apply(w: Work, issue: IssueRef, cmd: Command, comment_id: str,
+# A flat dispatch, an arm a command: the table reads best whole.
+def _apply(w: Work, issue: IssueRef, cmd: Command, comment_id: str,  # noqa: C901
            revision: str | None = None) -> None:
     name = cmd.name
     if name == CommandName.HELP:
@@ -285,6 +286,11 @@ def decide_event(bounty: Bounty | None, issue: IssueRef, event: Event, policy: P
     if bounty is None:
         return Decision(None)
     _due(w)
+    _apply_event(w, event)
+    return _finish(w)
+
+
+def _apply_event(w: Work, event: Event) -> None:  # noqa: C901 - a flat dispatch, an arm an event
     match event:
         case LabelRemoved():
             tasks.cancel(w, "label removed", by_command=False)
@@ -316,4 +322,3 @@ def decide_event(bounty: Bounty | None, issue: IssueRef, event: Event, policy: P
             payments.payment_disputed(w, pledge_id, reason)
         case PayoutAwaitingAccount(payout_id):
             payments.await_account(w, payout_id)
-    return _finish(w)

@@ -76,7 +76,8 @@ def create_engine(
 
 def _setup_sqlite(engine: AsyncEngine, *, foreign_keys: bool) -> None:
     @event.listens_for(engine.sync_engine, "connect")
-    def on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    # The signature of SQLAlchemy's connect event.
+    def on_connect(dbapi_connection: Any, connection_record: Any) -> None:  # noqa: ARG001
         # Stop the driver from emitting its own (late) BEGIN; `on_begin` emits ours.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()

@@ -37,7 +37,8 @@ class UTCDateTime(TypeDecorator[datetime]):
             return value.replace(tzinfo=None)
         return value
 
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+    # TypeDecorator's signature: the dialect does not matter here.
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:  # noqa: ARG002
         if value is None:
             return None
         if value.tzinfo is None:
@@ -60,12 +61,14 @@ class StateString(TypeDecorator[Any]):
         self.enum = enum
         self.length = length
 
-    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+    # TypeDecorator's signature: the dialect does not matter here.
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:  # noqa: ARG002
         if value is None:
             return None
         return self.enum(value).value
 
-    def process_result_value(self, value: Any, dialect: Dialect) -> StrEnum | None:
+    # TypeDecorator's signature: the dialect does not matter here.
+    def process_result_value(self, value: Any, dialect: Dialect) -> StrEnum | None:  # noqa: ARG002
         if value is None:
             return None
         return self.enum(value)

@@ -299,6 +299,7 @@ class FakeStripe(RecordingServer):
     async def _serve(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         params, unreadable = await self._record_form(request)
         failure = self._failure(request)
+        response: web.StreamResponse
         if failure is not None:
             response = self._answer(failure.body, failure.status)
             response.headers.update(failure.headers or {})
@@ -379,7 +380,7 @@ class FakeStripe(RecordingServer):
                                     "same parameters they were first used with. Try using a key "
                                     f"other than '{key}' if you meant to execute a different "
                                     "request.", error_type="idempotency_error")
-            response = self._answer(body, status)
+            response: web.StreamResponse = self._answer(body, status)
             response.headers["idempotent-replayed"] = "true"
             return response
         response = await handler(request)
