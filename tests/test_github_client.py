@@ -9,7 +9,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
@@ -23,6 +23,7 @@ from bountybot.forges.base import ForgeError
 from bountybot.forges.github import GitHubClient, client_from_settings
 from bountybot.refs import RepoRef
 
+from clocks import Clock
 from fakes.github import FakeGitHub
 
 TOKEN = "ghp_" + "Zq81vXw2LmT4" * 3  # a personal token's shape: ghp_ + 36 characters
@@ -30,19 +31,6 @@ REPO = RepoRef("github", "1296269", "octo/widgets")
 MARKER = "<!-- bountybot:summary -->"
 FIXTURES = Path(__file__).parent / "fixtures" / "github" / "api"
 APP_ID, INSTALLATION = 42, 7
-
-
-class Clock:
-    """An injected clock that only moves when told to."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture

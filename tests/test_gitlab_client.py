@@ -7,7 +7,6 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable
-from datetime import UTC, datetime, timedelta
 
 import gitlab
 import pytest
@@ -17,6 +16,7 @@ from bountybot.forges.base import ForgeError
 from bountybot.forges.gitlab import GitLabClient, client_from_settings
 from bountybot.refs import RepoRef
 
+from clocks import Clock
 from fakes.gitlab import FakeGitLab
 
 TOKEN = "glpat-" + "Xk4vR9tLq2Wz8NmB3cYd"  # a personal access token's shape
@@ -26,19 +26,6 @@ REPO = RepoRef("gitlab", str(PROJECT_ID), "group/sub/old-name")
 NOTES = f"/api/v4/projects/{PROJECT_ID}/issues/7/notes"
 MARKER = "<!-- bountybot:summary -->"
 USERS = {"bountybot": 99, "alice": 11, "carol": 13, "dora": 14, "mallory": 17}
-
-
-class Clock:
-    """An injected clock that only moves when told to."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ and PostgreSQL, with the books audited after. Each of these paid or counted wron
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from bountybot.states import ClaimState, LinkState, PledgeState, TaskState
 from bountybot.storage import tables as t
 from bountybot.storage.books import run_audit
 
+from clocks import Shifted
 from fakes.github import FakeGitHub
 from fixtures import payload
 from github_harness import REPO, REPO_ID, GitHubBot
@@ -25,23 +25,9 @@ from github_harness import REPO, REPO_ID, GitHubBot
 HELD = frozenset({PledgeState.HELD})
 
 
-class Clock:
-    """The fake forge's clock, moved by the tests (GitHub's timestamps are whole seconds, so
-    an edit must come a second or more after what it edits to be seen as one)."""
-
-    def __init__(self) -> None:
-        self.shift = timedelta()
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.shift
-
-    def move(self, seconds: float) -> None:
-        self.shift += timedelta(seconds=seconds)
-
-
 @pytest.fixture
 async def bot(db_url: str, github_server: FakeGitHub):
-    clock = Clock()
+    clock = Shifted()
     github_server.clock = clock
     bot = await GitHubBot.start(db_url, github_server)
     bot.forge_clock = clock  # type: ignore[attr-defined]

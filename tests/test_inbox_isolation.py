@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -29,6 +29,7 @@ from bountybot.storage.bounties import load_bounty
 from bountybot.storage.engine import create_engine, create_sessionmaker
 from bountybot.storage.uow import UnitOfWork
 
+from clocks import Clock
 from github_harness import REPO, REPO_ID, GitHubBot
 
 # A repo named by path with half of a surrogate pair: valid JSON (`\ud800`), and it passes the
@@ -36,17 +37,6 @@ from github_harness import REPO, REPO_ID, GitHubBot
 # meets it while the batch locks its tasks, outside every delivery's savepoint (SQLite, which
 # locks nothing, meets it inside the delivery's savepoint). Reconciliation stores such rows.
 POISON = happenings_to_json([Happening("Codertocat/Hello\ud800World", None, 1, LabelAdded())])
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def move(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 def row(name: str, kind: str, data: dict[str, Any] | str, topic: str | None = None,

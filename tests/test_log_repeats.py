@@ -12,18 +12,12 @@ import pytest
 from bountybot.config import Settings
 from bountybot.logs import RepeatLimit, event, setup_logging
 
+from clocks import Ticks
+
 TOKEN = "ghp_RepeatLimitToken4242"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-Logged = tuple[logging.Logger, io.StringIO, Clock, RepeatLimit]
+Logged = tuple[logging.Logger, io.StringIO, Ticks, RepeatLimit]
 
 
 @pytest.fixture
@@ -31,7 +25,7 @@ def logged() -> Iterator[Logged]:
     """A logger whose lines go to a string through a repeat limit of 3 per 10 s."""
     out = io.StringIO()
     handler = logging.StreamHandler(out)
-    clock = Clock()
+    clock = Ticks()
     limit = RepeatLimit(handler, burst=3, seconds=10, clock=clock)
     handler.addFilter(limit)
     logger = logging.getLogger("bountybot.test.repeats")

@@ -43,6 +43,8 @@ from bountybot.storage.bounties import ensure_repo, load_bounty, save_decision
 from bountybot.storage.engine import create_engine, create_sessionmaker
 from bountybot.storage.uow import UnitOfWork
 
+from clocks import Clock
+
 REPO = "commons/garden"
 START = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 
@@ -129,17 +131,6 @@ class FakeForge:
         self._written()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
 class Half(random.Random):
     """Jitter in the middle: a backoff of exactly `base_delay * 2**(attempts-1)`."""
 
@@ -206,7 +197,7 @@ def forge() -> FakeForge:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(START)
 
 
 @pytest.fixture

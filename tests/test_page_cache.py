@@ -28,18 +28,12 @@ from bountybot.storage.uow import UnitOfWork
 from bountybot.web import feeds, pages
 from bountybot.web.cache import PAGE_CACHE, Page, PageCache
 
+from clocks import Ticks
+
 REPO = "commons/garden"
 BASE = f"/github/{REPO}"
 Client = TestClient[web.Request, web.Application]
 PATHS = (BASE, f"{BASE}/-/needs", "/", f"{BASE}/-/feed.atom")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def add_tasks(sessionmaker: async_sessionmaker[AsyncSession], numbers: range,
@@ -65,7 +59,7 @@ async def set_repo(sessionmaker: async_sessionmaker[AsyncSession], **values: Any
 class Site:
     """The pages and feeds on `engine`, with a statement counter and a clock of their own."""
 
-    def __init__(self, engine: AsyncEngine, client: Client, cache: PageCache, clock: Clock,
+    def __init__(self, engine: AsyncEngine, client: Client, cache: PageCache, clock: Ticks,
                  statements: list[str]) -> None:
         self.engine, self.client, self.cache = engine, client, cache
         self.clock, self.statements = clock, statements
@@ -85,10 +79,10 @@ async def start(engine: AsyncEngine, seconds: float = 10,
     settings = Settings(config_file=None, server={"page_cache_seconds": seconds})
     app = create_app(settings, engine=engine, features=[feeds.setup, pages.setup])
     if cache is None:
-        cache = PageCache(seconds, clock=Clock())
+        cache = PageCache(seconds, clock=Ticks())
     app[PAGE_CACHE] = cache
     clock = cache.clock
-    assert isinstance(clock, Clock)
+    assert isinstance(clock, Ticks)
     statements: list[str] = []
     event.listen(engine.sync_engine, "before_cursor_execute",
                  lambda *args: statements.append(args[2]))
@@ -151,7 +145,7 @@ async def test_a_write_through_the_unit_of_work_is_seen_at_once(
 async def test_another_replicas_write_is_served_stale_once_then_fresh(
         engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     await add_tasks(sessionmaker, range(1, 3))
-    clock = Clock()
+    clock = Ticks()
     # A cache that never sees this process's writes: as if another replica made them.
     cache = PageCache(10, clock=clock, generation=lambda: 0)
     site, client = await start(engine, cache=cache)
@@ -215,7 +209,7 @@ async def test_a_private_repo_never_enters_the_cache(
         engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     await add_tasks(sessionmaker, range(1, 3))
     await set_repo(sessionmaker, private=True, published=False)
-    clock = Clock()
+    clock = Ticks()
     cache = PageCache(10, clock=clock, generation=lambda: 0)  # as if another process wrote
     site, client = await start(engine, cache=cache)
     try:
@@ -250,7 +244,7 @@ def page(body: bytes) -> Page:
 
 
 async def test_the_cache_is_bounded_in_entries_and_bytes() -> None:
-    clock = Clock()
+    clock = Ticks()
     cache = PageCache(10, clock=clock, generation=lambda: 0, max_entries=3, max_bytes=1000,
                       max_page_bytes=600)
 
@@ -272,7 +266,7 @@ async def test_the_cache_is_bounded_in_entries_and_bytes() -> None:
 
 
 async def test_a_failed_computation_reaches_every_waiter_and_keeps_nothing() -> None:
-    cache = PageCache(10, clock=Clock(), generation=lambda: 0)
+    cache = PageCache(10, clock=Ticks(), generation=lambda: 0)
     gate = asyncio.Event()
     runs = 0
 

@@ -42,19 +42,10 @@ from bountybot.storage import tables as t
 from bountybot.storage.books import run_audit
 from bountybot.storage.engine import create_engine, create_sessionmaker
 
+from clocks import Shifted
 from fakes.github import FakeGitHub
 from fixtures import payload
 from github_harness import REPO, TOKEN, GitHubBot
-
-
-class Clock:
-    """The reconciler's clock: real time until a test moves it."""
-
-    def __init__(self) -> None:
-        self.shift = timedelta()
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.shift
 
 
 def reconciler(bot: GitHubBot, **options: Any) -> Reconciler:
@@ -210,8 +201,8 @@ async def test_what_sync_leaves_alone_on_github(github: GitHubBot):
     assert (report.repos[0].found, report.repos[0].not_modified) == (0, 2)  # pulls: a 200
 
 
-def _later(shift: timedelta) -> Clock:
-    clock = Clock()
+def _later(shift: timedelta) -> Shifted:
+    clock = Shifted()
     clock.shift = shift
     return clock
 
@@ -316,7 +307,7 @@ async def test_several_reconcilers_at_once_sync_a_repo_once(github: GitHubBot, d
 
 async def test_a_lease_left_by_a_dead_process_runs_out(github: GitHubBot):
     await github_task_with_goal(github)
-    clock = Clock()
+    clock = Shifted()
     dead = reconciler(github, clock=clock, owner="dead")
     async with github.app[SESSIONMAKER]() as session:
         (repo,) = (await session.exec(select(t.Repo))).all()

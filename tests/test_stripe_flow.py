@@ -27,6 +27,7 @@ from bountybot.states import PayoutState, PledgeState, TaskState
 from bountybot.storage import tables as t
 from bountybot.storage.books import run_audit
 
+from clocks import Clock
 from fakes.stripe import FakeStripe, stripe_server  # noqa: F401
 from github_harness import MAINTAINER, REPO, GitHubBot
 
@@ -35,16 +36,6 @@ CONNECT = "whsec_test_connect9876543210"  # the Connect endpoint's: events on co
 PUBLIC_URL = "https://bounties.example.org"
 ISSUE_URL = f"https://github.com/{REPO}/issues/1"
 TRANSFERS = r"^/v1/transfers$"
-
-
-class Clock:
-    """The bot's time, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @dataclass
@@ -97,7 +88,7 @@ class Stripy:
 
 
 async def start(db_url: str, github: Any, stripe: FakeStripe, **bot: Any) -> Stripy:
-    clock = Clock()
+    clock = Clock(datetime(2026, 11, 2, 9, 0, tzinfo=UTC))
     gateway = StripeGateway(stripe.api_key, api_base=stripe.url, timeout=0.5)
     started = await GitHubBot.start(
         db_url, github, clock=clock, payments={"provider": "stripe"},
