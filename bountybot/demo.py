@@ -34,9 +34,9 @@ from sqlmodel import col, select
 from bountybot.app import create_app
 from bountybot.clock import utc_now
 from bountybot.config import Settings
-from bountybot.deliveries import work_waiting
 from bountybot.forges.events import Changes
 from bountybot.forges.github_events import signature as github_signature
+from bountybot.operator.deliveries import work_waiting
 from bountybot.refs import RepoRef
 from bountybot.resources import SESSIONMAKER, SETTINGS
 from bountybot.storage import tables as t
@@ -194,6 +194,8 @@ class DemoSite:
     async def start(cls, database: Path, port: int = 0) -> AsyncIterator[DemoSite]:
         from bountybot import service
         from bountybot.app import default_features
+        from bountybot.inbox import WorkerOptions
+        from bountybot.outbox import SenderOptions
         from bountybot.storage import migrate
 
         settings = demo_settings(database, port)
@@ -214,8 +216,8 @@ class DemoSite:
         def with_stand_in(app: web.Application) -> None:
             # The scheduler stays off: no sweep expires the story's claims while it is shown.
             service.setup(app, clients={"github": forge}, clock=clock, scheduler=False,
-                          worker_options={"summary_delay": 0.0},
-                          sender_options={"base_delay": 0.05, "max_delay": 0.2})
+                          worker_options=WorkerOptions(summary_delay=0.0),
+                          sender_options=SenderOptions(base_delay=0.05, max_delay=0.2))
 
         features = [with_stand_in if f is service.setup else f for f in default_features()]
         engine = create_engine(settings.database.url)
@@ -308,7 +310,7 @@ class DemoSite:
 
     async def mark_paid(self, reference: str) -> None:
         """The latest payout, marked paid as `bountybot payouts mark-paid` does."""
-        from bountybot.payouts import mark_paid
+        from bountybot.operator.payouts import mark_paid
 
         async with self.app[SESSIONMAKER]() as session:
             payout = (await session.exec(select(t.Payout).order_by(

@@ -229,6 +229,16 @@ def _error_text(error: BaseException) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How `bountybot.service` tunes its `DeliveryWorker`: the worker's own arguments, with
+    the same defaults (tests send summaries at once)."""
+
+    max_attempts: int = 5
+    retry_delay: float = 30.0
+    summary_delay: float = 1.0
+
+
 class DeliveryWorker:
     """Applies stored deliveries, oldest first."""
 

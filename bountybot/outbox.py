@@ -105,7 +105,7 @@ def _behind(busy_after: datetime | None) -> ColumnElement[bool]:
 
 
 @dataclass(frozen=True)
-class _Job:
+class _ClaimedMessage:
     """A claimed message, as read in the claim transaction (no ORM row crosses the HTTP call)."""
 
     id: int
@@ -133,6 +133,24 @@ class _Outcome:
     error: str | None = None
     summary_id: str | None = None  # sent summary: its comment id
     found: bool = False  # sent: it was already on the forge
+
+
+# A message tried, what came of it, and the untried messages of its lane given back behind it.
+_Tried = tuple[_ClaimedMessage, _Outcome, list[_ClaimedMessage]]
+
+
+@dataclass(frozen=True)
+class SenderOptions:
+    """How `bountybot.service` tunes its `OutboxSender` (tests shorten the backoff): the
+    sender's own arguments and defaults, except that `max_attempts` left at None is the
+    settings' `scheduler.outbox_max_attempts`."""
+
+    max_attempts: int | None = None
+    base_delay: float = 5.0
+    max_delay: float = 3600.0
+    lease: float | None = None  # None: the settings' `scheduler.outbox_lease_seconds`
+    rng: random.Random | None = None
+    reaction_reserve: int | None = None
 
 
 class OutboxSender:
@@ -170,7 +188,7 @@ class OutboxSender:
                 break
             taken += claimed
             finished += done
-            lanes: dict[str, list[_Job]] = {}
+            lanes: dict[str, list[_ClaimedMessage]] = {}
             for job in jobs:
                 lanes.setdefault(job.lane, []).append(job)
             results = await asyncio.gather(*(self._run_lane(lane) for lane in lanes.values()),
@@ -217,7 +235,7 @@ class OutboxSender:
 
     # -- 1. claim ---------------------------------------------------------------------------
 
-    async def _claim(self, now: datetime, limit: int) -> tuple[list[_Job], int, int]:
+    async def _claim(self, now: datetime, limit: int) -> tuple[list[_ClaimedMessage], int, int]:
         """Take and lease due messages; returns the jobs to send, how many rows were taken and
         how many of those were finished here (coalesced, or dead after too many leases)."""
         async with UnitOfWork(self.sessionmaker, priority=LATER) as uow:
@@ -233,7 +251,7 @@ class OutboxSender:
             repo_ids = {r.payload.get("repo_id") for r in rows}
             repos = {r.id: r for r in (await s.exec(select(Repo).where(
                 col(Repo.id).in_(repo_ids)))).all()}
-            jobs: list[_Job] = []
+            jobs: list[_ClaimedMessage] = []
             dead: list[Outbox] = []
             summaries: dict[int | None, int] = {}  # task id -> the summary message sent for it
             for row in rows:
@@ -273,21 +291,22 @@ class OutboxSender:
             first_other[lane] = min(first_other.get(lane, id_of(o)), id_of(o))
         return [r for r in rows if id_of(r) < first_other.get(r.lane, id_of(r) + 1)]
 
-    def _job(self, row: Outbox, repo: Repo | None) -> _Job:
+    def _job(self, row: Outbox, repo: Repo | None) -> _ClaimedMessage:
         p = row.payload
         ref = None if repo is None else repo_ref(repo)
         number = p.get("number")  # never trusted to exist: a bad row must not stop the claim
-        return _Job(id=id_of(row), kind=row.kind, task_id=row.task_id,
-                    number=number if isinstance(number, int) else 0,
-                    comment_id=p.get("comment_id"), text=p.get("text"), attempts=row.attempts,
-                    look_first=row.attempts > 1 or row.last_error is not None, repo=ref,
-                    locale=None if repo is None else repo.locale, lane=row.lane,
-                    leased_until=row.next_attempt_at)
+        return _ClaimedMessage(
+            id=id_of(row), kind=row.kind, task_id=row.task_id,
+            number=number if isinstance(number, int) else 0,
+            comment_id=p.get("comment_id"), text=p.get("text"), attempts=row.attempts,
+            look_first=row.attempts > 1 or row.last_error is not None, repo=ref,
+            locale=None if repo is None else repo.locale, lane=row.lane,
+            leased_until=row.next_attempt_at)
 
     # -- 2. call the forge ------------------------------------------------------------------
 
-    async def _run_lane(self, jobs: list[_Job]) -> list[tuple[_Job, _Outcome, list[_Job]]]:
-        done: list[tuple[_Job, _Outcome, list[_Job]]] = []
+    async def _run_lane(self, jobs: list[_ClaimedMessage]) -> list[_Tried]:
+        done: list[_Tried] = []
         for i, job in enumerate(jobs):
             if self.clock() >= job.leased_until - timedelta(seconds=self.lease / 2):
                 # Half the lease is gone (a slow forge, rate limits): give the rest back rather
@@ -302,7 +321,7 @@ class OutboxSender:
                 break
         return done
 
-    async def _attempt(self, job: _Job) -> _Outcome:
+    async def _attempt(self, job: _ClaimedMessage) -> _Outcome:
         try:
             summary_id, found = await self._deliver(job)
         except _Skipped:
@@ -319,7 +338,7 @@ class OutboxSender:
             return self._failed(job, f"unexpected {type(error).__name__}", True, None)
         return _Outcome("sent", summary_id=summary_id, found=found)
 
-    def _failed(self, job: _Job, error: str, retryable: bool,
+    def _failed(self, job: _ClaimedMessage, error: str, retryable: bool,
                 retry_after: float | None) -> _Outcome:
         if not retryable or job.attempts >= self.max_attempts:
             return _Outcome("dead", error=error)
@@ -335,14 +354,14 @@ class OutboxSender:
         # serves every repo of this service).
         return repo.installation_id or f"{repo.forge}:token"
 
-    async def _call(self, job: _Job, write: bool, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, job: _ClaimedMessage, write: bool, call: Callable[[], Awaitable[T]]) -> T:
         assert job.repo is not None
         key = self._key(job.repo)
         # Wait a little for the rate limits, not for long: the lease would run out.
         async with self.governor.slot(key, write, max_wait=self.lease / 4):
             return await call()
 
-    async def _deliver(self, job: _Job) -> tuple[str | None, bool]:
+    async def _deliver(self, job: _ClaimedMessage) -> tuple[str | None, bool]:
         """Send one message; returns the summary's comment id, and whether it was found already
         on the forge."""
         repo = job.repo
@@ -362,7 +381,7 @@ class OutboxSender:
             return None, await self._comment(job, client, repo)
         raise ForgeError(f"unknown message kind {job.kind!r}")
 
-    async def _react(self, job: _Job, client: ForgeClient, repo: RepoRef) -> None:
+    async def _react(self, job: _ClaimedMessage, client: ForgeClient, repo: RepoRef) -> None:
         """Acknowledge a command comment with a reaction, unless the write budget runs short."""
         comment_id = job.comment_id
         if not comment_id:
@@ -378,7 +397,7 @@ class OutboxSender:
         except Busy:
             raise _Skipped() from None  # no reaction is worth waiting for
 
-    async def _comment(self, job: _Job, client: ForgeClient, repo: RepoRef) -> bool:
+    async def _comment(self, job: _ClaimedMessage, client: ForgeClient, repo: RepoRef) -> bool:
         """Post a reply or a notice; returns whether it was found already on the forge."""
         if not job.text:
             raise ForgeError(f"a {job.kind} without text")
@@ -392,7 +411,7 @@ class OutboxSender:
         await self._call(job, True, lambda: client.create_comment(repo, job.number, body))
         return False
 
-    async def _summary(self, job: _Job, client: ForgeClient,
+    async def _summary(self, job: _ClaimedMessage, client: ForgeClient,
                        repo: RepoRef) -> tuple[str | None, bool]:
         """Create or edit the task's summary, rendered from the task as it is now."""
         if job.task_id is None:
@@ -427,7 +446,7 @@ class OutboxSender:
 
     # -- 3. finish --------------------------------------------------------------------------
 
-    async def _finish_all(self, items: list[tuple[_Job, _Outcome, list[_Job]]]) -> int:
+    async def _finish_all(self, items: list[_Tried]) -> int:
         """Write what happened to each job (and give back the untried jobs behind it), in one
         unit of work; returns how many messages are finished (sent, skipped or dead)."""
         if not items:
@@ -444,8 +463,9 @@ class OutboxSender:
         return sum(self._log_outcome(job, outcome, row, ours)
                    for (job, outcome, _), row, ours in zip(items, rows, mine, strict=True))
 
-    async def _write_outcome(self, s: AsyncSession, now: datetime, job: _Job, outcome: _Outcome,
-                             behind: Sequence[_Job]) -> tuple[Outbox | None, bool]:
+    async def _write_outcome(self, s: AsyncSession, now: datetime, job: _ClaimedMessage,
+                             outcome: _Outcome,
+                             behind: Sequence[_ClaimedMessage]) -> tuple[Outbox | None, bool]:
         row = await s.get(Outbox, job.id, with_for_update=True)
         # Ours unless the lease ran out and another sender took it meanwhile.
         ours = row is not None and row.state == PENDING and row.attempts == job.attempts
@@ -480,7 +500,7 @@ class OutboxSender:
                 row.next_attempt_at = outcome.at
         return row, ours
 
-    def _log_outcome(self, job: _Job, outcome: _Outcome, row: Outbox | None,
+    def _log_outcome(self, job: _ClaimedMessage, outcome: _Outcome, row: Outbox | None,
                      ours: bool) -> int:
         if not ours:
             event(log, "outbox.lease_lost", logging.WARNING, id=job.id, kind=job.kind,

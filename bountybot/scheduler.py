@@ -28,10 +28,11 @@ from bountybot.logs import event
 
 log = logging.getLogger(__name__)
 
-Job = Callable[[], Awaitable[Any]]
+# What the scheduler runs at each tick of a job: a coroutine function taking nothing.
+ScheduledJob = Callable[[], Awaitable[Any]]
 
 
-def _guarded(name: str, job: Job) -> Job:
+def _guarded(name: str, job: ScheduledJob) -> ScheduledJob:
     """A job that logs its failure instead of raising: the next tick tries again."""
 
     async def run() -> None:
@@ -43,7 +44,7 @@ def _guarded(name: str, job: Job) -> Job:
     return run
 
 
-def start(jobs: dict[str, tuple[float, Job]]) -> AsyncIOScheduler:
+def start(jobs: dict[str, tuple[float, ScheduledJob]]) -> AsyncIOScheduler:
     """Start a scheduler running each job every `seconds` (first run soon, jittered, so
     replicas started together do not all sweep at the same instant)."""
     # APScheduler logs every run of every job at INFO: a line a minute that says nothing. Our

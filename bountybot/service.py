@@ -27,12 +27,13 @@ from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient
 from bountybot.forges.registry import FORGES
 from bountybot.governor import Governor
-from bountybot.inbox import DeliveryWorker
-from bountybot.outbox import OutboxSender
+from bountybot.inbox import DeliveryWorker, WorkerOptions
+from bountybot.outbox import OutboxSender, SenderOptions
 from bountybot.payments import stripe_events
-from bountybot.payments.worker import PaymentWorker
+from bountybot.payments.stripe_api import StripeGateway
+from bountybot.payments.worker import PaymentOptions, PaymentWorker
 from bountybot.resources import SESSIONMAKER, SETTINGS
-from bountybot.scheduler import Job
+from bountybot.scheduler import ScheduledJob
 from bountybot.scheduler import start as start_scheduler
 from bountybot.scheduler import stop as stop_scheduler
 from bountybot.sweeps import Sweeper
@@ -59,15 +60,15 @@ class Runtime:
     # The Stripe provider's worker (None with the manual provider), and its gateway (a test's
     # own, or one made from the settings at startup).
     payments: PaymentWorker | None = None
-    gateway: Any = None
+    gateway: StripeGateway | None = None
     sessionmaker: async_sessionmaker[AsyncSession] | None = None
     # The one clock of the worker, the sweeps and the outbox: tests move it instead of sleeping.
     clock: Callable[[], datetime] = utc_now
     background: bool = True
     scheduled: bool = True
-    sender_options: dict[str, Any] = field(default_factory=dict)
-    worker_options: dict[str, Any] = field(default_factory=dict)
-    payment_options: dict[str, Any] = field(default_factory=dict)
+    sender_options: SenderOptions = field(default_factory=SenderOptions)
+    worker_options: WorkerOptions = field(default_factory=WorkerOptions)
+    payment_options: PaymentOptions = field(default_factory=PaymentOptions)
     payment_loop: bool = True
 
     def written(self) -> None:
@@ -91,21 +92,22 @@ def forge_clients(settings: Settings) -> dict[str, ForgeClient]:
 
 def setup(app: web.Application, *, clients: Mapping[str, ForgeClient] | None = None,
           governor: Governor | None = None, background: bool = True,
-          sender_options: dict[str, Any] | None = None,
-          worker_options: dict[str, Any] | None = None,
+          sender_options: SenderOptions | None = None,
+          worker_options: WorkerOptions | None = None,
           clock: Callable[[], datetime] | None = None, scheduler: bool | None = None,
-          gateway: Any = None, payment_options: dict[str, Any] | None = None,
+          gateway: StripeGateway | None = None, payment_options: PaymentOptions | None = None,
           payment_loop: bool | None = None) -> Runtime:
     """Webhooks plus the worker and the outbox. `background=False` leaves the loops to the
     caller (`runtime.worker.run_once()`), for tests that step through a story;
-    `sender_options` go to `OutboxSender` (e.g. a short `base_delay` in tests); `clock` is
-    the time everything reads (tests move it); `scheduler` runs the APScheduler jobs (by
-    default when `background` is on); `gateway` is the Stripe gateway to use (default: one
-    made from the settings), `payment_options` go to `PaymentWorker`, and `payment_loop`
-    runs its loop (by default when `background` is on; tests that step it turn it off)."""
-    runtime = Runtime(background=background, sender_options=dict(sender_options or {}),
-                      worker_options=dict(worker_options or {}), gateway=gateway,
-                      payment_options=dict(payment_options or {}))
+    `sender_options` tune the `OutboxSender` (e.g. a short `base_delay` in tests) and
+    `worker_options` the `DeliveryWorker`; `clock` is the time everything reads (tests move
+    it); `scheduler` runs the APScheduler jobs (by default when `background` is on);
+    `gateway` is the Stripe gateway to use (default: one made from the settings),
+    `payment_options` tune the `PaymentWorker`, and `payment_loop` runs its loop (by default
+    when `background` is on; tests that step it turn it off)."""
+    runtime = Runtime(background=background, sender_options=sender_options or SenderOptions(),
+                      worker_options=worker_options or WorkerOptions(), gateway=gateway,
+                      payment_options=payment_options or PaymentOptions())
     if clock is not None:
         runtime.clock = clock
     runtime.scheduled = background if scheduler is None else scheduler
@@ -118,7 +120,6 @@ def setup(app: web.Application, *, clients: Mapping[str, ForgeClient] | None = N
         limits = app[SETTINGS].scheduler
         runtime.governor = Governor(per_minute=limits.writes_per_minute,
                                     per_hour=limits.writes_per_hour)
-    runtime.sender_options.setdefault("max_attempts", app[SETTINGS].scheduler.outbox_max_attempts)
     app[RUNTIME] = runtime
     app[webhooks.WAKE_WORKER] = runtime.wake_worker.set
     webhooks.setup(app)
@@ -129,7 +130,8 @@ def setup(app: web.Application, *, clients: Mapping[str, ForgeClient] | None = N
     return runtime
 
 
-def scheduled_jobs(runtime: Runtime, settings: Settings) -> dict[str, tuple[float, Job]]:
+def scheduled_jobs(runtime: Runtime,
+                   settings: Settings) -> dict[str, tuple[float, ScheduledJob]]:
     """The scheduler's jobs for this runtime (see `bountybot.scheduler`)."""
 
     async def sweep() -> None:
@@ -139,8 +141,8 @@ def scheduled_jobs(runtime: Runtime, settings: Settings) -> dict[str, tuple[floa
         runtime.wake_worker.set()
         runtime.wake_outbox.set()
 
-    jobs: dict[str, tuple[float, Job]] = {"sweep": (float(settings.scheduler.sweep_seconds),
-                                                    sweep)}
+    jobs: dict[str, tuple[float, ScheduledJob]] = {
+        "sweep": (float(settings.scheduler.sweep_seconds), sweep)}
     if runtime.payments is not None:
         payments = runtime.payments
 
@@ -163,10 +165,8 @@ def scheduled_jobs(runtime: Runtime, settings: Settings) -> dict[str, tuple[floa
     return jobs
 
 
-def gateway_from_settings(settings: Settings) -> Any:
+def gateway_from_settings(settings: Settings) -> StripeGateway:
     """The Stripe gateway for the configured key and API address."""
-    from bountybot.payments.stripe_api import StripeGateway
-
     key = settings.stripe.api_key
     assert key is not None
     return StripeGateway(key.get_secret_value(), api_base=settings.stripe.api_base)
@@ -205,22 +205,32 @@ async def _loops(app: web.Application) -> AsyncIterator[None]:
     own_clients = not runtime.clients
     if own_clients:
         runtime.clients.update(forge_clients(settings))
-    runtime.sender = OutboxSender(sessionmaker, runtime.clients, settings=settings,
-                                  governor=runtime.governor,
-                                  **{"clock": runtime.clock, **runtime.sender_options})
-    runtime.worker = DeliveryWorker(sessionmaker, settings, runtime.clients,
-                                    on_written=runtime.written,
-                                    **{"clock": runtime.clock, **runtime.worker_options})
+    so = runtime.sender_options
+    runtime.sender = OutboxSender(
+        sessionmaker, runtime.clients, settings=settings, governor=runtime.governor,
+        clock=runtime.clock,
+        max_attempts=(settings.scheduler.outbox_max_attempts if so.max_attempts is None
+                      else so.max_attempts),
+        base_delay=so.base_delay, max_delay=so.max_delay, lease=so.lease, rng=so.rng,
+        reaction_reserve=so.reaction_reserve)
+    wo = runtime.worker_options
+    runtime.worker = DeliveryWorker(
+        sessionmaker, settings, runtime.clients, clock=runtime.clock,
+        on_written=runtime.written, max_attempts=wo.max_attempts, retry_delay=wo.retry_delay,
+        summary_delay=wo.summary_delay)
     runtime.sessionmaker = sessionmaker
     runtime.sweeper = Sweeper(sessionmaker, settings, clock=runtime.clock,
                               on_written=runtime.written)
-    own_gateway = False
+    own_gateway: StripeGateway | None = None
     if stripe_events.stripe_on(settings):
         if runtime.gateway is None:
-            runtime.gateway, own_gateway = gateway_from_settings(settings), True
-        runtime.payments = PaymentWorker(sessionmaker, settings, runtime.gateway,
-                                         on_written=runtime.wake_outbox.set,
-                                         **{"clock": runtime.clock, **runtime.payment_options})
+            runtime.gateway = own_gateway = gateway_from_settings(settings)
+        po = runtime.payment_options
+        runtime.payments = PaymentWorker(
+            sessionmaker, settings, runtime.gateway, clock=runtime.clock,
+            on_written=runtime.wake_outbox.set, max_attempts=po.max_attempts,
+            base_delay=po.base_delay, max_delay=po.max_delay, lease=po.lease,
+            wait_delay=po.wait_delay, poll_every=po.poll_every, batch=po.batch, rng=po.rng)
     jobs = scheduled_jobs(runtime, settings)
     scheduler = start_scheduler(jobs) if runtime.scheduled else None
     tasks = _start_loops(runtime, runtime.worker, runtime.sender) if runtime.background else []
@@ -231,8 +241,8 @@ async def _loops(app: web.Application) -> AsyncIterator[None]:
             stop_scheduler(scheduler)
         runtime.stop.set()
         await _stopped(tasks)
-        if own_gateway:
-            runtime.gateway.close()
+        if own_gateway is not None:
+            own_gateway.close()
         if own_clients:
             for client in runtime.clients.values():
                 close = getattr(client, "close", None)

@@ -25,10 +25,14 @@ from sqlmodel import select
 from bountybot.api.routes import setup as api_setup
 from bountybot.app import create_app
 from bountybot.config import Settings
-from bountybot.deliveries import work_waiting
 from bountybot.forges.github_events import signature as github_signature
 from bountybot.governor import Governor
-from bountybot.payouts import mark_paid
+from bountybot.inbox import WorkerOptions
+from bountybot.operator.deliveries import work_waiting
+from bountybot.operator.payouts import mark_paid
+from bountybot.outbox import SenderOptions
+from bountybot.payments.stripe_api import StripeGateway
+from bountybot.payments.worker import PaymentOptions
 from bountybot.resources import SESSIONMAKER, SETTINGS
 from bountybot.rules import Bounty
 from bountybot.service import RUNTIME, setup
@@ -44,6 +48,9 @@ TOKEN = "ghp_test0123456789abcdef"
 REPO = "Codertocat/Hello-World"
 REPO_ID = 186853002
 MAINTAINER = "maya"
+# The outbox retries at once and summaries go out with no delay: the tests wait for nothing.
+QUICK_SENDER = SenderOptions(base_delay=0.05, max_delay=0.2)
+QUICK_WORKER = WorkerOptions(summary_delay=0.0)
 
 
 def sign(body: bytes, secret: str = SECRET) -> str:
@@ -62,13 +69,16 @@ class GitHubBot:
     async def start(cls, db_url: str, fake: FakeGitHub, *, max_body: int = 25 * 1024 * 1024,
                     governor: Governor | None = None,
                     clock: Callable[[], datetime] | None = None,
-                    sender_options: dict[str, Any] | None = None,
+                    sender_options: SenderOptions = QUICK_SENDER,
                     payments: dict[str, Any] | None = None,
-                    sections: dict[str, Any] | None = None, service: dict[str, Any] | None = None,
+                    sections: dict[str, Any] | None = None,
+                    gateway: StripeGateway | None = None,
+                    payment_options: PaymentOptions | None = None,
+                    payment_loop: bool | None = None,
                     features: list[Any] | None = None, **bot: Any) -> Self:
-        """`sections`: more settings (`{"stripe": {...}}`); `service`: more arguments for
-        `bountybot.service.setup` (a Stripe gateway, the payment worker's options);
-        `features`: more features' `setup`s (the badges, the pages), after the API's."""
+        """`sections`: more settings (`{"stripe": {...}}`); `gateway`, `payment_options`,
+        `payment_loop`: as for `bountybot.service.setup`; `features`: more features' `setup`s
+        (the badges, the pages), after the API's."""
         fake.accept_token(TOKEN)
         fake.add_repo(REPO, REPO_ID)
         fake.set_permission(REPO, MAINTAINER, "maintain")
@@ -83,10 +93,9 @@ class GitHubBot:
         engine = create_engine(db_url)
         app = create_app(settings, engine=engine, features=[api_setup, *(features or [])])
         # The scheduler stays off: tests that need the sweeps run them with a moved clock.
-        setup(app, governor=governor,
-              sender_options={"base_delay": 0.05, "max_delay": 0.2, **(sender_options or {})},
-              worker_options={"summary_delay": 0.0}, clock=clock, scheduler=False,
-              **(service or {}))
+        setup(app, governor=governor, sender_options=sender_options, worker_options=QUICK_WORKER,
+              clock=clock, scheduler=False, gateway=gateway, payment_options=payment_options,
+              payment_loop=payment_loop)
         client = TestClient(TestServer(app))
         await client.start_server()
         return cls(client, fake, engine)

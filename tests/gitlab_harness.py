@@ -24,7 +24,7 @@ from bountybot.storage.engine import create_engine
 
 from fakes.gitlab import FakeGitLab
 from fixtures import payload
-from github_harness import GitHubBot
+from github_harness import QUICK_SENDER, QUICK_WORKER, GitHubBot
 
 GL_SECRET = "gl-hook-token-7f3a9c2e"
 GL_TOKEN = "glpat-test0123456789abcdef"
@@ -74,8 +74,7 @@ class GitLabBot(GitHubBot):
         settings = Settings.model_validate(data)
         engine = create_engine(db_url)
         app = create_app(settings, engine=engine, features=[api_setup, *(features or [])])
-        setup(app, scheduler=False, sender_options={"base_delay": 0.05, "max_delay": 0.2},
-              worker_options={"summary_delay": 0.0})
+        setup(app, scheduler=False, sender_options=QUICK_SENDER, worker_options=QUICK_WORKER)
         client = TestClient(TestServer(app))
         await client.start_server()
         harness = cls(client, github, engine)  # type: ignore[arg-type]

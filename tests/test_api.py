@@ -511,7 +511,7 @@ async def test_a_done_task_shows_what_was_raised_and_who_did_it(db_url: str,
     """Through the real app: signed webhooks, the worker, the API. alice gives 60, bob 40, erin
     5 then takes it back; dave's merged pull request is paid 100. Once done, `pledged` (held
     now) is zero, `raised` is the 100 the backers gave, and dave's claim stays visible."""
-    from bountybot.payouts import mark_paid
+    from bountybot.operator.payouts import mark_paid
     from bountybot.resources import SESSIONMAKER, SETTINGS
 
     from github_harness import MAINTAINER, GitHubBot

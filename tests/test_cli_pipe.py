@@ -60,7 +60,7 @@ def test_a_closed_pipe_ends_the_command_quietly(books: Path, args: tuple[str, ..
     assert len(done.stdout) == 100
     # The first line of each (an export's starts with the time it was made, which moves on).
     assert done.stdout[:11] == whole.stdout.encode()[:11]
-    # 141 = 128 + SIGPIPE: what the shell reports for `yes | head` (see cli.SIGPIPE_EXIT).
+    # 141 = 128 + SIGPIPE: what the shell reports for `yes | head` (see cli.common.SIGPIPE_EXIT).
     assert done.returncode == 141, done.stderr
     assert done.stderr == b""  # no traceback, no "cannot export the database", no "ignored"
 

@@ -33,7 +33,16 @@ from bountybot.storage.engine import create_engine
 from fakes.github import FakeGitHub
 from fakes.gitlab import FakeGitLab
 from fakes.stripe import FakeStripe, stripe_server  # noqa: F401
-from github_harness import MAINTAINER, REPO, REPO_ID, SECRET, TOKEN, GitHubBot
+from github_harness import (
+    MAINTAINER,
+    QUICK_SENDER,
+    QUICK_WORKER,
+    REPO,
+    REPO_ID,
+    SECRET,
+    TOKEN,
+    GitHubBot,
+)
 from github_harness import sign as github_sign
 
 WHSEC = "whsec_fuzz_0123456789abcdef"
@@ -68,8 +77,8 @@ async def world(sqlite_url: str, github_server: FakeGitHub, gitlab_server: FakeG
     })
     engine = create_engine(sqlite_url)
     app = create_app(app_settings, engine=engine, features=[])
-    setup(app, scheduler=False, sender_options={"base_delay": 0.05, "max_delay": 0.2},
-          worker_options={"summary_delay": 0.0}, payment_loop=False,
+    setup(app, scheduler=False, sender_options=QUICK_SENDER, worker_options=QUICK_WORKER,
+          payment_loop=False,
           gateway=StripeGateway(stripe_server.api_key, api_base=stripe_server.url,
                                 timeout=0.5))
     client = TestClient(TestServer(app))

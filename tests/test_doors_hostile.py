@@ -50,7 +50,7 @@ from bountybot.storage.engine import create_engine
 from fakes.gitlab import FakeGitLab
 from fakes.stripe import FakeStripe, stripe_server  # noqa: F401
 from fixtures import payload
-from github_harness import REPO_ID, GitHubBot, sign
+from github_harness import QUICK_SENDER, QUICK_WORKER, REPO_ID, GitHubBot, sign
 
 # -- talking HTTP byte by byte -----------------------------------------------------------------
 # aiohttp's client will not send a header that is not text; a hostile sender will.
@@ -129,8 +129,7 @@ async def gitlab_bot(db_url: str, fake: FakeGitLab, **gitlab: Any) -> GitLabBot:
                                         "gitlab": {**gitlab_settings(fake), **gitlab}})
     engine = create_engine(db_url)
     app = create_app(settings, engine=engine, features=[])
-    setup(app, scheduler=False, sender_options={"base_delay": 0.05, "max_delay": 0.2},
-          worker_options={"summary_delay": 0.0})
+    setup(app, scheduler=False, sender_options=QUICK_SENDER, worker_options=QUICK_WORKER)
     client = TestClient(TestServer(app))
     await client.start_server()
     bot = GitLabBot(client, None, engine)  # type: ignore[arg-type]

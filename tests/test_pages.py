@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import update
 
 from bountybot.app import create_app
-from bountybot.payouts import mark_paid
+from bountybot.operator.payouts import mark_paid
 from bountybot.resources import SESSIONMAKER, SETTINGS
 from bountybot.storage import tables as t
 from bountybot.web import pages

@@ -21,6 +21,7 @@ from bountybot import cli
 from bountybot.config import ConfigError, Settings
 from bountybot.payments.provider_audit import audit_provider
 from bountybot.payments.stripe_api import StripeGateway
+from bountybot.payments.worker import PaymentOptions
 from bountybot.resources import SESSIONMAKER
 from bountybot.service import RUNTIME
 from bountybot.states import PayoutState, PledgeState, TaskState
@@ -95,9 +96,9 @@ async def start(db_url: str, github: Any, stripe: FakeStripe, **bot: Any) -> Str
         sections={"stripe": {"api_key": stripe.api_key, "webhook_secret": WHSEC,
                              "connect_webhook_secret": CONNECT, "api_base": stripe.url},
                   "server": {"public_url": PUBLIC_URL}},
-        service={"gateway": gateway, "payment_loop": False,
-                 "payment_options": {"base_delay": 2.0, "max_delay": 30.0, "max_attempts": 4,
-                                     "rng": random.Random(6)}},
+        gateway=gateway, payment_loop=False,
+        payment_options=PaymentOptions(base_delay=2.0, max_delay=30.0, max_attempts=4,
+                                       rng=random.Random(6)),
         **bot)
     return Stripy(started, stripe, gateway, clock)
 

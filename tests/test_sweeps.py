@@ -7,13 +7,14 @@ PostgreSQL. Nothing sleeps: the tests move the clock and run the sweep."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from bountybot import cli
+from bountybot.operator.payouts import PayoutError, due_payouts, mark_paid
 from bountybot.outbox import list_messages
-from bountybot.payouts import PayoutError, due_payouts, mark_paid
 from bountybot.resources import SESSIONMAKER
 from bountybot.service import RUNTIME
 from bountybot.states import ClaimState, PayoutState, PledgeState, TaskState
@@ -21,7 +22,7 @@ from bountybot.storage import tables as t
 from bountybot.storage.books import run_audit
 
 from clocks import Clock
-from github_harness import MAINTAINER, REPO, GitHubBot
+from github_harness import MAINTAINER, QUICK_SENDER, REPO, GitHubBot
 
 
 @pytest.fixture
@@ -247,7 +248,7 @@ async def test_a_dead_message_is_listed_and_retried_by_hand(db_url, github_serve
     # The command line revives messages for the real now, so this bot's clock starts there.
     clock = Clock(datetime.now(UTC))
     bot = await start(db_url, github_server, clock,
-                      sender_options={"max_attempts": 2, "base_delay": 60.0})
+                      sender_options=replace(QUICK_SENDER, max_attempts=2, base_delay=60.0))
     sm = bot.app[SESSIONMAKER]
     runtime = bot.app[RUNTIME]
     try:

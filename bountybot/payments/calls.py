@@ -1,5 +1,5 @@
 """The provider calls of one payment operation, made with no database lock held: what to send
-(`Job`, read when the operation was leased) and what came of it (`Outcome`).
+(`LeasedOp`, read when the operation was leased) and what came of it (`Outcome`).
 
 Never twice: every call carries the operation's idempotency key, the same on every try, so
 Stripe answers a repeat with its first answer. And since Stripe forgets a key after a day, a
@@ -33,7 +33,7 @@ WAIT_FOR_ACCOUNT = frozenset({"insufficient_capabilities_for_transfer", "account
 
 
 @dataclass(frozen=True)
-class Job:
+class LeasedOp:
     """A leased operation, as read in the lease's transaction (no ORM row crosses a call)."""
 
     id: int
@@ -89,7 +89,7 @@ class Caller:
     async def _run(self, call: Callable[..., T], **kwargs: Any) -> T:
         return await asyncio.to_thread(call, **kwargs)
 
-    async def perform(self, job: Job) -> Outcome:
+    async def perform(self, job: LeasedOp) -> Outcome:
         try:
             if job.kind == PaymentKind.CHECKOUT:
                 return await self._checkout(job)
@@ -103,7 +103,7 @@ class Caller:
         except ValueError as error:  # a request the gateway refused to send: ours is wrong
             return Outcome("failed", error=f"not sent: {error}")
 
-    async def _checkout(self, job: Job) -> Outcome:
+    async def _checkout(self, job: LeasedOp) -> Outcome:
         if job.return_url is None:
             return Outcome("failed", error="server.public_url is not set")
         assert job.amount_minor is not None and job.currency is not None
@@ -115,7 +115,7 @@ class Caller:
                       "task_id": str(job.task_id)})
         return Outcome("done", session=session, url=session.url)
 
-    async def _refund(self, job: Job) -> Outcome:
+    async def _refund(self, job: LeasedOp) -> Outcome:
         if not job.payment_intent:
             return Outcome("failed", error="no payment on record to refund")
         try:
@@ -131,7 +131,7 @@ class Caller:
             raise
         return Outcome("done", refund=refund)
 
-    async def _transfer(self, job: Job) -> Outcome:
+    async def _transfer(self, job: LeasedOp) -> Outcome:
         if not job.account_id:
             return Outcome("waiting", error="the developer has no ready payout account")
         assert job.amount_minor is not None and job.currency is not None
@@ -148,7 +148,7 @@ class Caller:
                       "task_id": str(job.task_id)})
         return Outcome("done", transfer=transfer)
 
-    async def _account(self, job: Job) -> Outcome:
+    async def _account(self, job: LeasedOp) -> Outcome:
         assert job.forge is not None and job.login is not None
         from bountybot.payments.ops import account_key
 

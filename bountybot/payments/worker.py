@@ -27,7 +27,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -42,7 +42,7 @@ from bountybot.i18n import translate
 from bountybot.logs import event
 from bountybot.loops import wait_any
 from bountybot.money import Money, format_money
-from bountybot.payments.calls import Caller, Job, Outcome
+from bountybot.payments.calls import Caller, LeasedOp, Outcome
 from bountybot.payments.ops import (
     OpState,
     insert_ops,
@@ -61,6 +61,21 @@ from bountybot.storage.uow import LATER, UnitOfWork, for_update_skip_locked
 log = logging.getLogger(__name__)
 
 DUE = (OpState.PENDING, OpState.UNKNOWN)
+
+
+@dataclass(frozen=True)
+class PaymentOptions:
+    """How `bountybot.service` tunes its `PaymentWorker`: the worker's own arguments, with the
+    same defaults (tests shorten the backoff and seed the jitter)."""
+
+    max_attempts: int = 8
+    base_delay: float = 30.0
+    max_delay: float = 3600.0
+    lease: float = 120.0
+    wait_delay: float = 3600.0
+    poll_every: float = 3600.0
+    batch: int = 10
+    rng: random.Random | None = None
 
 
 class PaymentWorker:
@@ -164,7 +179,7 @@ class PaymentWorker:
 
     # -- 2. lease ---------------------------------------------------------------------------
 
-    async def _lease(self) -> list[Job]:
+    async def _lease(self) -> list[LeasedOp]:
         now = self.clock()
         async with UnitOfWork(self.sessionmaker, priority=LATER) as uow:
             s = uow.session
@@ -195,7 +210,7 @@ class PaymentWorker:
                 jobs.append(await self._job(s, row))
         return jobs
 
-    async def _job(self, s: AsyncSession, row: t.PaymentOp) -> Job:
+    async def _job(self, s: AsyncSession, row: t.PaymentOp) -> LeasedOp:
         """What the call needs, read now: the issue to come back to, the payment to refund,
         the account to pay."""
         kind = PaymentKind(row.kind)
@@ -214,16 +229,17 @@ class PaymentWorker:
             if account is not None and (account.ready or kind == PaymentKind.ACCOUNT):
                 account_id = account.account_id
         title = f": {task.title}" if task is not None and task.title else ""
-        return Job(id=t.id_of(row), kind=kind, key=row.idempotency_key, attempts=row.attempts,
-                   unknown=row.state == OpState.UNKNOWN or row.attempts > 1,
-                   pledge_id=row.pledge_id, payout_id=row.payout_id, task_id=row.task_id,
-                   forge=row.forge, login=row.login, amount_minor=row.amount_minor,
-                   currency=row.currency, payment_intent=intent, account_id=account_id,
-                   description=f"Bounty for {where}{title}"[:250], return_url=url)
+        return LeasedOp(id=t.id_of(row), kind=kind, key=row.idempotency_key,
+                        attempts=row.attempts,
+                        unknown=row.state == OpState.UNKNOWN or row.attempts > 1,
+                        pledge_id=row.pledge_id, payout_id=row.payout_id, task_id=row.task_id,
+                        forge=row.forge, login=row.login, amount_minor=row.amount_minor,
+                        currency=row.currency, payment_intent=intent, account_id=account_id,
+                        description=f"Bounty for {where}{title}"[:250], return_url=url)
 
     # -- 4. finish --------------------------------------------------------------------------
 
-    async def _finish(self, job: Job, outcome: Outcome) -> None:
+    async def _finish(self, job: LeasedOp, outcome: Outcome) -> None:
         now = self.clock()
         async with UnitOfWork(self.sessionmaker, priority=LATER) as uow:
             s = uow.session
