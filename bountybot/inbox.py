@@ -1,13 +1,13 @@
 """The delivery worker: takes stored webhook deliveries in order and applies them.
 
 For each delivery: read it, turn the payload into normalized happenings (the forge adapter),
-drop what no forge could have sent (`checked`), ask the forge what the payload cannot be trusted
-to say (a GitLab note's existence and author, whether a commenter maintains the repo, whether
-an awarded login is an account; outside any transaction, so no lock is held over HTTP), then in
-one unit of work: take the delivery again (`FOR UPDATE SKIP LOCKED` on PostgreSQL; skipped if
-another worker handled it meanwhile), load each task, apply only the command lines of a comment
-never applied before (`_fresh_lines`), decide, write the decision, mark the delivery handled.
-The outbox sends afterwards.
+drop what no forge could have sent (`inbox_reading.checked`), ask the forge what the payload
+cannot be trusted to say (a GitLab note's existence and author, whether a commenter maintains the
+repo, whether an awarded login is an account; outside any transaction, so no lock is held over
+HTTP), then in one unit of work: take the delivery again (`FOR UPDATE SKIP LOCKED` on
+PostgreSQL; skipped if another worker handled it meanwhile), load each task, apply only the
+command lines of a comment never applied before (`comment_lines.fresh_lines`), decide, write the
+decision, mark the delivery handled. The outbox sends afterwards.
 
 Deliveries about one issue (one `topic`) are applied in the order they were stored, whichever
 replica takes them: none is taken while an earlier one of its topic is pending. A delivery that
@@ -20,12 +20,9 @@ waits for it). `bountybot deliveries` lists, retries and fails them.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import random
-import re
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -43,17 +40,16 @@ from bountybot.commands import (
     CommandName,
     command_named,
 )
+from bountybot.comment_lines import confirmed_note, fresh_lines
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient, ForgeError
 from bountybot.forges.events import (
-    SYNC_EVENT,
     Happening,
     Normalized,
     Transfer,
-    happenings_from_payload,
-    valid_number,
 )
 from bountybot.forges.registry import FORGES
+from bountybot.inbox_reading import normalize
 from bountybot.logs import event
 from bountybot.loops import wait_any
 from bountybot.refs import RepoRef
@@ -77,81 +73,14 @@ from bountybot.storage.bounties import (
     policy_of,
     save_decision,
 )
-from bountybot.storage.dialect import insert_for
 from bountybot.storage.uow import BACKGROUND, UnitOfWork, for_update_skip_locked, is_conflict
 
 log = logging.getLogger(__name__)
 
 
-
-
 def _first_line(error: BaseException) -> str:
     text = str(getattr(error, "orig", None) or error)
     return (text.splitlines() or [""])[0][:200]
-
-
-def normalize(forge: str, kind: str, payload: dict[str, Any], settings: Settings,
-              name: str | None = None) -> Normalized:
-    """What a stored delivery `name` means, with every happening checked against what the forge
-    could have sent (see `checked`)."""
-    if kind == SYNC_EVENT:
-        # Stored by reconciliation, already normalized, read from the API: trusted only under
-        # the delivery ids reconciliation gives (the doors refuse both the kind and the ids).
-        if name is not None and not name.startswith(f"sync:{forge}:"):
-            return Normalized(ignored=f"{SYNC_EVENT} is internal; not from {name[:40]!r}")
-        happenings = [replace(h, what=replace(h.what, verified=True))
-                      if isinstance(h.what, Comment) else h
-                      for h in happenings_from_payload(payload)]
-        return checked(forge, Normalized(happenings=happenings))
-    known = FORGES.get(forge)
-    if known is None:
-        return Normalized(ignored=f"no adapter for {forge}")
-    return checked(forge, known.normalize(kind, payload, label=settings.bot.label,
-                                          bot_login=settings.bot.login))
-
-
-_FORGE_ID = re.compile(r"[0-9]{1,20}")
-_LOGIN = re.compile(r"[^\x00-\x1f\x7f]{1,255}")
-
-
-def _valid_repo(forge: str, ref: RepoRef) -> bool:
-    return (ref.forge == forge and bool(_FORGE_ID.fullmatch(ref.forge_repo_id))
-            and 0 < len(ref.full_path) <= 512 and "\x00" not in ref.full_path
-            and (ref.installation_id is None or bool(_FORGE_ID.fullmatch(ref.installation_id))))
-
-
-def _valid(forge: str, h: Happening) -> bool:
-    """Whether a happening holds only what its forge could have said: issue and pull request
-    numbers in the forges' range (and the INTEGER columns'), ids as digits, logins of a sane
-    length, a repo of the delivery's own forge. Anything else never reaches a query."""
-    if not valid_number(h.number) or (h.repo is not None and not _valid_repo(forge, h.repo)):
-        return False
-    if h.repo is None and not (0 < len(h.repo_path) <= 512 and "\x00" not in h.repo_path):
-        return False
-    what = h.what
-    if isinstance(what, Comment):
-        return bool(_FORGE_ID.fullmatch(what.id)) and bool(_LOGIN.fullmatch(what.author.login))
-    if isinstance(what, LinkOpened | LinkClosed):
-        return valid_number(what.number) and len(what.author) <= 255 and len(what.repo) <= 512
-    return True
-
-
-def checked(forge: str, normalized: Normalized) -> Normalized:
-    """`normalized` less what no forge could have sent; the delivery's record says so."""
-    kept = [h for h in normalized.happenings if _valid(forge, h)]
-    repos = [ref for ref in normalized.repos if _valid_repo(forge, ref)]
-    transfer = normalized.transfer
-    if transfer is not None and not (
-            _valid_repo(forge, transfer.old) and _valid_repo(forge, transfer.new)
-            and valid_number(transfer.old_number) and valid_number(transfer.new_number)):
-        transfer = None
-    dropped = (len(normalized.happenings) - len(kept) + len(normalized.repos) - len(repos)
-               + (transfer is None and normalized.transfer is not None))
-    if not dropped:
-        return normalized
-    note = f"{dropped} part(s) refused: numbers, ids or repos no {forge} payload holds"
-    return Normalized(repos=repos, happenings=kept, transfer=transfer,
-                      ignored=f"{normalized.ignored}; {note}" if normalized.ignored else note)
 
 
 @dataclass
@@ -438,7 +367,7 @@ class DeliveryWorker:
                 c.name not in (CommandName.HELP, CommandName.STATUS) for c in commands):
             if client is None:
                 raise ForgeError(f"no {h.repo.forge} client to confirm a comment with")
-            what = await _confirmed_note(client, h, what, policy)
+            what = await confirmed_note(client, h, what, policy)
         if needs_maintainer(what, policy):
             maintainer = client is not None and await client.is_maintainer(
                 h.repo, what.author.login)
@@ -608,7 +537,7 @@ class DeliveryWorker:
             bounty = await load_bounty(session, repo, h.number, lock=True)
         handled: list[int] = []
         if isinstance(h.what, Comment):
-            fresh = await _fresh_lines(session, repo.forge, h.what, policy, bounty, now)
+            fresh = await fresh_lines(session, repo.forge, h.what, policy, bounty, now)
             if fresh is None:  # applied before (a webhook, an edit, a sync, a redelivery)
                 event(log, "comment.repeat", forge=repo.forge, comment=h.what.id,
                       source=source)
@@ -678,100 +607,3 @@ class DeliveryWorker:
         event(log, "delivery.failed" if finished else "delivery.retry", logging.WARNING,
               delivery=name, attempts=attempts, error=reason)
         return finished
-
-
-def _lines(body: str, policy: Policy) -> list[str]:
-    """The command lines of a comment (read or refused), as written."""
-    return [item.raw.strip() for item in read_commands(body, policy)]
-
-
-async def _confirmed_note(client: ForgeClient, h: Happening, what: Comment,
-                          policy: Policy) -> Comment:
-    """A GitLab note as the API has it: the instance's webhook token is one secret for every
-    project, so whoever holds it could send a note "by" anyone. The note must exist on that
-    issue, by that author; only the command lines that both the hook and the API show are
-    applied. An unconfirmed note applies nothing (the log says why)."""
-    assert h.repo is not None
-    found = await client.comment(h.repo, h.number, what.id)
-    if found is None or found[0].lower() != what.author.login.lower():
-        event(log, "note.unconfirmed", logging.WARNING, forge=h.repo.forge,
-              repo=h.repo.full_path, note=what.id,
-              why="no such note" if found is None else "another author")
-        return replace(what, body="", verified=True)
-    there = Counter(_lines(found[1], policy))
-    kept = []
-    for line in _lines(what.body, policy):
-        if there[line] > 0:
-            there[line] -= 1
-            kept.append(line)
-    return replace(what, body="\n".join(kept), verified=True)
-
-
-# A `handled_comment.revision` that names one command line of a comment (see `_fresh_lines`);
-# rows written before lines were recorded name a whole comment ("") or one edit of it.
-LINE = "line:"
-MAX_COMMANDS = 10  # per comment, over all its edits (DESIGN.md: at most 10 read per comment)
-
-
-def _line_keys(lines: list[str]) -> list[tuple[str, str]]:
-    """(key, line) for each command line: the line's text without case, and which occurrence
-    of that text it is, so `/pledge 5` written twice is two commands, and the same two lines
-    read again (a redelivery, an edit, a sync) are the same two keys."""
-    seen: Counter[str] = Counter()
-    keys = []
-    for line in lines:
-        digest = hashlib.sha256(line.casefold().encode()).hexdigest()[:40]
-        keys.append((f"{LINE}{digest}:{seen[digest]}", line))
-        seen[digest] += 1
-    return keys
-
-
-async def _fresh_lines(session: AsyncSession, forge: str, comment: Comment, policy: Policy,
-                       bounty: Bounty | None, now: datetime
-                       ) -> tuple[Comment, list[int]] | None:
-    """The comment with only the command lines never applied before, and the ids of the rows
-    that now record them; None when there are none. A comment's commands are applied once,
-    whichever of its webhook, an edit's webhook, a redelivery or reconciliation brings them
-    first, in any order: each command line is recorded (`handled_comment`, one row per line)
-    in the deciding transaction, and a second worker applying the same line at once waits on
-    the unique key, then finds it taken."""
-    if is_bot(comment.author, policy):
-        return comment, []
-    lines = _lines(comment.body, policy)
-    if not lines:
-        return comment, []
-    table = t.HandledComment
-    done = list((await session.exec(select(table.revision).where(
-        table.forge == forge, table.comment_id == comment.id[:t.FORGE_ID]))).all())
-    whole = [rev for rev in done if not rev.startswith(LINE)]
-    if whole and comment.previous is None:
-        return None  # applied whole, before lines were recorded
-    skip: set[str] = set()
-    if whole and comment.previous is not None:  # its text before the edit was applied then
-        skip = {key for key, _ in _line_keys(_lines(comment.previous, policy))}
-    wanted = [(key, line) for key, line in _line_keys(lines)
-              if key not in skip and key not in done]
-    # Ten commands and the one refusal that says no more are read, over all of its edits.
-    room = MAX_COMMANDS + 1 - (len(done) - len(whole))
-    if len(wanted) > room:
-        event(log, "comment.too_many", logging.WARNING, forge=forge, comment=comment.id,
-              dropped=len(wanted) - max(room, 0))
-        wanted = wanted[:max(room, 0)]
-    if not wanted:
-        return None
-    stmt = (insert_for(session)(t.HandledComment.__table__)  # type: ignore[attr-defined]
-            .values([dict(forge=forge, comment_id=comment.id[:t.FORGE_ID], revision=key,
-                          task_id=bounty.id if bounty is not None else None, handled_at=now)
-                     for key, _ in wanted])
-            .on_conflict_do_nothing().returning(t.HandledComment.id,
-                                                t.HandledComment.revision))
-    taken = {revision: row_id for row_id, revision in (await session.exec(stmt)).all()}
-    fresh = [(key, line) for key, line in wanted if key in taken]
-    if not fresh:
-        return None
-    revision = comment.revision
-    if done or len(fresh) < len(lines):
-        # The rest of a comment partly applied before: its reply is a reply of its own.
-        revision = f"{comment.revision or ''}+{fresh[0][0][len(LINE):len(LINE) + 12]}"
-    body = "\n".join(line for _, line in fresh)
-    return replace(comment, body=body, revision=revision), list(taken.values())

@@ -17,8 +17,9 @@ The send protocol, for each message (`OutboxSender.run_once`):
 
 Nothing is sent twice: a message taken again after its sender died (or after an error that may
 have hidden a success, like a timeout) may already be on the forge, so replies and notices carry
-a hidden marker (`<!-- bountybot:msg:<id> -->`) that is looked for before posting again, and
-the summary is found by its task marker. Reactions are idempotent on the forges.
+a hidden marker (`<!-- bountybot:msg:<id> -->`, from `bountybot.messages`) that is looked for
+before posting again, and the summary is found by its task marker. Reactions are idempotent on
+the forges.
 
 Order: messages travel in lanes, one per issue (replies, notices and reactions) and one per
 task's summary. A message is taken only when every earlier pending message of its lane is taken
@@ -46,10 +47,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bountybot.clock import backoff, utc_now
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient, ForgeError
-from bountybot.forges.registry import FORGES
 from bountybot.governor import Busy, Governor
 from bountybot.logs import event
 from bountybot.loops import wait_any
+from bountybot.messages import fit_comment, message_marker, summary_marker
 from bountybot.refs import RepoRef
 from bountybot.rules.policy import policy_from_settings
 from bountybot.rules.summary import SUMMARY_MARKER, render_summary
@@ -63,35 +64,6 @@ SUMMARY, REACTION, REPLY, NOTICE = "summary", "reaction", "reply", "notice"
 PENDING, SENT, DEAD = OutboxState.PENDING, OutboxState.SENT, OutboxState.DEAD
 Sessionmaker = async_sessionmaker[AsyncSession]
 T = TypeVar("T")
-
-
-# The longest comment each forge takes, in characters (GitHub answers 422 above 65,536; GitLab
-# refuses notes above 1,000,000). Every body is cut to fit before it is sent.
-DEFAULT_COMMENT_LIMIT = 65_536  # for a forge that is not registered (its repo is gone)
-_CUT = "\n\n…"
-
-
-def fit_comment(text: str, marker: str, forge: str) -> str:
-    """`text` with `marker` after it, cut (at a line, with an ellipsis) to fit the forge's
-    comment size: a reply that the forge would refuse is never sent."""
-    known = FORGES.get(forge)
-    limit = (known.comment_limit if known else DEFAULT_COMMENT_LIMIT) - len(marker) - len(_CUT)
-    if len(text) <= limit:
-        return text + marker
-    cut = text[:limit]
-    line = cut.rfind("\n")
-    return (cut[:line] if line > limit // 2 else cut) + _CUT + marker
-
-
-def message_marker(outbox_id: int) -> str:
-    """The hidden line in a reply or notice that finds it again after a crash."""
-    return f"<!-- bountybot:msg:{outbox_id} -->"
-
-
-def summary_marker(task_id: int) -> str:
-    """What the summary comment of task `task_id`, and only it, holds."""
-    return f"{SUMMARY_MARKER}<!-- task:{task_id} -->"
-
 
 
 def _behind(busy_after: datetime | None) -> ColumnElement[bool]:
@@ -549,33 +521,3 @@ def _die(row: Outbox, error: str) -> None:
 def _log_dead(row: Outbox) -> None:
     event(log, "outbox.dead", logging.ERROR, id=row.id, kind=row.kind, task=row.task_id,
           attempts=row.attempts, error=row.last_error)
-
-
-# -- for the command line ------------------------------------------------------------------
-
-
-async def list_messages(sessionmaker: Sessionmaker, state: str | None = None) -> list[Outbox]:
-    """The outbox, oldest first; only the messages in `state` (`pending`, `sent`, `dead`) if
-    given."""
-    stmt = select(Outbox).order_by(col(Outbox.id))
-    if state is not None:
-        stmt = stmt.where(Outbox.state == OutboxState(state))
-    async with sessionmaker() as session:
-        return list((await session.exec(stmt)).all())
-
-
-async def retry_dead(sessionmaker: Sessionmaker, ids: list[int] | None = None, *,
-                     now: datetime | None = None) -> int:
-    """Give dead messages (all, or those of `ids`) another round of attempts, now; returns how
-    many. Their `last_error` stays, which also makes the sender look for a reply's marker before
-    posting it (the last attempt may have reached the forge)."""
-    now = now or utc_now()
-    async with UnitOfWork(sessionmaker) as uow:
-        stmt = select(Outbox).where(Outbox.state == DEAD)
-        if ids is not None:
-            stmt = stmt.where(col(Outbox.id).in_(ids))
-        rows = (await uow.session.exec(stmt.with_for_update())).all()
-        for row in rows:
-            row.state, row.attempts, row.next_attempt_at = PENDING, 0, now
-            event(log, "outbox.revived", id=row.id, kind=row.kind)
-    return len(rows)

@@ -18,13 +18,9 @@ from sqlmodel import col, select
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient, ForgeError
 from bountybot.governor import Governor
-from bountybot.outbox import (
-    OutboxSender,
-    list_messages,
-    message_marker,
-    retry_dead,
-    summary_marker,
-)
+from bountybot.messages import message_marker, summary_marker
+from bountybot.operator.outbox import list_messages, retry_dead
+from bountybot.outbox import OutboxSender
 from bountybot.refs import RepoRef
 from bountybot.rules import (
     Actor,

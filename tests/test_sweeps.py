@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bountybot import cli
+from bountybot.operator.outbox import list_messages
 from bountybot.operator.payouts import PayoutError, due_payouts, mark_paid
-from bountybot.outbox import list_messages
 from bountybot.resources import SESSIONMAKER
 from bountybot.service import RUNTIME
 from bountybot.states import ClaimState, PayoutState, PledgeState, TaskState

@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
 from bountybot.storage.engine import create_engine, create_sessionmaker
-from bountybot.storage.uow import BACKGROUND, LATER, URGENT, UnitOfWork
+from bountybot.storage.uow import BACKGROUND, LATER, URGENT, UnitOfWork, _sqlite_turn
+
+
+async def waiting(sessionmaker: async_sessionmaker[AsyncSession], count: int) -> None:
+    """Until `count` units of work wait for the turn (no sleeping: they queue at their first
+    step, so this takes a loop iteration or two)."""
+    turn = _sqlite_turn(sessionmaker)
+    assert turn is not None
+    async with asyncio.timeout(5):
+        while turn.waiting < count:
+            await asyncio.sleep(0)
 
 
 async def test_webhooks_go_before_the_worker_and_the_worker_before_the_outbox(sqlite_url):
@@ -33,7 +46,7 @@ async def test_webhooks_go_before_the_worker_and_the_worker_before_the_outbox(sq
         waiters = [asyncio.create_task(queued("outbox", LATER)),
                    asyncio.create_task(queued("worker", BACKGROUND)),
                    asyncio.create_task(queued("webhook", URGENT))]
-        await asyncio.sleep(0.05)
+        await waiting(sessionmaker, 3)
         assert order == []  # nobody got in while the first held the lock
         release.set()
         await asyncio.gather(holder, *waiters)
@@ -47,15 +60,17 @@ async def test_a_cancelled_waiter_passes_its_turn_on(sqlite_url):
     sessionmaker = create_sessionmaker(engine)
     try:
         gate = asyncio.Event()
+        holding = asyncio.Event()
 
         async def hold() -> None:
             async with UnitOfWork(sessionmaker):
+                holding.set()
                 await gate.wait()
 
         holder = asyncio.create_task(hold())
-        await asyncio.sleep(0.01)
+        await holding.wait()
         doomed = asyncio.create_task(UnitOfWork(sessionmaker).__aenter__())
-        await asyncio.sleep(0.01)
+        await waiting(sessionmaker, 1)
         doomed.cancel()
         gate.set()
         await holder

@@ -136,7 +136,7 @@ def cmd_payments(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    from bountybot.outbox import list_messages, retry_dead
+    from bountybot.operator.outbox import list_messages, retry_dead
 
     settings = load_settings(args)
     setup_logging(settings, level=log_level())

@@ -202,7 +202,7 @@ def _issue_comment(action: str | None, payload: dict[str, Any], bot_login: str) 
         revision = comment.get("updated_at") or "edit"
         # Not only the lines the edit added: the comment's own webhook may have been lost, and
         # reconciliation never reads an edited comment. The worker applies the command lines
-        # never applied before (`inbox._fresh_lines`), whatever the edit changed.
+        # never applied before (`comment_lines.fresh_lines`), whatever the edit changed.
         if not carries_commands(body, bot_login=bot_login):
             return Normalized(ignored="edit leaves no command")
     elif action != "created":

@@ -1,9 +1,10 @@
 """The forges this service speaks to, one `Forge` description each (`forges/forge.py`).
 
 Everything that differs between forges is read from here: the webhook doors
-(`bountybot.webhooks`), the payloads (`bountybot.inbox`), the clients (`bountybot.service`),
-comment sizes (`bountybot.outbox`), the public pages' and the API's routes, the command line's
-choices. A new forge is one line below, after its adapter and its events module.
+(`bountybot.webhooks`), the payloads (`bountybot.inbox_reading`), the clients
+(`bountybot.service`), comment sizes (`bountybot.messages`), the public pages' and the API's
+routes, the command line's choices. A new forge is one line below, after its adapter and its
+events module.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.payments.stripe_api import idempotency_key
@@ -93,6 +93,14 @@ async def ops_for(session: AsyncSession, **where: Any) -> list[t.PaymentOp]:
     for name, value in where.items():
         stmt = stmt.where(getattr(t.PaymentOp, name) == value)
     return list((await session.exec(stmt)).all())
+
+
+async def payout_account(session: AsyncSession, forge: str,
+                         login: str) -> t.PayoutAccount | None:
+    """The payout account of `login` on `forge` (logins compared without case), if any."""
+    return (await session.exec(select(t.PayoutAccount).where(
+        t.PayoutAccount.forge == forge,
+        func.lower(t.PayoutAccount.login) == login.lower()))).first()
 
 
 async def release_waiting_transfers(session: AsyncSession, forge: str, login: str,

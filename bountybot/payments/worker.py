@@ -18,7 +18,8 @@ One round (`run_once`), safe on several replicas at once:
    listed by `bountybot payments`, which can give it another round: `bountybot.payments.backlog`).
    An outcome that may hide a success (a timeout) is `unknown`: the next try asks first.
 5. **Look** at checkout sessions left open past `poll_every`, and at the accounts of developers
-   whose payouts wait (webhooks that never came, or a Connect endpoint not set up).
+   whose payouts wait (webhooks that never came, or a Connect endpoint not set up):
+   `bountybot.payments.polls`.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import exists
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import col, func, select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.clock import Clock, backoff
@@ -43,14 +44,10 @@ from bountybot.logs import event
 from bountybot.loops import wait_any
 from bountybot.money import Money, format_money
 from bountybot.payments.calls import Caller, LeasedOp, Outcome
-from bountybot.payments.ops import (
-    OpState,
-    insert_ops,
-    op_values,
-    ops_for,
-)
+from bountybot.payments.ops import OpState, insert_ops, op_values, ops_for, payout_account
+from bountybot.payments.polls import Polls
 from bountybot.payments.stripe_api import StripeGateway, idempotency_key
-from bountybot.payments.stripe_events import apply_session, set_ready
+from bountybot.payments.stripe_events import set_ready
 from bountybot.providers.base import PaymentKind
 from bountybot.rules import PayoutAwaitingAccount, PayoutFailed, PayoutPaid, PledgeLapsed, Refused
 from bountybot.states import PayoutState, PledgeState
@@ -100,6 +97,8 @@ class PaymentWorker:
         self.poll_every = poll_every
         self.batch = batch
         self.rng = rng or random.Random()
+        self.polls = Polls(sessionmaker, settings, gateway, clock, self._wrote,
+                           poll_every=poll_every, batch=batch)
 
     async def run_once(self, rounds: int = 3) -> int:
         """One round; returns how many operations were queued, finished or looked at."""
@@ -112,7 +111,7 @@ class PaymentWorker:
             for job, outcome in zip(jobs, outcomes, strict=True):
                 await self._finish(job, outcome)
             count += len(jobs)
-        return count + await self.poll_sessions() + await self.poll_accounts()
+        return count + await self.polls.sessions() + await self.polls.accounts()
 
     async def run_forever(self, wake: asyncio.Event, stop: asyncio.Event,
                           idle: float = 30.0) -> None:
@@ -159,7 +158,7 @@ class PaymentWorker:
                     continue  # changed since it was read
                 repo = await s.get(t.Repo, task.repo_id)
                 assert repo is not None and payout_id is not None
-                account = await _account(s, repo.forge, payout.developer)
+                account = await payout_account(s, repo.forge, payout.developer)
                 ready = account is not None and account.ready
                 made = await insert_ops(s, [op_values(
                     PaymentKind.TRANSFER, idempotency_key("transfer", "payout", payout_id), now,
@@ -225,7 +224,7 @@ class PaymentWorker:
             intent = paid[0].payment_intent if paid else None
         account_id = None
         if kind in (PaymentKind.TRANSFER, PaymentKind.ACCOUNT):
-            account = await _account(s, row.forge or "", row.login or "")
+            account = await payout_account(s, row.forge or "", row.login or "")
             if account is not None and (account.ready or kind == PaymentKind.ACCOUNT):
                 account_id = account.account_id
         title = f": {task.title}" if task is not None and task.title else ""
@@ -258,7 +257,7 @@ class PaymentWorker:
             elif outcome.what == "waiting":
                 op.attempts -= 1
                 op.state = OpState.WAITING
-                account = await _account(s, op.forge or "", op.login or "")
+                account = await payout_account(s, op.forge or "", op.login or "")
                 if account is not None:
                     await set_ready(s, account, False, now)
             elif outcome.what == "failed" or op.attempts >= self.max_attempts:
@@ -319,7 +318,7 @@ class PaymentWorker:
         op.account_id, op.url = outcome.account.id, outcome.url
         ready = outcome.account.transfers_active
         op.status = "ready" if ready else "onboarding"
-        account = await _account(s, op.forge, op.login)
+        account = await payout_account(s, op.forge, op.login)
         if account is None:
             account = t.PayoutAccount(forge=op.forge, login=op.login.lower(),
                                       account_id=outcome.account.id, created_at=now)
@@ -361,79 +360,3 @@ class PaymentWorker:
         params = {k: format_money(v, locale) if isinstance(v, Money) else v
                   for k, v in params.items()}
         await queue_reply(s, op, translate(locale, key, **params), now=self.clock())
-
-    # -- 5. open checkouts --------------------------------------------------------------------
-
-    async def poll_sessions(self) -> int:
-        """Ask Stripe about checkout sessions still open after `poll_every`: a paid or expired
-        one whose webhook never came is applied as the webhook would have been."""
-        now = self.clock()
-        async with self.sessionmaker() as session:
-            due = list((await session.exec(
-                select(t.PaymentOp.id, t.PaymentOp.session_id)
-                .where(t.PaymentOp.kind == PaymentKind.CHECKOUT.value,
-                       t.PaymentOp.state == OpState.DONE, t.PaymentOp.status == "open",
-                       t.PaymentOp.next_attempt_at <= now)
-                .order_by(col(t.PaymentOp.id)).limit(self.batch))).all())
-        looked = 0
-        for op_id, session_id in due:
-            if not session_id:
-                continue
-            try:
-                found = await asyncio.to_thread(
-                    self.caller.gateway.retrieve_checkout_session, session_id)
-            except Exception as error:  # noqa: BLE001 - one failed look must not stop the poll
-                event(log, "payments.poll_failed", logging.WARNING, op=op_id, error=str(error))
-                continue
-            async with UnitOfWork(self.sessionmaker, priority=LATER) as uow:
-                op = await uow.session.get(t.PaymentOp, op_id, with_for_update=True)
-                if op is None or op.status != "open" or op.state != OpState.DONE:
-                    continue
-                obj = {**asdict(found), "currency": (found.currency or "").upper()}
-                await apply_session(uow.session, self.settings, op, obj,
-                                    "checkout.session.retrieved",
-                                    source=f"payment:poll:{op_id}:{now.isoformat()}", now=now)
-                op.next_attempt_at = now + timedelta(seconds=self.poll_every)
-                self._wrote(uow)
-            looked += 1
-        return looked
-
-    async def poll_accounts(self) -> int:
-        """Ask Stripe, every `poll_every`, whether the accounts that payouts wait for can take
-        transfers now; those that can get their payouts sent."""
-        now = self.clock()
-        op = t.PaymentOp
-        async with self.sessionmaker() as session:
-            waiting = list((await session.exec(
-                select(op.forge, op.login).where(
-                    op.kind == PaymentKind.TRANSFER.value, op.state == OpState.WAITING,
-                    op.next_attempt_at <= now).distinct())).all())
-            accounts = {(forge, login): await _account(session, forge or "", login or "")
-                        for forge, login in waiting}
-        for (forge, login), account in accounts.items():
-            ready = False
-            if account is not None:
-                try:
-                    found = await asyncio.to_thread(self.caller.gateway.retrieve_account,
-                                                    account.account_id)
-                    ready = found.transfers_active
-                except Exception as error:  # noqa: BLE001 - one failed look must not stop the poll
-                    event(log, "payments.poll_failed", logging.WARNING, account=account.id,
-                          error=str(error))
-            async with UnitOfWork(self.sessionmaker, priority=LATER) as uow:
-                s = uow.session
-                if ready and account is not None:
-                    mine = await s.get(t.PayoutAccount, account.id, with_for_update=True)
-                    assert mine is not None
-                    await set_ready(s, mine, True, now)
-                    self._wrote(uow)
-                for row in await ops_for(s, kind=PaymentKind.TRANSFER.value,
-                                         state=OpState.WAITING, forge=forge, login=login):
-                    row.next_attempt_at = now + timedelta(seconds=self.poll_every)
-        return len(accounts)
-
-
-async def _account(s: AsyncSession, forge: str, login: str) -> t.PayoutAccount | None:
-    return (await s.exec(select(t.PayoutAccount).where(
-        t.PayoutAccount.forge == forge,
-        func.lower(t.PayoutAccount.login) == login.lower()))).first()
