@@ -160,8 +160,8 @@ def _error_text(error: BaseException) -> str:
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """How `bountybot.service` tunes its `DeliveryWorker`: the worker's own arguments, with
-    the same defaults (tests send summaries at once)."""
+    """How `bountybot.service` tunes its `DeliveryWorker`: the worker's own arguments, whose
+    defaults are these (tests send summaries at once)."""
 
     max_attempts: int = 5
     retry_delay: float = 30.0
@@ -173,8 +173,10 @@ class DeliveryWorker:
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings,
                  clients: Mapping[str, ForgeClient], *, clock: Clock = utc_now,
-                 on_written: Callable[[], None] | None = None, max_attempts: int = 5,
-                 retry_delay: float = 30.0, summary_delay: float = 1.0) -> None:
+                 on_written: Callable[[], None] | None = None,
+                 max_attempts: int = WorkerOptions.max_attempts,
+                 retry_delay: float = WorkerOptions.retry_delay,
+                 summary_delay: float = WorkerOptions.summary_delay) -> None:
         self.sessionmaker = sessionmaker
         self.settings = settings
         self.clients = clients

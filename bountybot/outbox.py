@@ -114,8 +114,8 @@ _Tried = tuple[_ClaimedMessage, _Outcome, list[_ClaimedMessage]]
 @dataclass(frozen=True)
 class SenderOptions:
     """How `bountybot.service` tunes its `OutboxSender` (tests shorten the backoff): the
-    sender's own arguments and defaults, except that `max_attempts` left at None is the
-    settings' `scheduler.outbox_max_attempts`."""
+    sender's own arguments, whose delays default to these; `max_attempts` and `lease` left at
+    None are the settings' `scheduler.outbox_max_attempts` and `outbox_lease_seconds`."""
 
     max_attempts: int | None = None
     base_delay: float = 5.0
@@ -131,7 +131,8 @@ class OutboxSender:
     def __init__(self, sessionmaker: Sessionmaker, clients: Mapping[str, ForgeClient], *,
                  settings: Settings, governor: Governor,
                  clock: Callable[[], datetime] = utc_now, max_attempts: int = 8,
-                 base_delay: float = 5.0, max_delay: float = 3600.0, lease: float | None = None,
+                 base_delay: float = SenderOptions.base_delay,
+                 max_delay: float = SenderOptions.max_delay, lease: float | None = None,
                  rng: random.Random | None = None, reaction_reserve: int | None = None) -> None:
         self.sessionmaker = sessionmaker
         self.clients = clients

@@ -62,8 +62,8 @@ DUE = (OpState.PENDING, OpState.UNKNOWN)
 
 @dataclass(frozen=True)
 class PaymentOptions:
-    """How `bountybot.service` tunes its `PaymentWorker`: the worker's own arguments, with the
-    same defaults (tests shorten the backoff and seed the jitter)."""
+    """How `bountybot.service` tunes its `PaymentWorker`: the worker's own arguments, whose
+    defaults are these (tests shorten the backoff and seed the jitter)."""
 
     max_attempts: int = 8
     base_delay: float = 30.0
@@ -80,10 +80,14 @@ class PaymentWorker:
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings,
                  gateway: StripeGateway, *, clock: Clock,
-                 on_written: Callable[[], None] | None = None, max_attempts: int = 8,
-                 base_delay: float = 30.0, max_delay: float = 3600.0, lease: float = 120.0,
-                 wait_delay: float = 3600.0, poll_every: float = 3600.0, batch: int = 10,
-                 rng: random.Random | None = None) -> None:
+                 on_written: Callable[[], None] | None = None,
+                 max_attempts: int = PaymentOptions.max_attempts,
+                 base_delay: float = PaymentOptions.base_delay,
+                 max_delay: float = PaymentOptions.max_delay,
+                 lease: float = PaymentOptions.lease,
+                 wait_delay: float = PaymentOptions.wait_delay,
+                 poll_every: float = PaymentOptions.poll_every,
+                 batch: int = PaymentOptions.batch, rng: random.Random | None = None) -> None:
         self.sessionmaker = sessionmaker
         self.settings = settings
         self.caller = Caller(gateway)
