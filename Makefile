@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run demo test lint clean
+.PHONY: run demo test lint clean browser
 
 run: $(VENV)/.installed
 	$(BIN)/bountybot db upgrade
@@ -20,7 +20,7 @@ demo: $(VENV)/.installed
 	$(BIN)/bountybot demo --port $(PORT)
 
 # The suite runs on two workers (pytest-xdist): about 4 minutes on 2 cores, 9 on one.
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test browser
 	$(BIN)/ruff check
 	$(BIN)/mypy bountybot tests
 	$(BIN)/lint-imports
@@ -45,3 +45,18 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+
+# tests/test_browser.py drives Debian's Chromium through its chromedriver: installed here when
+# missing (as root, or with sudo that asks no password), else make test stops and says how.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	    if [ "$$(id -u)" -eq 0 ]; then sudo=""; \
+	    elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	    else echo "make test needs Debian's Chromium for tests/test_browser.py:" \
+	        "run sudo apt-get install chromium chromium-driver, then make test again" >&2; \
+	        exit 1; fi; \
+	    echo "installing Debian's chromium and chromium-driver for the browser test"; \
+	    $$sudo apt-get update -qq && \
+	    $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	        chromium chromium-driver >/dev/null; \
+	fi
