@@ -71,13 +71,13 @@ from bountybot.api.views import (
     load_tasks,
     locale_of,
     payment_op_json,
-    reading,
     repo_json,
     shown_publicly,
     task_json,
     transaction_json,
 )
 from bountybot.storage import tables as t
+from bountybot.storage.books import reading
 from bountybot.storage.tables import id_of
 
 Write = Callable[[bytes], Awaitable[None]]

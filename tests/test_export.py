@@ -24,10 +24,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from test_api import DOCS, SECRET, TOKEN, Tale, serve, told, without_bountybot_env
 
 from bountybot import export
-from bountybot.api.views import reading
 from bountybot.export import CSV_COLUMNS, export_csv, export_json
 from bountybot.money import Money, format_money
 from bountybot.storage import tables as t
+from bountybot.storage.books import reading
 from bountybot.storage.uow import UnitOfWork
 
 

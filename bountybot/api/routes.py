@@ -66,7 +66,6 @@ from bountybot.api.views import (
     locale_of,
     month_json,
     privacy_of,
-    reading,
     shown_publicly,
     task_json,
     transaction_json,
@@ -80,6 +79,7 @@ from bountybot.resources import READ_GATE, READER, SETTINGS, Busy
 from bountybot.statements import Role, UnknownPerson, statement, statement_json
 from bountybot.states import TaskState
 from bountybot.storage import tables as t
+from bountybot.storage.books import reading
 from bountybot.storage.tables import id_of
 from bountybot.web.feeds import base_url, forge_repo_url
 from bountybot.web.pages import OPEN_STATES, repo_url

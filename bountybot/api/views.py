@@ -15,15 +15,13 @@ repos publish`). The operator's own commands (`export`, `audit`, `statement`) se
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, func, not_, or_
-from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -37,29 +35,6 @@ from bountybot.storage.bounties import bounty_of
 from bountybot.storage.tables import id_of
 
 Json = dict[str, Any]
-
-
-@asynccontextmanager
-async def reading(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """A read-only session on one consistent snapshot of the books, rolled back at the end.
-
-    Not a `UnitOfWork`: that one begins with SQLite's write lock (`BEGIN IMMEDIATE`), so every
-    page view, and a long export to a slow client, would hold up the webhook workers. A plain
-    `BEGIN` in WAL mode reads a snapshot and blocks no one (see `storage/engine.py`). On
-    PostgreSQL the transaction is REPEATABLE READ and READ ONLY, so the several queries of a
-    page or an export see the same books (an export whose entries do not sum to zero because a
-    payout was committed halfway through would be worse than useless). The connection is
-    taken on entry, so an unreachable database fails before a response is started.
-    """
-    async with sessionmaker() as session:
-        options: dict[str, Any] = {}
-        if session.get_bind().dialect.name == "postgresql":
-            options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
-        await session.connection(execution_options=options)
-        try:
-            yield session
-        finally:
-            await session.rollback()
 
 
 def shown_publicly() -> ColumnElement[bool]:

@@ -36,7 +36,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bountybot.api.views import locale_of, privacy_of, reading, shown_publicly
+from bountybot.api.views import locale_of, privacy_of, shown_publicly
 from bountybot.forges.registry import route_pattern
 from bountybot.i18n import babel_locale, format_percentage, language, register, translate
 from bountybot.money import Money, minor_digits, to_decimal
@@ -45,6 +45,7 @@ from bountybot.resources import READ_GATE, READER, SETTINGS, Busy
 from bountybot.rules.summary import state_word
 from bountybot.states import PayoutState, PledgeState, TaskState
 from bountybot.storage import tables as t
+from bountybot.storage.books import reading
 
 LANGUAGES = ("en", "fr")
 FORGE_NAMES = route_pattern()

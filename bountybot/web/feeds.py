@@ -34,7 +34,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bountybot.api.views import Privacy, privacy_of, reading, shown_publicly
+from bountybot.api.views import Privacy, privacy_of, shown_publicly
 from bountybot.config import FundingManifest, Settings
 from bountybot.forges.registry import FORGES
 from bountybot.i18n import register, translate
@@ -44,6 +44,7 @@ from bountybot.needs import history as monthly
 from bountybot.resources import READ_GATE, READER, SETTINGS
 from bountybot.states import TaskState
 from bountybot.storage import tables as t
+from bountybot.storage.books import reading
 from bountybot.storage.tables import id_of
 from bountybot.web import cache
 from bountybot.web.cache import Page

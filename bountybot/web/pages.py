@@ -54,7 +54,6 @@ from bountybot.api.views import (
     locale_of,
     percent_of,
     privacy_of,
-    reading,
     shown_publicly,
 )
 from bountybot.forges.registry import route_pattern
@@ -66,6 +65,7 @@ from bountybot.rules.model import RAISED
 from bountybot.rules.summary import state_word
 from bountybot.states import TaskState
 from bountybot.storage import tables as t
+from bountybot.storage.books import reading
 from bountybot.storage.tables import id_of
 from bountybot.web import (
     cache,
