@@ -131,6 +131,15 @@ class ForgeSection(_Section):
     def enabled(self) -> bool:
         raise NotImplementedError
 
+    def write_limits(self) -> tuple[int, int] | None:
+        """(writes a minute, writes an hour) for this forge's token, when the forge asks for
+        other limits than `[scheduler]`'s."""
+        return None
+
+    def sync_every_minutes(self) -> int | None:
+        """How often this forge's repos are reconciled, when not `scheduler.sync_minutes`."""
+        return None
+
 
 def _check_http_url(value: str | None) -> str | None:
     if value is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
@@ -286,6 +295,33 @@ class BotSettings(_Section):
         return int(self.fee_percent * 100)
 
 
+def _secret_paths(value: Any, env: str, example: str) -> Any:
+    """Webhook secrets by repo, project or group path (`[gitlab] project_secrets`, `[forgejo]
+    repo_secrets`): paths lower-cased (forges compare them without case), none twice, none
+    empty. In the environment (`env`): a JSON object. Never quotes a value: they are secrets."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError:
+            raise ValueError(f'{env} is not JSON: write {{"{example}": "secret", ...}}') from None
+    if not isinstance(value, dict):
+        raise ValueError("must map paths to secrets")
+    paths: dict[str, Any] = {}
+    for path, secret in value.items():
+        # Payloads spell paths as they were created.
+        key = str(path).strip("/").lower()
+        if not re.fullmatch(r"[^\s/]+(/[^\s/]+)*", key) or len(key) > 512:
+            raise ValueError(f"{str(path)[:80]!r} is not a path like {example}")
+        if key in paths:
+            raise ValueError(f"{key!r} is given twice")
+        text = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+        if isinstance(text, str) and not text.strip():
+            # An empty secret would let a webhook with an empty token speak for the repo.
+            raise ValueError(f"the secret of {key!r} is empty: give one, or remove the line")
+        paths[key] = secret
+    return paths
+
+
 class GitHubSettings(ForgeSection):
     """github.com or GitHub Enterprise: a webhook secret and an app or a personal token."""
 
@@ -317,34 +353,43 @@ class GitLabSettings(ForgeSection):
 
     _url_is_http = field_validator("url")(_check_http_url)
 
-    @field_validator("project_secrets", mode="before")
-    @classmethod
-    def _paths(cls, value: Any) -> Any:
-        # Never quotes a value: they are secrets.
-        if isinstance(value, str):  # BOUNTYBOT_GITLAB_PROJECT_SECRETS
-            try:
-                value = json.loads(value) if value.strip() else {}
-            except ValueError:
-                raise ValueError('not JSON: write {"group/project": "secret", ...}') from None
-        if not isinstance(value, dict):
-            raise ValueError("must map project or group paths to secrets")
-        paths: dict[str, Any] = {}
-        for path, secret in value.items():
-            # GitLab paths are unique without case; payloads spell them as created.
-            key = str(path).strip("/").lower()
-            if not re.fullmatch(r"[^\s/]+(/[^\s/]+)*", key) or len(key) > 512:
-                raise ValueError(f"{str(path)[:80]!r} is not a project or group path")
-            if key in paths:
-                raise ValueError(f"{key!r} is given twice")
-            text = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
-            if isinstance(text, str) and not text.strip():
-                # An empty secret would let a webhook with an empty token speak for the project.
-                raise ValueError(f"the secret of {key!r} is empty: give one, or remove the line")
-            paths[key] = secret
-        return paths
+    _project_secrets = field_validator("project_secrets", mode="before")(
+        lambda value: _secret_paths(value, "BOUNTYBOT_GITLAB_PROJECT_SECRETS", "group/project"))
 
     def enabled(self) -> bool:
         return self.webhook_secret is not None and self.token is not None
+
+
+class ForgejoSettings(ForgeSection):
+    """Codeberg, or any Forgejo or Gitea instance: a webhook secret and the bot account's
+    token. Forgejo sends a delivery once (no retry), so reconciliation runs more often here."""
+
+    # The instance's root, as people open it in a browser.
+    url: str = "https://codeberg.org"
+    webhook_secret: SecretStr | None = None
+    token: SecretStr | None = None
+    # Webhook secrets of single repos or owners (a user or an organization), by path
+    # (`owner/repo`, `owner`), for hooks their own admins set up: a delivery signed with one is
+    # taken only if it is about that repo, or a repo of that owner. In the environment: JSON.
+    repo_secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    # Codeberg asks bots to be gentle: writes (comments, edits, reactions) per token.
+    writes_per_minute: int = Field(default=30, ge=1)
+    writes_per_hour: int = Field(default=450, ge=1)
+    # Forgejo never redelivers a failed webhook: reconciliation is what finds it (0: off).
+    sync_minutes: int = Field(default=5, ge=0)
+
+    _url_is_http = field_validator("url")(_check_http_url)
+    _repo_secrets = field_validator("repo_secrets", mode="before")(
+        lambda value: _secret_paths(value, "BOUNTYBOT_FORGEJO_REPO_SECRETS", "owner/repo"))
+
+    def enabled(self) -> bool:
+        return self.webhook_secret is not None and self.token is not None
+
+    def write_limits(self) -> tuple[int, int] | None:
+        return self.writes_per_minute, self.writes_per_hour
+
+    def sync_every_minutes(self) -> int | None:
+        return self.sync_minutes
 
 
 class PaymentsSettings(_Section):
@@ -507,6 +552,7 @@ class Settings(BaseSettings):
     bot: BotSettings = Field(default_factory=BotSettings)
     github: GitHubSettings = Field(default_factory=GitHubSettings)
     gitlab: GitLabSettings = Field(default_factory=GitLabSettings)
+    forgejo: ForgejoSettings = Field(default_factory=ForgejoSettings)
     payments: PaymentsSettings = Field(default_factory=PaymentsSettings)
     stripe: StripeSettings = Field(default_factory=StripeSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
@@ -520,7 +566,8 @@ class Settings(BaseSettings):
     _repos_keys = field_validator("repos")(_forge_path_keys)
 
     SECTIONS: ClassVar[tuple[str, ...]] = (
-        "server", "database", "bot", "github", "gitlab", "payments", "stripe", "scheduler",
+        "server", "database", "bot", "github", "gitlab", "forgejo", "payments", "stripe",
+        "scheduler",
     )
 
     def __init__(self, **values: Any) -> None:
@@ -566,9 +613,11 @@ class Settings(BaseSettings):
             value = getattr(getattr(self, section), key)
             if isinstance(value, SecretStr) and value.get_secret_value():
                 found[f"{section}.{key}"] = value.get_secret_value()
-        for path, secret in self.gitlab.project_secrets.items():
-            if secret.get_secret_value():
-                found[f"gitlab.project_secrets[{path}]"] = secret.get_secret_value()
+        for key, secrets in (("gitlab.project_secrets", self.gitlab.project_secrets),
+                             ("forgejo.repo_secrets", self.forgejo.repo_secrets)):
+            for path, secret in secrets.items():
+                if secret.get_secret_value():
+                    found[f"{key}[{path}]"] = secret.get_secret_value()
         if self.database.password:
             found["database.url"] = self.database.password
         return found
@@ -593,6 +642,9 @@ class Settings(BaseSettings):
             )
         if (self.gitlab.webhook_secret is None) != (self.gitlab.token is None):
             warnings.append("gitlab is off: it needs both gitlab.webhook_secret and gitlab.token")
+        if (self.forgejo.webhook_secret is None) != (self.forgejo.token is None):
+            warnings.append(
+                "forgejo is off: it needs both forgejo.webhook_secret and forgejo.token")
         return warnings
 
     def check_for_serve(self, *, demo: bool = False) -> None:
@@ -657,7 +709,7 @@ _SECRET_KEYS = {
     f"{s}.{k}"
     for s, k in Settings.iter_keys()
     if _section_model(s).model_fields[k].annotation == SecretStr | None
-} | {"database.url", "gitlab.project_secrets"}
+} | {"database.url", "gitlab.project_secrets", "forgejo.repo_secrets"}
 
 
 def _describe(error: ValidationError) -> str:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -36,6 +36,11 @@ HOUR = 3600.0
 # The shortest sleep: a wait computed from float timestamps can come out a hair above zero
 # after sleeping it; never sleeping less than this guarantees that the clock moves on.
 MIN_SLEEP = 0.001
+
+
+def token_key(forge: str) -> str:
+    """The key of the writes made with a forge's one token (not a GitHub App's installation)."""
+    return f"{forge}:token"
 
 
 class Busy(Exception):
@@ -67,8 +72,13 @@ class Governor:
         concurrency: int = 100,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        limits: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
-        if min(per_minute, per_hour, concurrency) < 1:
+        """`limits`: (per minute, per hour) of the keys that have their own (Forgejo's token:
+        Codeberg asks for fewer writes than GitHub allows)."""
+        self._limits = dict(limits or {})
+        if min(per_minute, per_hour, concurrency, *(n for pair in self._limits.values()
+                                                    for n in pair)) < 1:
             raise ValueError("per_minute, per_hour and concurrency must be at least 1")
         self.per_minute = per_minute
         self.per_hour = per_hour
@@ -83,8 +93,13 @@ class Governor:
             bucket = self._buckets[key] = _Bucket()
         return bucket
 
-    def _rate_wait(self, bucket: _Bucket, now: float) -> float:
-        """Seconds until one more write fits both windows (0: now)."""
+    def limits_for(self, key: str) -> tuple[int, int]:
+        """(writes a minute, writes an hour) allowed for `key`."""
+        return self._limits.get(key, (self.per_minute, self.per_hour))
+
+    def _rate_wait(self, key: str, bucket: _Bucket, now: float) -> float:
+        """Seconds until one more write for `key` fits both windows (0: now)."""
+        per_minute, per_hour = self.limits_for(key)
         writes = bucket.writes
         # Forget what has left the hour; written `now - w >= HOUR` like the checks below, so
         # that all of them agree at the boundary whatever the float rounding.
@@ -93,10 +108,10 @@ class Governor:
             old += 1
         del writes[:old]
         wait = 0.0
-        if len(writes) >= self.per_hour:
-            wait = max(wait, HOUR - (now - writes[-self.per_hour]))
-        if len(writes) >= self.per_minute:
-            wait = max(wait, MINUTE - (now - writes[-self.per_minute]))
+        if len(writes) >= per_hour:
+            wait = max(wait, HOUR - (now - writes[-per_hour]))
+        if len(writes) >= per_minute:
+            wait = max(wait, MINUTE - (now - writes[-per_minute]))
         return wait
 
     def next_free_in(self, key: str, write: bool = True) -> float:
@@ -106,17 +121,18 @@ class Governor:
         end within a request's timeout, which is no reason to postpone anything."""
         if not write or key not in self._buckets:
             return 0.0
-        return self._rate_wait(self._buckets[key], self._clock())
+        return self._rate_wait(key, self._buckets[key], self._clock())
 
     def headroom(self, key: str) -> int:
         """How many writes for `key` could start now without waiting for the rate windows."""
+        per_minute, per_hour = self.limits_for(key)
         bucket = self._buckets.get(key)
         if bucket is None:
-            return min(self.per_minute, self.per_hour)
+            return min(per_minute, per_hour)
         now = self._clock()
-        self._rate_wait(bucket, now)  # forgets what has left the hour
+        self._rate_wait(key, bucket, now)  # forgets what has left the hour
         last_minute = sum(1 for w in bucket.writes if now - w < MINUTE)
-        return max(0, min(self.per_minute - last_minute, self.per_hour - len(bucket.writes)))
+        return max(0, min(per_minute - last_minute, per_hour - len(bucket.writes)))
 
     @asynccontextmanager
     async def slot(self, key: str, write: bool, *,
@@ -128,7 +144,7 @@ class Governor:
         while True:
             now = self._clock()
             full = bucket.in_flight >= self.concurrency
-            wait = self._rate_wait(bucket, now) if write else 0.0
+            wait = self._rate_wait(key, bucket, now) if write else 0.0
             if not full and wait <= 0:
                 break
             if wait > 0:

@@ -47,7 +47,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bountybot.clock import backoff, utc_now
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient, ForgeError
-from bountybot.governor import Busy, Governor
+from bountybot.governor import Busy, Governor, token_key
 from bountybot.logs import event
 from bountybot.loops import wait_any
 from bountybot.messages import fit_comment, message_marker, summary_marker
@@ -144,9 +144,9 @@ class OutboxSender:
         self.max_delay = max_delay
         self.lease = float(settings.scheduler.outbox_lease_seconds if lease is None else lease)
         self.rng = rng or random.Random()
-        # Writes per minute kept for summaries and replies: reactions are skipped below it.
-        self.reaction_reserve = (governor.per_minute // 2 if reaction_reserve is None
-                                 else reaction_reserve)
+        # Writes per minute kept for summaries and replies: reactions are skipped below it
+        # (None: half of each key's writes a minute).
+        self.reaction_reserve = reaction_reserve
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -325,7 +325,7 @@ class OutboxSender:
     def _key(repo: RepoRef) -> str:
         # GitHub counts an app's writes per installation, and a token's per token (one token
         # serves every repo of this service).
-        return repo.installation_id or f"{repo.forge}:token"
+        return repo.installation_id or token_key(repo.forge)
 
     async def _call(self, job: _ClaimedMessage, write: bool, call: Callable[[], Awaitable[T]]) -> T:
         assert job.repo is not None
@@ -359,13 +359,16 @@ class OutboxSender:
         comment_id = job.comment_id
         if not comment_id:
             raise ForgeError("a reaction without a comment id")
-        if self.governor.headroom(self._key(repo)) <= self.reaction_reserve:
+        key = self._key(repo)
+        reserve = (self.governor.limits_for(key)[0] // 2 if self.reaction_reserve is None
+                   else self.reaction_reserve)
+        if self.governor.headroom(key) <= reserve:
             # A reaction only acknowledges; the summary shows the command too. When the
             # write budget runs short (a burst of pledges), it goes to the summaries and
             # replies, so one write per command comment is never exceeded.
             raise _Skipped()
         try:
-            async with self.governor.slot(self._key(repo), True, max_wait=0):
+            async with self.governor.slot(key, True, max_wait=0):
                 await client.react(repo, job.number, comment_id)
         except Busy:
             raise _Skipped() from None  # no reaction is worth waiting for

@@ -26,7 +26,7 @@ from bountybot.clock import utc_now
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient
 from bountybot.forges.registry import FORGES
-from bountybot.governor import Governor
+from bountybot.governor import Governor, token_key
 from bountybot.inbox import DeliveryWorker, WorkerOptions
 from bountybot.outbox import OutboxSender, SenderOptions
 from bountybot.payments import stripe_events
@@ -117,9 +117,10 @@ def setup(app: web.Application, *, clients: Mapping[str, ForgeClient] | None = N
     if governor is not None:
         runtime.governor = governor
     else:
-        limits = app[SETTINGS].scheduler
-        runtime.governor = Governor(per_minute=limits.writes_per_minute,
-                                    per_hour=limits.writes_per_hour)
+        settings = app[SETTINGS]
+        runtime.governor = Governor(per_minute=settings.scheduler.writes_per_minute,
+                                    per_hour=settings.scheduler.writes_per_hour,
+                                    limits=forge_write_limits(settings))
     app[RUNTIME] = runtime
     app[webhooks.WAKE_WORKER] = runtime.wake_worker.set
     webhooks.setup(app)
@@ -128,6 +129,23 @@ def setup(app: web.Application, *, clients: Mapping[str, ForgeClient] | None = N
     stripe_events.setup(app)
     app.cleanup_ctx.append(_loops)
     return runtime
+
+
+def forge_write_limits(settings: Settings) -> dict[str, tuple[int, int]]:
+    """The write limits of the forges that set their own (`[forgejo] writes_per_minute`), by
+    their token's governor key."""
+    return {token_key(name): limits for name in FORGES
+            if (limits := getattr(settings, name).write_limits()) is not None}
+
+
+def sync_intervals(settings: Settings, forges: list[str]) -> dict[int, list[str]]:
+    """The forges to reconcile, by how many minutes apart (0: never): `scheduler.sync_minutes`,
+    or the forge's own (Forgejo never redelivers, so it is read back more often)."""
+    by: dict[int, list[str]] = {}
+    for name in forges:
+        own = getattr(settings, name).sync_every_minutes()
+        by.setdefault(settings.scheduler.sync_minutes if own is None else own, []).append(name)
+    return by
 
 
 def scheduled_jobs(runtime: Runtime,
@@ -151,18 +169,27 @@ def scheduled_jobs(runtime: Runtime,
             await payments.run_once()
 
         jobs["payments"] = (float(settings.scheduler.sweep_seconds), pay)
-    if settings.scheduler.sync_minutes and runtime.clients:
-        from bountybot.reconcile import Reconciler
-
-        assert runtime.sessionmaker is not None  # set when the loops start
-        reconciler = Reconciler(runtime.sessionmaker, settings, runtime.clients, runtime.clock,
-                                on_stored=runtime.wake_worker.set)
-
-        async def sync() -> None:
-            await reconciler.run_once()
-
-        jobs["sync"] = (settings.scheduler.sync_minutes * 60.0, sync)
+    for minutes, forges in sync_intervals(settings, list(runtime.clients)).items():
+        if minutes:
+            # `sync` for the forges on the common interval, `sync:<forge>` for one of its own.
+            name = "sync" if minutes == settings.scheduler.sync_minutes else f"sync:{forges[0]}"
+            jobs[name] = (minutes * 60.0, _sync_job(runtime, settings, forges))
     return jobs
+
+
+def _sync_job(runtime: Runtime, settings: Settings, forges: list[str]) -> ScheduledJob:
+    """Reconciliation of the repos of `forges` (each repo leased, so replicas share it)."""
+    from bountybot.reconcile import Reconciler
+
+    assert runtime.sessionmaker is not None  # set when the loops start
+    reconciler = Reconciler(runtime.sessionmaker, settings,
+                            {name: runtime.clients[name] for name in forges}, runtime.clock,
+                            on_stored=runtime.wake_worker.set)
+
+    async def sync() -> None:
+        await reconciler.run_once()
+
+    return sync
 
 
 def gateway_from_settings(settings: Settings) -> StripeGateway:

@@ -96,8 +96,7 @@ async def receive(request: web.Request, forge: Forge) -> web.Response:
     settings = request.app[SETTINGS]
     edge = forge.edge
     section = getattr(settings, forge.name)
-    secret = section.webhook_secret
-    if secret is None or not section.enabled():
+    if section.webhook_secret is None or not section.enabled():
         return json_error(404, f"{forge.title} is off on this service: set {edge.turn_on}"
                                 " to turn it on")
     named = edge.identify(request.headers)
@@ -112,8 +111,10 @@ async def receive(request: web.Request, forge: Forge) -> web.Response:
             body = await read_body(request, limit=settings.server.max_body_bytes, hold=hold,
                                    timeout=settings.server.body_timeout_seconds)
             if sender == UNPROVEN:
-                if not edge.signed(secret.get_secret_value(), body, request.headers):
+                signer = edge.signer(section, body, request.headers)
+                if signer is None:
                     return _refuse(request, forge)
+                sender = signer
                 hold.release()
             payload, text = parse_object(body)
             del body  # the text is what is stored

@@ -7,6 +7,7 @@ import heapq
 import itertools
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -57,7 +58,7 @@ class Record:
     most_in_flight: dict[str, int] = field(default_factory=dict)
 
 
-def make(vt: VirtualTime, **kw: int) -> Governor:
+def make(vt: VirtualTime, **kw: Any) -> Governor:
     return Governor(clock=vt.clock, sleep=vt.sleep, **kw)
 
 

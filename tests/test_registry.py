@@ -16,12 +16,12 @@ PACKAGE = Path(__file__).parent.parent / "bountybot"
 # Where a forge's name may be written: its own modules, the settings' sections, and the
 # demo's story (which plays a GitHub repo).
 ALLOWED = {"forges", "config.py", "demo.py"}
-NAMED = re.compile(r"""["'](github|gitlab)["']""")
+NAMED = re.compile(r"""["'](github|gitlab|forgejo)["']""")
 
 
 def test_the_registry_and_the_settings_know_the_same_forges() -> None:
-    assert names() == forge_sections() == ("github", "gitlab")
-    assert route_pattern() == "github|gitlab"
+    assert names() == forge_sections() == ("github", "gitlab", "forgejo")
+    assert route_pattern() == "github|gitlab|forgejo"
     for name, forge in FORGES.items():
         assert forge.name == name
         section = getattr(Settings(config_file=None), name)
@@ -51,3 +51,8 @@ def test_each_forge_reads_its_own_closing_keywords_and_topics() -> None:
     assert github.topic("issue_comment", note) is None
     assert gitlab.topic("Note Hook", comment) is None
     assert gitlab.confirms_comments and not github.confirms_comments
+    forgejo = FORGES["forgejo"]
+    assert forgejo.topic("issue_comment", comment) == "forgejo:7:3"
+    assert forgejo.topic("Note Hook", note) is None
+    # One webhook secret may serve several repos of an instance: comments are confirmed.
+    assert forgejo.confirms_comments

@@ -10,6 +10,7 @@ from bountybot.money import Money
 from bountybot.providers.manual import ManualProvider
 from bountybot.rules import (
     IssueClosed,
+    LabelAbsent,
     LabelAdded,
     LabelRemoved,
     LinkClosed,
@@ -205,6 +206,32 @@ def test_issue_closed_as_not_planned_and_label_removed_refund():
         assert story.task.state == TaskState.CANCELLED
         assert story.task.pledges[0].state == PledgeState.REFUNDED
         assert story.books.audit().ok
+
+
+def test_labels_without_ours_cancel_only_a_task_that_carried_the_label():
+    # Forgejo sends an issue's labels, not the change: `LabelAbsent` after the label was on is
+    # a removal, and refunds.
+    story = started("100")
+    assert story.task.labelled
+    story.say("alice", "/pledge 40")
+    story.event(LabelAbsent())
+    assert story.task.state == TaskState.CANCELLED
+    assert story.task.pledges[0].state == PledgeState.REFUNDED
+    assert story.books.audit().ok
+    # A task `/goal` opened on an unlabelled issue stays funded when another label is added.
+    story = Story()
+    story.say("maya", "/goal 100")
+    story.say("alice", "/pledge 40")
+    assert not story.task.labelled
+    d = story.event(LabelAbsent())
+    assert story.task.state == TaskState.OPEN and not d.changed
+    assert story.task.pledges[0].state == PledgeState.HELD
+    # ...until the label comes, which the task remembers; then its removal cancels.
+    d = story.event(LabelAdded())
+    assert story.task.labelled and d.changed
+    assert story.event(LabelAdded()).changed is False  # said once
+    story.event(LabelAbsent())
+    assert story.task.state == TaskState.CANCELLED
 
 
 def test_deadline_all_or_nothing():

@@ -48,8 +48,10 @@ class Sender:
     scopes: tuple[str, ...] = ()
 
 
-# A sender known only once the body's signature is checked (GitHub's deliveries).
+# A sender known only once the body's signature is checked (GitHub's, Forgejo's deliveries).
 UNPROVEN = Sender()
+# A delivery signed with (or carrying) the forge's own secret: its body is trusted.
+PROVEN = Sender(proven=True)
 
 
 def within(path: str, scopes: tuple[str, ...]) -> bool:
@@ -61,6 +63,19 @@ def within(path: str, scopes: tuple[str, ...]) -> bool:
     return any(path == scope or path.startswith(scope + "/") for scope in scopes)
 
 
+def repo_named(payload: dict[str, Any], key: str, path_key: str) -> tuple[str, str] | None:
+    """(id, path) of the repo a payload names under `key` (its numeric `id` and its path under
+    `path_key`), when it names one properly; for `Edge.scoped_repo`."""
+    repo = payload.get(key)
+    if not isinstance(repo, dict):
+        return None
+    repo_id, path = repo.get("id"), repo.get(path_key)
+    if (not isinstance(repo_id, int) or isinstance(repo_id, bool)
+            or not 0 < repo_id < 2**63 or not isinstance(path, str)):
+        return None
+    return str(repo_id), path
+
+
 @dataclass(frozen=True)
 class Edge:
     """A forge's webhook door: how a delivery proves who sent it, and how it names itself (its
@@ -70,8 +85,10 @@ class Edge:
     # Who the headers say the delivery is from, before its body is read (given the forge's
     # settings section); None: nobody (401).
     sender: Callable[[Any, Mapping[str, str]], Sender | None]
-    # Whether the body is signed by the forge (for a sender the headers could not prove).
-    signed: Callable[[str, bytes | bytearray, Mapping[str, str]], bool]
+    # Who signed the body, for a sender the headers could not prove (given the forge's
+    # settings section, the body and the headers): the forge's own secret (`PROVEN`), some
+    # repos' own secrets (their `scopes`), or nobody (None: 401).
+    signer: Callable[[Any, bytes | bytearray, Mapping[str, str]], Sender | None]
     refused: str  # the 401 answer
     refused_event: str  # the warning logged then
     # (delivery id, kind), or the sentence of a 400 answer

@@ -22,8 +22,10 @@ from urllib.parse import quote
 import aiohttp
 
 from bountybot.clock import utc_now
+from bountybot.forges import forgejo_events
 from bountybot.forges.base import DEFAULT_RATE_LIMIT_WAIT, ForgeError, parse_retry_after
 from bountybot.forges.events import Changes, since_or_later
+from bountybot.forges.forge import Forge
 from bountybot.forges.forgejo_events import synced_comment, synced_label, synced_merge
 from bountybot.refs import RepoRef
 
@@ -274,24 +276,26 @@ def _rfc3339(moment: datetime) -> str:
 
 
 def client_from_settings(settings: Settings) -> ForgejoClient | None:
-    """The Forgejo client the settings describe, or None when Forgejo is off.
-
-    Written against the `[forgejo]` section still to come in `bountybot.config`: `url` (the
-    instance's root, e.g. https://codeberg.org), `token` (SecretStr | None),
-    `webhook_secret` (SecretStr | None) and `enabled()` (both secrets set)."""
-    fj: Any = settings.forgejo  # type: ignore[attr-defined]  # until the section exists
+    """The Forgejo client the settings describe, or None when Forgejo is off."""
+    fj = settings.forgejo
     if not fj.enabled():
         return None
     assert fj.token is not None  # enabled() means a token is set
-    return ForgejoClient(str(fj.url), token=fj.token.get_secret_value(),
-                         bot_login=settings.bot.login)
+    return ForgejoClient(fj.url, token=fj.token.get_secret_value(), bot_login=settings.bot.login)
 
 
 def web_url(settings: Settings, path: str) -> str:
     """The repo at `path` on the Forgejo of `forgejo.url`."""
-    fj: Any = settings.forgejo  # type: ignore[attr-defined]  # until the section exists
-    return f"{str(fj.url).rstrip('/')}/{path}"
+    return f"{settings.forgejo.url.rstrip('/')}/{path}"
 
 
-__all__ = ["ForgejoClient", "client_from_settings", "web_url"]
+# Comments are a `TEXT` column in Forgejo's database, but its API and UI are not made for
+# more than GitHub's size; the same limit keeps every summary and reply sendable.
+FORGE = Forge(
+    name="forgejo", title="Forgejo", edge=forgejo_events.EDGE,
+    normalize=forgejo_events.normalize, topic=forgejo_events.topic,
+    client=client_from_settings, web_url=web_url, comment_limit=65_536,
+    confirms_comments=True)
 
+
+__all__ = ["FORGE", "ForgejoClient", "client_from_settings", "web_url"]

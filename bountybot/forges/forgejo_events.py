@@ -6,11 +6,10 @@ Facts this module leans on (Forgejo `505ab87`, Gitea v1.25.4; tests/fixtures/for
 
 - A label change is `issues` with `action: label_updated` (or `label_cleared`) and carries the
   issue's *whole* label list, never the label added or removed. The bot's label being there
-  is read as `LabelAdded` (idempotent: it only creates a task that does not exist). Its absence
-  is not read as `LabelRemoved`: the payload cannot tell "just removed" from "never there", and a
-  task made by `/goal` on an unlabelled issue must not be cancelled and refunded because
-  someone added another label. Removing the bot's label therefore cancels nothing on Forgejo
-  (a maintainer uses `/cancel`); see `label_event`.
+  is read as `LabelAdded` (it creates a task that does not exist, and the task remembers that it
+  carries the label). Its absence is `LabelAbsent`: the payload cannot tell "just removed" from
+  "never there", so the rules cancel only a task that carried the label, never one made by
+  `/goal` on an unlabelled issue because someone added another label; see `label_event`.
 - A comment on a pull request is `issue_comment` with `is_pull: true`; `issue.pull_request` is
   set by real instances but not by Forgejo's own test payloads, so both are checked.
 - What a pull request closes is read as Forgejo reads it (`modules/references/references.go`):
@@ -30,7 +29,15 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from bountybot.forges.door import UNPROVEN, Edge, Sender, delivery_id_problem, header_bytes
+from bountybot.forges.door import (
+    PROVEN,
+    UNPROVEN,
+    Edge,
+    Sender,
+    delivery_id_problem,
+    header_bytes,
+    repo_named,
+)
 from bountybot.forges.events import (
     SYNC_EVENT,
     Found,
@@ -52,6 +59,7 @@ from bountybot.rules import (
     Event,
     IssueClosed,
     IssueRetitled,
+    LabelAbsent,
     LabelAdded,
     LinkClosed,
     LinkOpened,
@@ -143,6 +151,25 @@ def sender(_settings: Any, headers: Mapping[str, str]) -> Sender | None:
     return UNPROVEN if found and _SIGNATURE.fullmatch(found[1]) else None
 
 
+def signer(settings: Any, body: bytes | bytearray, headers: Mapping[str, str]) -> Sender | None:
+    """Who signed the body (`settings`: the Forgejo section): the instance's secret, or the
+    own secrets of repos and owners (`repo_secrets`), each good only for deliveries about its
+    repo or the owner's repos; None when no secret signed it. Every secret is tried: one
+    webhook secret shared by all the repos of an instance would let any repo's admin sign a
+    delivery about another repo (a merge there, paid from its escrow)."""
+    if signature_ok(settings.webhook_secret.get_secret_value(), body, headers):
+        return PROVEN
+    scopes = tuple(path for path, secret in settings.repo_secrets.items()
+                   if signature_ok(secret.get_secret_value(), body, headers))
+    return Sender(scopes=scopes) if scopes else None
+
+
+def scoped_repo(payload: dict[str, Any]) -> tuple[str, str] | None:
+    """(repo id, `owner/name`) of the repo a delivery is about, when the payload names one
+    properly: what a repo's or owner's own secret may speak for."""
+    return repo_named(payload, "repository", "full_name")
+
+
 def identify(headers: Mapping[str, str]) -> tuple[str, str] | str:
     """(delivery id, event name), or why the headers do not say."""
     delivery, kind = _agreeing(headers, DELIVERY_HEADERS), _agreeing(headers, EVENT_HEADERS)
@@ -159,10 +186,12 @@ def identify(headers: Mapping[str, str]) -> tuple[str, str] | str:
 EDGE = Edge(
     turn_on="BOUNTYBOT_FORGEJO_WEBHOOK_SECRET and BOUNTYBOT_FORGEJO_TOKEN",
     sender=sender,
-    signed=signature_ok,
+    signer=signer,
     refused="bad or missing X-Forgejo-Signature (or X-Gitea-Signature)",
     refused_event="webhook.bad_signature",
-    identify=identify)
+    identify=identify, scoped_repo=scoped_repo,
+    out_of_scope="this delivery is signed with the secret of another repo or owner than the"
+                 " one it is about")
 
 
 def topic(_kind: str, payload: Any) -> str | None:
@@ -200,12 +229,14 @@ def _has_label(labels: list[dict[str, Any]] | None, label: str) -> bool:
 
 def label_event(action: str | None, labels: list[dict[str, Any]] | None,
                 label: str) -> Event | None:
-    """What a label delivery (`label_updated`, `label_cleared`) means: `LabelAdded` when the
-    issue now carries the bot's label, else nothing. Forgejo sends the issue's labels, not the
-    change, so "the label was removed" cannot be told from "it was never there" here (see the
-    module docstring)."""
+    """What a label delivery (`label_updated`, `label_cleared`) means. Forgejo sends the
+    issue's labels, not the change: `LabelAdded` when they hold the bot's label, else
+    `LabelAbsent`, which cancels a task only if it carried the label (the rules remember it),
+    so adding another label to an issue whose task `/goal` opened changes nothing."""
     if action == "label_updated" and _has_label(labels, label):
         return LabelAdded()
+    if action in ("label_updated", "label_cleared"):
+        return LabelAbsent()
     return None
 
 

@@ -12,7 +12,14 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from bountybot.forges.door import UNPROVEN, Edge, Sender, delivery_id_problem, header_bytes
+from bountybot.forges.door import (
+    PROVEN,
+    UNPROVEN,
+    Edge,
+    Sender,
+    delivery_id_problem,
+    header_bytes,
+)
 from bountybot.forges.events import (
     SYNC_EVENT,
     Found,
@@ -90,8 +97,9 @@ def identify(headers: Mapping[str, str]) -> tuple[str, str] | str:
 EDGE = Edge(
     turn_on="BOUNTYBOT_GITHUB_WEBHOOK_SECRET and BOUNTYBOT_GITHUB_TOKEN (or a GitHub App)",
     sender=sender,
-    signed=lambda secret, body, headers: signature_ok(
-        secret, body, headers.get("X-Hub-Signature-256")),
+    signer=lambda settings, body, headers: PROVEN if signature_ok(
+        settings.webhook_secret.get_secret_value(), body,
+        headers.get("X-Hub-Signature-256")) else None,
     refused="bad or missing X-Hub-Signature-256", refused_event="webhook.bad_signature",
     identify=identify)
 

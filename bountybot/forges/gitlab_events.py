@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from bountybot.forges.door import Edge, Sender, delivery_id_problem, header_bytes
+from bountybot.forges.door import Edge, Sender, delivery_id_problem, header_bytes, repo_named
 from bountybot.forges.events import (
     SYNC_EVENT,
     Found,
@@ -120,20 +120,13 @@ def identify(headers: Mapping[str, str]) -> tuple[str, str] | str:
 def scoped_repo(payload: dict[str, Any]) -> tuple[str, str] | None:
     """(project id, path) of the project a delivery is about, when the payload names one
     properly: what a project's or group's own secret may speak for (`within` its path)."""
-    project = payload.get("project")
-    if not isinstance(project, dict):
-        return None
-    project_id, path = project.get("id"), project.get("path_with_namespace")
-    if (not isinstance(project_id, int) or isinstance(project_id, bool)
-            or not 0 < project_id < 2**63 or not isinstance(path, str)):
-        return None
-    return str(project_id), path
+    return repo_named(payload, "project", "path_with_namespace")
 
 
 EDGE = Edge(
     turn_on="BOUNTYBOT_GITLAB_WEBHOOK_SECRET and BOUNTYBOT_GITLAB_TOKEN",
     sender=sender,
-    signed=lambda _secret, _body, _headers: False,  # the token alone proves a GitLab delivery
+    signer=lambda _settings, _body, _headers: None,  # the token alone proves a GitLab delivery
     refused="bad or missing X-Gitlab-Token", refused_event="webhook.bad_token",
     identify=identify, scoped_repo=scoped_repo,
     out_of_scope="this X-Gitlab-Token is the secret of another project or group than the"

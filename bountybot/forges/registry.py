@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bountybot.forges import github, gitlab
+from bountybot.forges import forgejo, github, gitlab
 from bountybot.forges.forge import Forge
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ def register(forge: Forge) -> None:
 
 register(github.FORGE)
 register(gitlab.FORGE)
+register(forgejo.FORGE)
 
 
 def names() -> tuple[str, ...]:

@@ -6,6 +6,7 @@ from bountybot.rules.decide import (
     IssueClosed,
     IssueDeleted,
     IssueRetitled,
+    LabelAbsent,
     LabelAdded,
     LabelRemoved,
     LinkClosed,
@@ -28,7 +29,7 @@ from bountybot.rules.work import Decision, Message, Refused, Trail
 __all__ = [
     "Actor", "Bounty", "Claim", "Comment", "Decision", "Event", "IssueClosed", "IssueDeleted",
     "IssueRef", "IssueRetitled",
-    "LabelAdded", "LabelRemoved", "Link", "LinkClosed", "LinkOpened", "Message",
+    "LabelAbsent", "LabelAdded", "LabelRemoved", "Link", "LinkClosed", "LinkOpened", "Message",
     "PaymentDisputed", "Payout", "PayoutAwaitingAccount", "PayoutFailed", "PayoutPaid", "Pledge",
     "PledgeConfirmed", "PledgeLapsed", "Policy", "Refused", "Tick",
     "Trail", "decide_comment", "decide_event", "needs_maintainer",

@@ -49,6 +49,12 @@ class LabelRemoved:
 
 
 @dataclass(frozen=True, slots=True)
+class LabelAbsent:
+    """The issue's labels, as a forge that sends the whole list (Forgejo), lack the bot's: a
+    removal if the task carried the label, else nothing (a task opened by `/goal`)."""
+
+
+@dataclass(frozen=True, slots=True)
 class IssueClosed:
     not_planned: bool
 
@@ -139,7 +145,8 @@ class PayoutAwaitingAccount:
     payout_id: int
 
 
-Event = (LabelAdded | LabelRemoved | IssueClosed | IssueDeleted | IssueRetitled | LinkOpened
+Event = (LabelAdded | LabelRemoved | LabelAbsent | IssueClosed | IssueDeleted | IssueRetitled
+         | LinkOpened
          | LinkClosed | Tick | PledgeConfirmed | PayoutPaid | PayoutFailed | PledgeLapsed
          | PaymentDisputed | PayoutAwaitingAccount)
 
@@ -280,8 +287,7 @@ def decide_event(bounty: Bounty | None, issue: IssueRef, event: Event, policy: P
     again) is raised to the caller: there is no comment to answer."""
     w = Work(bounty, policy, now, actor)
     if isinstance(event, LabelAdded):
-        if bounty is None:
-            tasks.open_task(w, issue, "label")
+        tasks.labelled(w, issue)
         return _finish(w)
     if bounty is None:
         return Decision(None)
@@ -294,6 +300,9 @@ def _apply_event(w: Work, event: Event) -> None:  # noqa: C901 - a flat dispatch
     match event:
         case LabelRemoved():
             tasks.cancel(w, "label removed", by_command=False)
+        case LabelAbsent():
+            if w.task().labelled:
+                tasks.cancel(w, "label removed", by_command=False)
         case IssueClosed(not_planned=True):
             tasks.cancel(w, "closed as not planned", by_command=False)
         case IssueClosed(not_planned=False):

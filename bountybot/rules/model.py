@@ -174,6 +174,8 @@ class Bounty:
     payouts: list[Payout] = field(default_factory=list)
     id: int | None = None
     dispute: Dispute | None = None
+    # The bot's label was seen on the issue (the task was opened by it, or it came later).
+    labelled: bool = False
 
     def held(self) -> Money:
         """The sum of held pledges: what the escrow must hold."""

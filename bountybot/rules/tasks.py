@@ -95,6 +95,16 @@ def open_task(w: Work, issue: IssueRef, why: str) -> Bounty:
     return w.bounty
 
 
+def labelled(w: Work, issue: IssueRef) -> None:
+    """The bot's label is on the issue: the task is opened if there is none, and remembers
+    that it carries the label (so a forge that sends only the labels now can tell a removal)."""
+    if w.bounty is None:
+        open_task(w, issue, "label").labelled = True
+    elif not w.bounty.labelled:
+        w.bounty.labelled = True
+        w.trail("task.labelled")
+
+
 def set_goal(w: Work, issue: IssueRef, goal: Money) -> None:
     require_maintainer(w, "goal")
     if w.bounty is not None and w.bounty.state not in (TaskState.OPEN, TaskState.FUNDED):

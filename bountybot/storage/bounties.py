@@ -126,7 +126,7 @@ def bounty_of(repo: t.Repo, task: t.Task, pledges: Sequence[t.Pledge],
                 p.paid_at, p.id, p.due_at, p.released_at) for p in payouts],
         task.id,
         Dispute(task.disputed_by, task.dispute_reason or "", task.disputed_at)
-        if task.disputed_by and task.disputed_at else None)
+        if task.disputed_by and task.disputed_at else None, task.labelled)
 
 
 async def to_bounty(session: AsyncSession, repo: t.Repo, task: t.Task) -> Bounty:
@@ -173,7 +173,7 @@ async def _save_task(session: AsyncSession, repo: t.Repo, b: Bounty, now: dateti
         goal_minor=b.goal.minor if b.goal else None, currency=b.currency, deadline=b.deadline,
         disputed_by=b.dispute.by if b.dispute else None,
         dispute_reason=b.dispute.reason if b.dispute else None,
-        disputed_at=b.dispute.at if b.dispute else None)
+        disputed_at=b.dispute.at if b.dispute else None, labelled=b.labelled)
     if b.id is None:
         row = t.Task(**values, created_at=b.created_at or now)
         session.add(row)

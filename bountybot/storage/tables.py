@@ -187,6 +187,9 @@ class Task(Base, table=True):
     disputed_by: str | None = Field(default=None, sa_type=String(LOGIN))
     dispute_reason: str | None = Field(default=None, sa_type=Text)
     disputed_at: datetime | None = _when()
+    # The bot's label was seen on the issue: a forge that sends an issue's whole label list
+    # (Forgejo) can then tell a removal from a list that never held it.
+    labelled: bool = Field(default=False, sa_column_kwargs={"server_default": sa_false()})
     created_at: datetime = _created()
     updated_at: datetime = _updated()
 
