@@ -35,7 +35,9 @@ from bountybot.storage import migrate
 from bountybot.storage.engine import create_engine, create_sessionmaker
 from bountybot.storage.tables import metadata
 
-# The local forges, as fixtures for every test module (github_server, gitlab_server).
+# The local forges, as fixtures for every test module (github_server, gitlab_server,
+# forgejo_server).
+from fakes.forgejo import forgejo_server  # noqa: F401
 from fakes.github import github_server  # noqa: F401
 from fakes.gitlab import gitlab_server  # noqa: F401
 
