@@ -7,7 +7,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import cache, total_ordering
+from functools import cache, lru_cache, total_ordering
 from typing import Any
 
 from babel import UnknownLocaleError
@@ -99,6 +99,9 @@ def to_decimal(m: Money) -> Decimal:
     return Decimal((sign, digits, -minor_digits(m.currency)))
 
 
+# Babel parses the locale and its number pattern on every call (most of an export's time): the
+# amounts people pledge repeat, so their displays are kept.
+@lru_cache(maxsize=1 << 16)
 def format_money(m: Money, locale: str) -> str:
     """Babel's display for the locale: `€50.00` in en, `50,00 €` in fr (an unknown locale: en)."""
     try:

@@ -134,6 +134,18 @@ def _logins(b: Bounty, states: frozenset[PledgeState] | None = None) -> list[str
     return list(seen.values())
 
 
+def _by_backer(b: Bounty, states: frozenset[PledgeState]) -> dict[str, tuple[str, int]]:
+    """Each backer's sum of pledges in `states` (minor units), by login without case, in the
+    order they first pledged (any state): one pass over the pledges, so a summary of a task with
+    thousands of backers costs no more than its pledges."""
+    sums: dict[str, tuple[str, int]] = {}
+    for p in b.pledges:
+        key = p.backer.casefold()
+        login, minor = sums.get(key, (p.backer, 0))
+        sums[key] = (login, minor + p.amount.minor if p.state in states else minor)
+    return sums
+
+
 def counted_backers(b: Bounty) -> list[str]:
     """Distinct backers with counted money, in the order they first pledged."""
     return _logins(b, counted_states(b))
@@ -246,16 +258,17 @@ def _backers_table(b: Bounty, locale: str) -> list[str]:
     counted = counted_states(b)
     ended = b.state in ENDED
     rows = []
-    for login in _logins(b):
-        total = b.backer_total(login, counted if ended else counted | {PENDING})
-        waiting = b.backer_total(login, frozenset({PENDING}))
-        if not total.minor:
+    totals = _by_backer(b, counted if ended else counted | {PENDING})
+    waiting = _by_backer(b, frozenset({PENDING}))
+    for key, (login, total) in totals.items():
+        if not total:
             continue
-        cell = format_money(total, locale)
+        cell = format_money(Money(total, b.currency), locale)
         if ended:
             cell = t("summary.refunded_part", amount=cell)
-        elif waiting.minor:
-            cell += f" ({t('summary.pending_part', amount=format_money(waiting, locale))})"
+        elif waits := waiting[key][1]:
+            part = t("summary.pending_part", amount=format_money(Money(waits, b.currency), locale))
+            cell += f" ({part})"
         rows.append(f"| @{login} | {cell} |")
     if not rows:
         return []
@@ -318,9 +331,8 @@ def render_summary(b: Bounty, locale: str, fee_bp: int, public_url: str | None =
         # Who waits, by name: a backer (and the maintainer confirming receipt) can see at a
         # glance which promises the goal does not count yet.
         who = ", ".join(
-            f"@{login} {format_money(mine, locale)}"
-            for login in _logins(b, frozenset({PENDING}))
-            if (mine := b.backer_total(login, frozenset({PENDING}))).minor)
+            f"@{login} {format_money(Money(mine, b.currency), locale)}"
+            for login, mine in _by_backer(b, frozenset({PENDING})).values() if mine)
         blocks.append(t("summary.pending_note", pending=format_money(pending, locale), who=who))
 
     table = _backers_table(b, locale)
