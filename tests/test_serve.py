@@ -215,8 +215,8 @@ def test_help_lists_each_command_on_one_line(capsys: pytest.CaptureFixture[str])
         assert summary.strip(), f"{name!r} has no description on its line: {listing}"
         listed[name] = summary.strip()
     assert all(len(line) <= 78 for line in done.stdout.splitlines())
-    commands = ["serve", "db", "audit", "export", "payouts", "pledges", "statement", "outbox",
-                "deliveries", "payments", "sync", "repos", "demo"]
+    commands = ["serve", "db", "audit", "export", "import", "payouts", "pledges", "statement",
+                "outbox", "deliveries", "payments", "sync", "repos", "demo"]
     assert list(listed) == commands
     for name in commands:
         assert main([name, "--help"]) == 0

@@ -6,8 +6,8 @@ away (`bountybot export | head`; see `common.SIGPIPE_EXIT`). A refusal is one
 line on stderr that says what to do; no traceback for a mistake an operator can fix.
 
 Here: the parser and `main()`. Each command group's code is a module beside this one (`serve`,
-`books`, `payments`, `deliveries`, `repos`, `sync`, `demo`), what they share is `common`, and
-the work on the books they print is `bountybot.operator`'s.
+`books`, `backup`, `payments`, `deliveries`, `repos`, `sync`, `demo`), what they share is
+`common`, and the work on the books they print is `bountybot.operator`'s.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from bountybot import __version__
-from bountybot.cli.books import cmd_audit, cmd_export, cmd_statement
+from bountybot.cli.backup import cmd_export_or_dump, cmd_import
+from bountybot.cli.books import cmd_audit, cmd_statement
 from bountybot.cli.common import CommandError, _stdout_closed
 from bountybot.cli.deliveries import cmd_deliveries
 from bountybot.cli.demo import DEMO, cmd_demo
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                      parents=[config])
     serve.add_argument("--host", help="address to listen on (server.host)")
     serve.add_argument("--port", type=int, help="port to listen on (server.port)")
+    serve.add_argument("--role", choices=("all", "web", "worker"), default="all",
+                       help="all (default): everything in one process; web: the webhooks,"
+                            " pages and API only; worker: the delivery worker, outbox, payments"
+                            " and scheduler only, no port (several of each may share one"
+                            " PostgreSQL)")
     serve.set_defaults(run=cmd_serve)
 
     db = _command(commands, "db", "database maintenance (`db upgrade`)",
@@ -94,7 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
                       " ledger (CSV), to stdout or a file.", parents=[config])
     export.add_argument("--format", choices=["json", "csv"], default="json")
     export.add_argument("--output", "-o", metavar="FILE", help="write here (default: stdout)")
-    export.set_defaults(run=cmd_export)
+    export.add_argument("--full", action="store_true",
+                        help="every row a restore needs, for `bountybot import` (JSON)")
+    export.set_defaults(run=cmd_export_or_dump)
+
+    load = _command(commands, "import", "load an `export --full` into an empty database",
+                    "Load a full dump (`bountybot export --full`) into an empty, migrated"
+                    " database, in one transaction, then audit it.", parents=[config])
+    load.add_argument("file", metavar="FILE", help="the dump to load (`-`: stdin)")
+    load.set_defaults(run=cmd_import)
 
     payouts = _command(commands, "payouts", "list the payouts due; mark one paid",
                        parents=[config])
