@@ -14,6 +14,7 @@ and only a repo admin may ask about someone else (403), lists take `page`/`limit
     fake.add_repo("octo/widgets", 1296269)
     fake.set_permission("octo/widgets", "alice", "write")
     fake.label_issue("octo/widgets", 7, "bounty"); fake.add_comment(...)  # no webhook sent
+    fake.set_labels("octo/widgets", 7, ["bug"])  # the whole list, as a label change leaves it
     fake.add_pull("octo/widgets", 9, "Fixes #7", login="dave"); fake.merge_pull(...)
     fake.fail_next("POST", r"/comments$", 502)
     ... point ForgejoClient at fake.url ...
@@ -204,6 +205,15 @@ class FakeForgejo(RecordingServer):
         issue = self._issues.get((path, number)) or self.add_issue(path, number)
         if label not in issue.labels:
             issue.labels.append(label)
+        issue.updated_at = self.clock()
+        return issue
+
+    def set_labels(self, full_path: str, number: int, labels: list[str]) -> FakeIssue:
+        """Give an issue (made if new) exactly `labels`, as a label change does, sending no
+        webhook."""
+        path = self._repo(full_path).full_path
+        issue = self._issues.get((path, number)) or self.add_issue(path, number)
+        issue.labels = list(labels)
         issue.updated_at = self.clock()
         return issue
 
