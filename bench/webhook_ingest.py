@@ -2,15 +2,19 @@
 
     .venv/bin/python bench/webhook_ingest.py [--count 2000] [--pledges 1000] [--burst 1000]
 
-Everything runs on this machine over loopback, bounded in count and time:
+Everything runs on this machine over loopback, bounded in count and time, each service started
+on an empty database migrated to the head revision (printed), with reconciliation off:
 1. ingest: signed deliveries sent at a real `bountybot serve` process (SQLite), side by side with
    a bare aiohttp server that only checks the signature (the ceiling on this machine);
-   accepted deliveries per second and p50/p99 answer times;
-2. end to end: `/pledge` comments sent to `serve`, timed until every one is handled, on SQLite
-   and on PostgreSQL (a schema of its own, dropped after);
+   accepted deliveries per second and p50/p99 answer times; then the same at `serve --role web`
+   on PostgreSQL while a `serve --role worker` process applies the `/pledge` commands it stores;
+2. end to end: `/pledge` comments sent to `serve`, timed until every one is *applied* (a pledge
+   row written, not merely a delivery handled), on SQLite and on PostgreSQL (a schema of its own,
+   dropped after), beside the one-row commit rates of the same databases (`ceilings.py`);
 3. burst: 1,000 pledge comments over 20 tasks; the GitHub writes the bot makes (to a local fake
    GitHub that records them), the most in any 60 s and 3600 s window, and the time until every
    summary shows its final total.
+The targets of issue #16 are printed beside the figures.
 """
 
 from __future__ import annotations
@@ -38,7 +42,10 @@ from sqlmodel import select
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from ceilings import aiosqlite_commits, asyncpg_commits, asyncpg_dsn  # noqa: E402
+
 from bountybot.money import Money, format_money, parse_amount  # noqa: E402
+from bountybot.storage import migrate  # noqa: E402
 from bountybot.storage import tables as t  # noqa: E402
 from bountybot.storage.engine import create_engine, create_sessionmaker  # noqa: E402
 
@@ -139,10 +146,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 class Service:
-    """A real `bountybot serve` process pointed at the fake GitHub."""
+    """A real `bountybot serve` process pointed at the fake GitHub; with `split`, a
+    `serve --role web` process and a `serve --role worker` process."""
 
-    def __init__(self, db_url: str, fake: FakeGitHub, workdir: Path) -> None:
+    def __init__(self, db_url: str, fake: FakeGitHub, workdir: Path, *,
+                 split: bool = False) -> None:
         self.db_url = db_url
+        self.split = split
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"serve-{self.port}.log"
@@ -150,17 +160,29 @@ class Service:
                     "BOUNTYBOT_GITHUB_API_URL": fake.url, "BOUNTYBOT_GITHUB_TOKEN": TOKEN,
                     "BOUNTYBOT_GITHUB_WEBHOOK_SECRET": SECRET,
                     "BOUNTYBOT_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+                    # No reconciliation while measuring: it would store a second delivery for
+                    # each comment it finds.
+                    "BOUNTYBOT_SCHEDULER_SYNC_MINUTES": "0",
                     "BOUNTYBOT_SERVER_PORT": str(self.port)}
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.revision: str | None = None
 
     async def __aenter__(self) -> Service:
         bountybot = [sys.executable, "-m", "bountybot"]
         subprocess.run([*bountybot, "db", "upgrade"], env=self.env, cwd=self.workdir,
                        check=True, capture_output=True)
+        self.revision = migrate.current(self.db_url)
+        role = ["--role", "web"] if self.split else []
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen([*bountybot, "serve"], env=self.env, cwd=self.workdir,
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen([*bountybot, "serve", *role], env=self.env,
+                                         cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT)
+        if self.split:
+            with self.log.with_suffix(".worker.log").open("wb") as out:
+                self.worker = subprocess.Popen([*bountybot, "serve", "--role", "worker"],
+                                               env=self.env, cwd=self.workdir, stdout=out,
+                                               stderr=subprocess.STDOUT)
         await wait_healthy(self.base, self.proc, self.log)
         self.engine = create_engine(self.db_url)
         self.sessionmaker = create_sessionmaker(self.engine)
@@ -168,8 +190,9 @@ class Service:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.engine.dispose()
-        if self.proc is not None:
-            stop(self.proc)
+        for proc in (self.proc, self.worker):
+            if proc is not None:
+                stop(proc)
 
     @property
     def hook(self) -> str:
@@ -182,6 +205,19 @@ class Service:
         counts = dict(rows)
         return counts.get(t.DeliveryState.HANDLED, 0), counts.get(t.DeliveryState.PENDING, 0)
 
+    async def count(self, table: type) -> int:
+        async with self.sessionmaker() as session:
+            return int((await session.exec(select(func.count()).select_from(table))).one())
+
+    async def wait_applied(self, table: type, total: int) -> float:
+        """When `total` rows of `table` exist (tasks opened, pledges applied)."""
+        start = time.monotonic()
+        while time.monotonic() - start < TIME_LIMIT:
+            if await self.count(table) >= total:
+                return time.monotonic()
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"only {await self.count(table)} of {total} {table.__name__} rows")
+
     async def wait_handled(self, total: int) -> float:
         start = time.monotonic()
         while time.monotonic() - start < TIME_LIMIT:
@@ -192,7 +228,18 @@ class Service:
         raise RuntimeError(f"only {(await self.handled())[0]} of {total} handled")
 
 
-async def phase_ingest(fake: FakeGitHub, work: Path, count: int, concurrency: int) -> None:
+TARGETS: list[str] = []
+
+
+def target(what: str, met: bool, figure: str, wanted: str) -> None:
+    """One of issue #16's targets beside its figure, printed again at the end."""
+    line = f"  [{'met' if met else 'MISSED'}] {what}: {figure} (target {wanted})"
+    TARGETS.append(line)
+    print(line)
+
+
+async def phase_ingest(fake: FakeGitHub, work: Path, count: int, concurrency: int,
+                       pg_url: str | None) -> None:
     d = Deliveries(fake)
     # Comments without a command: the service stores and handles them, nothing more.
     items = [d.comment(f"user{i % 50}", "Thanks, this looks great!", 1) for i in range(count)]
@@ -219,7 +266,25 @@ async def phase_ingest(fake: FakeGitHub, work: Path, count: int, concurrency: in
     print(f"  bare aiohttp + HMAC : {bare_rate:7.0f}/s  p50 {pct(bare_lat, 50):6.2f} ms"
           f"  p99 {pct(bare_lat, 99):6.2f} ms")
     print(f"  bountybot serve     : {rate:7.0f}/s  p50 {pct(lat, 50):6.2f} ms"
-          f"  p99 {pct(lat, 99):6.2f} ms  ({rate / bare_rate:.0%} of bare)")
+          f"  p99 {pct(lat, 99):6.2f} ms  ({rate / bare_rate:.0%} of bare; SQLite, one process,"
+          f" revision {svc.revision})")
+    if pg_url:
+        async with pg_schema(pg_url) as url, Service(url, fake, work, split=True) as split:
+            opened = [d.label(n) for n in range(1, 11)]
+            await send_all(split.hook, opened, concurrency)
+            await split.wait_applied(t.Task, len(opened))
+            busy = [d.comment(f"backer{i % 97}", "/pledge 5", 1 + i % 10) for i in range(count)]
+            start = time.perf_counter()
+            split_lat = await send_all(split.hook, busy, concurrency)
+            split_rate = count / (time.perf_counter() - start)
+            applied = await split.count(t.Pledge)
+        p99 = pct(split_lat, 99)
+        print(f"  serve --role web    : {split_rate:7.0f}/s  p50 {pct(split_lat, 50):6.2f} ms"
+              f"  p99 {p99:6.2f} ms  ({split_rate / bare_rate:.0%} of bare; PostgreSQL, a"
+              f" worker process applying them meanwhile: {applied} applied by the last answer)")
+        target("ingest, web process beside a busy worker", split_rate / bare_rate >= 0.5
+               and p99 < 20, f"{split_rate / bare_rate:.0%} of bare, p99 {p99:.1f} ms",
+               ">= 50 % of bare, p99 < 20 ms")
 
 
 async def pledges_run(svc: Service, fake: FakeGitHub, tasks: int, pledges: int,
@@ -227,26 +292,38 @@ async def pledges_run(svc: Service, fake: FakeGitHub, tasks: int, pledges: int,
     d = Deliveries(fake)
     labels = [d.label(n) for n in range(1, tasks + 1)]
     await send_all(svc.hook, labels, concurrency)
-    await svc.wait_handled(len(labels))
+    await svc.wait_applied(t.Task, len(labels))
+    before = await svc.count(t.Pledge)
     amounts = itertools.cycle(["5", "10", "2.50", "20", "1"])
     items = [d.comment(f"backer{i % 97}", f"/pledge {next(amounts)}", 1 + i % tasks)
              for i in range(pledges)]
     start = time.monotonic()
     await send_all(svc.hook, items, concurrency)
-    end = await svc.wait_handled(len(labels) + pledges)
+    # Applied commands: every /pledge writes one pledge row.
+    end = await svc.wait_applied(t.Pledge, before + pledges)
     return end - start, items
 
 
 async def phase_end_to_end(fake: FakeGitHub, work: Path, pledges: int, concurrency: int,
                            pg_url: str | None) -> None:
-    print(f"end to end ({pledges} /pledge comments over 10 tasks, until all handled):")
+    print(f"end to end ({pledges} /pledge comments over 10 tasks, until all applied):")
     async with Service(f"sqlite+aiosqlite:///{work / 'e2e.db'}", fake, work) as svc:
         seconds, _ = await pledges_run(svc, fake, 10, pledges, concurrency)
-        print(f"  SQLite     : {pledges / seconds:7.0f} commands/s ({seconds:.1f} s)")
+    ceiling = await aiosqlite_commits(work / "ceiling.db")
+    rate = pledges / seconds
+    print(f"  SQLite     : {rate:7.0f} commands/s ({seconds:.1f} s; revision {svc.revision});"
+          f" aiosqlite one-row commits {ceiling:.0f}/s")
+    target("commands, SQLite", rate >= 300 and rate >= ceiling / 4,
+           f"{rate:.0f}/s, {rate / ceiling:.0%} of one-row commits", ">= 300/s and >= 25 %")
     if pg_url:
         async with pg_schema(pg_url) as url, Service(url, fake, work) as svc:
             seconds, _ = await pledges_run(svc, fake, 10, pledges, concurrency)
-            print(f"  PostgreSQL : {pledges / seconds:7.0f} commands/s ({seconds:.1f} s)")
+            ceiling = await asyncpg_commits(asyncpg_dsn(pg_url), url.split("search_path=")[1])
+        rate = pledges / seconds
+        print(f"  PostgreSQL : {rate:7.0f} commands/s ({seconds:.1f} s; revision"
+              f" {svc.revision}); asyncpg one-row commits {ceiling:.0f}/s")
+        target("commands, PostgreSQL", rate >= 500 and rate >= ceiling / 4,
+               f"{rate:.0f}/s, {rate / ceiling:.0%} of one-row commits", ">= 500/s and >= 25 %")
 
 
 class pg_schema:  # noqa: N801 - used as a context manager
@@ -345,13 +422,15 @@ async def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bountybot-bench-") as tmp:
             work = Path(os.environ.get("BENCH_KEEP", tmp))
             if args.only in (None, "ingest"):
-                await phase_ingest(fake, work, args.count, args.concurrency)
+                await phase_ingest(fake, work, args.count, args.concurrency, pg)
             if args.only in (None, "e2e"):
                 await phase_end_to_end(fake, work, args.pledges, args.concurrency, pg)
             if args.only in (None, "burst"):
                 await phase_burst(fake, work, args.burst, args.tasks, args.concurrency, pg)
     finally:
         await fake.close()
+    print("targets (issue #16):")
+    print("\n".join(TARGETS))
 
 
 if __name__ == "__main__":

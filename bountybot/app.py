@@ -9,12 +9,17 @@ Public reads go through a database pool of their own (`READER`), never the one t
 and workers write through (`SESSIONMAKER`), and the heavy ones (exports, statements, ledgers,
 task lists) take a turn from `READ_GATE` first: however many people download the books at once,
 a webhook is still stored at once and `/healthz` still answers.
+
+`/metrics` shows the service's Prometheus metrics (`bountybot.metrics`): the `observe`
+middleware times every request by its route template and counts the webhook doors' answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -29,12 +34,25 @@ from sqlmodel import col
 
 from bountybot import __version__, service
 from bountybot.api import routes as api
+from bountybot.bodies import DOOR
 from bountybot.config import Settings
 from bountybot.connections import ConnectionGuard
+from bountybot.forges.registry import FORGES
 from bountybot.logs import event
+from bountybot.metrics import (
+    CONTENT_TYPE,
+    UNMATCHED,
+    Metrics,
+    Pool,
+    ScrapeFacts,
+    bearer_matches,
+    outbox_states,
+    pool_of,
+)
 from bountybot.resources import (
     CONNECTIONS,
     ENGINE,
+    METRICS,
     READ_ENGINE,
     READ_GATE,
     READER,
@@ -55,10 +73,22 @@ HEALTH_DB_TIMEOUT = 3.0
 LIGHT_READS = 4
 
 
-def default_features() -> list[Feature]:
-    """The features `serve` runs with; each later module adds its `setup` here."""
+# What `serve --role` runs: everything; the HTTP side alone (webhooks stored, pages, API); the
+# background work alone (the delivery worker, the outbox, payments, the scheduler).
+ROLES = ("all", "web", "worker")
+
+
+def default_features(role: str = "all") -> list[Feature]:
+    """The features `serve` runs with in `role`; each later module adds its `setup` here."""
+    if role == "worker":  # no doors, no pages: its port answers /healthz and /metrics
+        return [functools.partial(service.setup, doors=False)]
+    work: Feature = service.setup
+    if role == "web":
+        # Deliveries are stored and the workers of other processes told (`bountybot.wakes`).
+        work = functools.partial(service.setup, background=False, scheduler=False,
+                                 payment_loop=False)
     # The badges and feeds before the pages: their routes are the more specific.
-    return [api.setup, badges.setup, feeds.setup, service.setup, pages.setup]
+    return [api.setup, badges.setup, feeds.setup, work, pages.setup]
 
 
 def create_app(
@@ -75,12 +105,14 @@ def create_app(
     guard = ConnectionGuard(max_connections=server.max_connections,
                             header_timeout=server.header_timeout_seconds)
     app = web.Application(client_max_size=server.max_body_bytes,
-                          middlewares=[guard.middleware, read_body_in_time])
+                          middlewares=[observe, guard.middleware, read_body_in_time])
     app[SETTINGS] = settings
     app[CONNECTIONS] = guard
+    app[METRICS] = Metrics()
     app[READ_GATE] = ReadGate(server.read_concurrency, server.read_wait_seconds)
     app.cleanup_ctx.append(_database(engine, read_engine))
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_page)
     for setup in default_features() if features is None else features:
         setup(app)
     return app
@@ -170,6 +202,71 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if status == "ok" else 503)
 
 
+async def _facts(app: web.Application) -> ScrapeFacts:
+    """What a scrape reads besides the counters: the queue and the outbox from the database
+    (through the read pool, under the health check's deadline; left out if it does not
+    answer), the forges' write budgets, the pools."""
+    engine, reader = app[ENGINE], app[READ_ENGINE]
+    pools: dict[str, Pool] = {}
+    for name, pooled in (("write", engine), ("read", reader if reader is not engine else None)):
+        pool = pool_of(pooled) if pooled is not None else None
+        if pool is not None:
+            pools[name] = pool
+    runtime = app.get(service.RUNTIME)
+    budgets = runtime.governor.budgets() if runtime is not None else {}
+    try:
+        async with asyncio.timeout(HEALTH_DB_TIMEOUT):
+            pending, oldest = await _queue(reader, datetime.now(UTC))
+            outbox = await outbox_states(reader)
+    except Exception as e:  # noqa: BLE001 - the counters are still worth a scrape
+        event(log, "metrics.database_unreachable", logging.WARNING, error=type(e).__name__)
+        return ScrapeFacts(budgets=budgets, pools=pools)
+    return ScrapeFacts(pending=pending, oldest_due_seconds=oldest, outbox=outbox,
+                       budgets=budgets, pools=pools)
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    """The Prometheus text format of `bountybot.metrics`; with `server.metrics_token` set,
+    only for `Authorization: Bearer <token>` (401 otherwise, saying nothing more)."""
+    token = request.app[SETTINGS].server.metrics_token
+    if token is not None and not bearer_matches(request.headers.get("Authorization"),
+                                                token.get_secret_value()):
+        return web.json_response({"error": "a bearer token is needed"}, status=401,
+                                 headers={"WWW-Authenticate": "Bearer"})
+    body = request.app[METRICS].render(await _facts(request.app))
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def _route(request: web.Request) -> str:
+    """The route's template (`/api/v1/statements/{forge}/backers/{login}`), never the path
+    asked for, which may name a user or a repo; `unmatched` for a path no route has."""
+    resource = request.match_info.route.resource
+    if request.match_info.http_exception is not None or resource is None:
+        return UNMATCHED
+    return resource.canonical
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Time every request by its route template, and count what the forges' doors answered."""
+    started = time.perf_counter()
+    status = 500  # what the server answers for an error no handler caught
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    finally:
+        metrics = request.app[METRICS]
+        metrics.request(_route(request), status, time.perf_counter() - started)
+        # A forge's door only: Stripe's applies its events at once, and answers 200 for both.
+        forge = (request.match_info.route.name or "").removeprefix(DOOR)
+        if forge in FORGES:
+            metrics.delivery_received(forge, status)
+
+
 @web.middleware
 async def read_body_in_time(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A request body (a webhook's payload) must arrive within `server.body_timeout_seconds`:
@@ -208,7 +305,8 @@ class AccessLogger(AbstractAccessLogger):
     it is the one part of a URL where someone might put a token."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        quiet = request.path == "/healthz" and response.status == 200
+        # Prometheus scrapes every few seconds too.
+        quiet = request.path in ("/healthz", "/metrics") and response.status == 200
         event(
             self.logger, "http.request", logging.DEBUG if quiet else logging.INFO,
             method=request.method, path=request.path, status=response.status,

@@ -182,6 +182,8 @@ class ServerSettings(_Section):
     max_connections: int = Field(default=1000, ge=1)
     # /healthz answers 503 "stalled" when a due delivery has waited longer than this.
     queue_stall_seconds: int = Field(default=300, ge=1)
+    # When set, /metrics answers only `Authorization: Bearer <metrics_token>` (else 401).
+    metrics_token: SecretStr | None = None
 
     _public_url_is_http = field_validator("public_url")(_check_http_url)
 

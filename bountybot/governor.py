@@ -15,21 +15,29 @@ windows slide: a write at `t` counts against every window that holds `t`, so no 
 it starts, ever holds more than `per_minute` writes. A write is counted when it starts, whether it
 then succeeds or not (the forge counts it too).
 
+Where the write start times live is the governor's `store` (a `WriteLog`): in this process by
+default (`MemoryWriteLog`, one process on SQLite); on PostgreSQL, in the database
+(`bountybot.storage.write_budget.PgWriteLog`), so that every replica draws on one budget per
+key, as the forge counts it. Either way, checking the windows and recording the write are one
+atomic step (`WriteLog.take`): in memory because nothing else runs between the two (no `await`),
+in PostgreSQL under a lock on the key. Calls in flight are a process's own affair and are
+counted here, in memory.
+
 `next_free_in(key)` says how long a write would wait for its rate, so a caller with other work
 (the outbox) can postpone a message instead of waiting; `slot(..., max_wait=s)` raises `Busy`
-instead of waiting longer than `s` for the rate limits.
-
-Pure asyncio and single-threaded: no lock is needed between checking a window and recording
-a write, because nothing else runs between the two (there is no `await` in between).
+instead of waiting longer than `s` for the rate limits; `slot(..., keep=n)` lets the write go
+only if `n` writes of each window are still free after it (the outbox keeps that many for
+summaries and replies when it sends a reaction).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 MINUTE = 60.0
 HOUR = 3600.0
@@ -37,10 +45,77 @@ HOUR = 3600.0
 # after sleeping it; never sleeping less than this guarantees that the clock moves on.
 MIN_SLEEP = 0.001
 
+# Judges a key's write start times of the last hour (oldest first) at the time `now`: returns
+# the seconds until one more write fits (0: now).
+Judge = Callable[[Sequence[float], float], float]
+
 
 def token_key(forge: str) -> str:
     """The key of the writes made with a forge's one token (not a GitHub App's installation)."""
     return f"{forge}:token"
+
+
+def rate_wait(starts: Sequence[float], now: float, per_minute: int, per_hour: int) -> float:
+    """Seconds until one more write fits both windows (0: now), given the start times of the
+    last hour, oldest first. Written `now - w >= window` like the pruning, so that all of them
+    agree at the boundary whatever the float rounding."""
+    wait = 0.0
+    if len(starts) >= per_hour:
+        wait = max(wait, HOUR - (now - starts[-per_hour]))
+    if len(starts) >= per_minute:
+        wait = max(wait, MINUTE - (now - starts[-per_minute]))
+    return wait
+
+
+def within_hour(starts: Sequence[float], now: float) -> list[float]:
+    """The start times that are still in the hour before `now`."""
+    return [w for w in starts if now - w < HOUR]
+
+
+class WriteLog(Protocol):
+    """Where the write start times of each key are kept, and checked and recorded at once."""
+
+    async def take(self, key: str, judge: Judge) -> float:
+        """Judge the key's starts of the last hour at the time now; if it says 0, record a
+        write starting now, in the same atomic step. Returns what the judge said."""
+        ...
+
+    def view(self, key: str) -> tuple[Sequence[float], float] | None:
+        """The key's starts of the last hour and the time now, as this process last saw them
+        (None: it has none), for the gauges and `next_free_in`."""
+        ...
+
+
+class MemoryWriteLog:
+    """The write start times in this process: exact, for one process."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._writes: dict[str, list[float]] = {}
+
+    def _recent(self, key: str, now: float) -> list[float]:
+        writes = self._writes.get(key, [])
+        old = 0
+        while old < len(writes) and now - writes[old] >= HOUR:  # forget what left the hour
+            old += 1
+        del writes[:old]
+        return writes
+
+    async def take(self, key: str, judge: Judge) -> float:
+        # No await in here: nothing runs between the check and the record.
+        now = self._clock()
+        writes = self._recent(key, now)
+        wait = judge(writes, now)
+        if wait <= 0:
+            # Recorded at the time it was checked at, so later checks agree with this one.
+            self._writes.setdefault(key, writes).append(now)
+        return wait
+
+    def view(self, key: str) -> tuple[Sequence[float], float] | None:
+        if key not in self._writes:
+            return None
+        now = self._clock()
+        return self._recent(key, now), now
 
 
 class Busy(Exception):
@@ -54,16 +129,16 @@ class Busy(Exception):
 
 @dataclass
 class _Bucket:
-    """One key's state: calls in flight, start times of the writes of the last hour (sorted),
-    and the tasks waiting for a call in flight to end."""
+    """One key's calls in this process: how many are in flight, and the tasks waiting for one
+    of them to end."""
 
     in_flight: int = 0
-    writes: list[float] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
 
 class Governor:
-    """Rate and concurrency limits per key, shared by every forge call of the process."""
+    """Rate and concurrency limits per key, shared by every forge call of the process (and, with
+    a shared `store`, the rate limits by every replica)."""
 
     def __init__(
         self,
@@ -73,9 +148,11 @@ class Governor:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         limits: Mapping[str, tuple[int, int]] | None = None,
+        store: WriteLog | None = None,
     ) -> None:
         """`limits`: (per minute, per hour) of the keys that have their own (Forgejo's token:
-        Codeberg asks for fewer writes than GitHub allows)."""
+        Codeberg asks for fewer writes than GitHub allows). `store`: where the write start
+        times live (default: in this process, on `clock`)."""
         self._limits = dict(limits or {})
         if min(per_minute, per_hour, concurrency, *(n for pair in self._limits.values()
                                                     for n in pair)) < 1:
@@ -83,8 +160,8 @@ class Governor:
         self.per_minute = per_minute
         self.per_hour = per_hour
         self.concurrency = concurrency
-        self._clock = clock
         self._sleep = sleep
+        self.store: WriteLog = store if store is not None else MemoryWriteLog(clock)
         self._buckets: dict[str, _Bucket] = {}
 
     def _bucket(self, key: str) -> _Bucket:
@@ -93,84 +170,91 @@ class Governor:
             bucket = self._buckets[key] = _Bucket()
         return bucket
 
-    def limits_for(self, key: str) -> tuple[int, int]:
-        """(writes a minute, writes an hour) allowed for `key`."""
-        return self._limits.get(key, (self.per_minute, self.per_hour))
+    def limits_for(self, key: str, keep: int = 0) -> tuple[int, int]:
+        """(writes a minute, writes an hour) allowed for `key`; with `keep`, that many fewer
+        (never below one, so that a write kept waiting always goes in the end)."""
+        per_minute, per_hour = self._limits.get(key, (self.per_minute, self.per_hour))
+        return max(1, per_minute - keep), max(1, per_hour - keep)
 
-    def _rate_wait(self, key: str, bucket: _Bucket, now: float) -> float:
-        """Seconds until one more write for `key` fits both windows (0: now)."""
-        per_minute, per_hour = self.limits_for(key)
-        writes = bucket.writes
-        # Forget what has left the hour; written `now - w >= HOUR` like the checks below, so
-        # that all of them agree at the boundary whatever the float rounding.
-        old = 0
-        while old < len(writes) and now - writes[old] >= HOUR:
-            old += 1
-        del writes[:old]
-        wait = 0.0
-        if len(writes) >= per_hour:
-            wait = max(wait, HOUR - (now - writes[-per_hour]))
-        if len(writes) >= per_minute:
-            wait = max(wait, MINUTE - (now - writes[-per_minute]))
-        return wait
+    def _judge(self, key: str, keep: int) -> Judge:
+        per_minute, per_hour = self.limits_for(key, keep)
+        return lambda starts, now: rate_wait(starts, now, per_minute, per_hour)
 
-    def next_free_in(self, key: str, write: bool = True) -> float:
-        """Seconds until a call for `key` would fit the rate limits (0: it would go now).
+    def next_free_in(self, key: str, write: bool = True, keep: int = 0) -> float:
+        """Seconds until a call for `key` would fit the rate limits (0: it would go now), as
+        this process last saw the key's writes (exact with the in-process store).
 
         Reads have no rate limit, so for them it is 0. Calls in flight are not counted: they
         end within a request's timeout, which is no reason to postpone anything."""
-        if not write or key not in self._buckets:
+        seen = self.store.view(key) if write else None
+        if seen is None:
             return 0.0
-        return self._rate_wait(key, self._buckets[key], self._clock())
+        starts, now = seen
+        return self._judge(key, keep)(within_hour(starts, now), now)
 
     def headroom(self, key: str) -> int:
-        """How many writes for `key` could start now without waiting for the rate windows."""
+        """How many writes for `key` could start now without waiting for the rate windows (as
+        this process last saw them)."""
         per_minute, per_hour = self.limits_for(key)
-        bucket = self._buckets.get(key)
-        if bucket is None:
+        seen = self.store.view(key)
+        if seen is None:
             return min(per_minute, per_hour)
-        now = self._clock()
-        self._rate_wait(key, bucket, now)  # forgets what has left the hour
-        last_minute = sum(1 for w in bucket.writes if now - w < MINUTE)
-        return max(0, min(per_minute - last_minute, per_hour - len(bucket.writes)))
+        starts, now = seen
+        hour = within_hour(starts, now)
+        last_minute = sum(1 for w in hour if now - w < MINUTE)
+        return max(0, min(per_minute - last_minute, per_hour - len(hour)))
+
+    def budgets(self) -> dict[str, int]:
+        """`headroom` of every key that has made a call, for the metrics."""
+        return {key: self.headroom(key) for key in list(self._buckets)}
+
+    def _release(self, bucket: _Bucket) -> None:
+        bucket.in_flight -= 1
+        # Wake every waiter; each checks again (the first ones take the free places).
+        waiters, bucket.waiters = bucket.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _place(self, bucket: _Bucket) -> None:
+        """Wait for a place in flight and take it."""
+        while bucket.in_flight >= self.concurrency:
+            waiter = asyncio.get_running_loop().create_future()
+            bucket.waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in bucket.waiters:
+                    bucket.waiters.remove(waiter)
+        bucket.in_flight += 1
 
     @asynccontextmanager
-    async def slot(self, key: str, write: bool, *,
-                   max_wait: float | None = None) -> AsyncIterator[None]:
+    async def slot(self, key: str, write: bool, *, max_wait: float | None = None,
+                   keep: int = 0) -> AsyncIterator[None]:
         """Hold one of `key`'s calls in flight for the `async with` block; a `write` also
-        counts against the minute and hour windows. Waits until both fit; with `max_wait`,
-        raises `Busy` rather than wait longer than that for the rate limits."""
+        counts against the minute and hour windows (leaving `keep` writes of each free).
+        Waits until both fit; with `max_wait`, raises `Busy` rather than wait longer than that
+        for the rate limits."""
         bucket = self._bucket(key)
+        judge = self._judge(key, keep)
         while True:
-            now = self._clock()
-            full = bucket.in_flight >= self.concurrency
-            wait = self._rate_wait(key, bucket, now) if write else 0.0
-            if not full and wait <= 0:
+            # The place is taken before the write is recorded, so that the write starts when
+            # it is recorded (a write recorded and then kept waiting for a place would start
+            # later than the windows think).
+            await self._place(bucket)
+            try:
+                wait = await self.store.take(key, judge) if write else 0.0
+            except BaseException:
+                self._release(bucket)
+                raise
+            if wait <= 0:
                 break
-            if wait > 0:
-                # Rate-limited: sleep without holding a place in flight, so reads go on.
-                if max_wait is not None and wait > max_wait:
-                    raise Busy(key, wait)
-                await self._sleep(max(wait, MIN_SLEEP))
-            else:
-                waiter = asyncio.get_running_loop().create_future()
-                bucket.waiters.append(waiter)
-                try:
-                    await waiter
-                finally:
-                    if waiter in bucket.waiters:
-                        bucket.waiters.remove(waiter)
-        # No await since the checks above: the place and the write are still free. The write
-        # is recorded at the time it was checked at, so later checks agree with this one.
-        bucket.in_flight += 1
-        if write:
-            bucket.writes.append(now)
+            # Rate-limited: sleep without holding a place in flight, so reads go on.
+            self._release(bucket)
+            if max_wait is not None and wait > max_wait:
+                raise Busy(key, wait)
+            await self._sleep(max(wait, MIN_SLEEP))
         try:
             yield
         finally:
-            bucket.in_flight -= 1
-            # Wake every waiter; each checks again (the first ones take the free places).
-            waiters, bucket.waiters = bucket.waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._release(bucket)

@@ -52,6 +52,7 @@ from bountybot.forges.registry import FORGES
 from bountybot.inbox_reading import normalize
 from bountybot.logs import event
 from bountybot.loops import wait_any
+from bountybot.metrics import Metrics
 from bountybot.refs import RepoRef
 from bountybot.rules import (
     Bounty,
@@ -176,8 +177,10 @@ class DeliveryWorker:
                  on_written: Callable[[], None] | None = None,
                  max_attempts: int = WorkerOptions.max_attempts,
                  retry_delay: float = WorkerOptions.retry_delay,
-                 summary_delay: float = WorkerOptions.summary_delay) -> None:
+                 summary_delay: float = WorkerOptions.summary_delay,
+                 metrics: Metrics | None = None) -> None:
         self.sessionmaker = sessionmaker
+        self.metrics = metrics or Metrics()
         self.settings = settings
         self.clients = clients
         self.clock = clock
@@ -386,6 +389,7 @@ class DeliveryWorker:
         now = self.clock()
         done = 0
         failures: list[tuple[int, Exception]] = []
+        handled: list[tuple[str, list[_Decided]]] = []  # counted in the metrics once committed
         async with UnitOfWork(self.sessionmaker, priority=BACKGROUND) as uow:
             session = uow.session
             stmt = for_update_skip_locked(select(t.Delivery).where(
@@ -429,12 +433,16 @@ class DeliveryWorker:
                 row.handled_at = now
                 row.error = item.normalized.ignored
                 done += 1
+                handled.append((item.forge, decided))
                 # What was decided, in one line: the task, the commands by name, its state.
                 event(log, "delivery.handled", forge=item.forge, delivery=item.name,
                       **_log_fields(decided), happenings=len(item.happenings),
                       note=item.normalized.ignored or "")
             if written and self.on_written is not None:
                 uow.after_commit(self.on_written)
+        for forge, decided in handled:
+            self.metrics.delivery_handled(forge, [n for d in decided for n in d.commands],
+                                          [n for d in decided for n in d.refused])
         # Counted once the batch has committed: should the commit fail, the batch is tried
         # again one by one (`handle_batch`), and these fail again on their own.
         for delivery_id, failure in failures:
@@ -589,7 +597,7 @@ class DeliveryWorker:
         d = t.Delivery
         async with UnitOfWork(self.sessionmaker) as uow:
             # Only these columns, never the row: its payload may be what cannot be read.
-            found = (await uow.session.exec(select(d.delivery_id, d.attempts).where(
+            found = (await uow.session.exec(select(d.delivery_id, d.attempts, d.forge).where(
                 d.id == delivery_id, d.state == t.DeliveryState.PENDING).with_for_update())
                 ).first()
             if found is None:
@@ -606,6 +614,7 @@ class DeliveryWorker:
                 values["next_attempt_at"] = now + timedelta(seconds=min(delay, 3600.0))
             await uow.session.exec(update(d).where(
                 col(d.id) == delivery_id).values(**values))
+        self.metrics.delivery_failed(found[2], final=finished)
         event(log, "delivery.failed" if finished else "delivery.retry", logging.WARNING,
               delivery=name, attempts=attempts, error=reason)
         return finished

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from bountybot import wakes
 from bountybot.storage import tables as t
 from bountybot.storage.dialect import insert_for
 from bountybot.storage.uow import UnitOfWork
@@ -43,8 +44,11 @@ class InboxWriter:
             try:
                 async with UnitOfWork(self.sessionmaker) as uow:
                     stored = await insert_new(uow.session, [values for values, _ in batch])
-                    if stored and self.wake is not None:
-                        uow.after_commit(self.wake)
+                    if stored:
+                        # Workers of other processes hear of it at the commit (PostgreSQL).
+                        await wakes.notify(uow.session)
+                        if self.wake is not None:
+                            uow.after_commit(self.wake)
                 # A delivery id twice in one batch: the first is new, the second a repeat.
                 fresh = []
                 for values, _ in batch:

@@ -21,6 +21,13 @@ a hidden marker (`<!-- bountybot:msg:<id> -->`, from `bountybot.messages`) that 
 before posting again, and the summary is found by its task marker. Reactions are idempotent on
 the forges.
 
+The write budget (`bountybot.governor`, one per installation or token, shared by the replicas on
+PostgreSQL): a reaction only acknowledges a command, so it goes only while the budget keeps a
+reserve for the summaries and replies (half the minute's writes, by default). When it does not,
+the reaction is deferred, never dropped: due again when the governor says a write fits with the
+reserve kept, not counted as an attempt (a burst of pledges never makes a reaction dead), and
+moved out of its issue's lane, since nothing needs to wait behind an acknowledgement.
+
 Order: messages travel in lanes, one per issue (replies, notices and reactions) and one per
 task's summary. A message is taken only when every earlier pending message of its lane is taken
 with it; those of a lane are sent one after another in id order, and when one fails, the rest
@@ -51,6 +58,7 @@ from bountybot.governor import Busy, Governor, token_key
 from bountybot.logs import event
 from bountybot.loops import wait_any
 from bountybot.messages import fit_comment, message_marker, summary_marker
+from bountybot.metrics import Metrics
 from bountybot.refs import RepoRef
 from bountybot.rules.policy import policy_from_settings
 from bountybot.rules.summary import SUMMARY_MARKER, render_summary
@@ -94,14 +102,13 @@ class _ClaimedMessage:
     leased_until: datetime
 
 
-class _Skipped(Exception):
-    """A message left unsent on purpose (see `OutboxState.SKIPPED`)."""
-
-
 @dataclass(frozen=True)
 class _Outcome:
-    what: Literal["sent", "retry", "dead", "postponed", "skipped"]
+    what: Literal["sent", "retry", "dead", "postponed"]
     at: datetime | None = None  # retry, postponed: when to try next
+    # postponed: a reaction waiting for the write budget, which leaves its lane (nothing waits
+    # behind it) instead of holding the lane's later messages back.
+    alone: bool = False
     error: str | None = None
     summary_id: str | None = None  # sent summary: its comment id
     found: bool = False  # sent: it was already on the forge
@@ -133,8 +140,10 @@ class OutboxSender:
                  clock: Callable[[], datetime] = utc_now, max_attempts: int = 8,
                  base_delay: float = SenderOptions.base_delay,
                  max_delay: float = SenderOptions.max_delay, lease: float | None = None,
-                 rng: random.Random | None = None, reaction_reserve: int | None = None) -> None:
+                 rng: random.Random | None = None, reaction_reserve: int | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.sessionmaker = sessionmaker
+        self.metrics = metrics or Metrics()
         self.clients = clients
         self.settings = settings
         self.governor = governor
@@ -144,9 +153,11 @@ class OutboxSender:
         self.max_delay = max_delay
         self.lease = float(settings.scheduler.outbox_lease_seconds if lease is None else lease)
         self.rng = rng or random.Random()
-        # Writes per minute kept for summaries and replies: reactions are skipped below it
-        # (None: half of each key's writes a minute).
+        # Writes per minute (and per hour) kept for summaries and replies: reactions wait
+        # while the budget is below it (None: half of each key's writes a minute).
         self.reaction_reserve = reaction_reserve
+        # By key: no reaction fits the budget before this time (the governor said so).
+        self._reactions_wait: dict[str, datetime] = {}
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -242,6 +253,7 @@ class OutboxSender:
                 jobs.append(self._job(row, repos.get(row.payload.get("repo_id"))))
             coalesced = await _coalesce(s, summaries, now) if summaries else []
         for row in dead:
+            self.metrics.outbox_outcome(row.kind, "dead")
             _log_dead(row)
         for row in coalesced:
             event(log, "outbox.coalesced", id=row.id, task=row.task_id,
@@ -287,7 +299,7 @@ class OutboxSender:
                 done.append((job, _Outcome("postponed", at=self.clock()), jobs[i + 1:]))
                 break
             outcome = await self._attempt(job)
-            blocked = outcome.what in ("retry", "postponed")
+            blocked = outcome.what in ("retry", "postponed") and not outcome.alone
             # The rest of the lane goes back, untried, to wait behind this one.
             done.append((job, outcome, jobs[i + 1:] if blocked else []))
             if blocked:
@@ -297,11 +309,9 @@ class OutboxSender:
     async def _attempt(self, job: _ClaimedMessage) -> _Outcome:
         try:
             summary_id, found = await self._deliver(job)
-        except _Skipped:
-            return _Outcome("skipped")
         except Busy as busy:
             at = self.clock() + timedelta(seconds=busy.retry_in)
-            return _Outcome("postponed", at=at)
+            return _Outcome("postponed", at=at, alone=job.kind == REACTION)
         except ForgeError as error:
             return self._failed(job, str(error), error.retryable, error.retry_after)
         except Exception as error:
@@ -332,6 +342,8 @@ class OutboxSender:
         key = self._key(job.repo)
         # Wait a little for the rate limits, not for long: the lease would run out.
         async with self.governor.slot(key, write, max_wait=self.lease / 4):
+            if write:
+                self.metrics.forge_write(job.repo.forge)
             return await call()
 
     async def _deliver(self, job: _ClaimedMessage) -> tuple[str | None, bool]:
@@ -355,23 +367,31 @@ class OutboxSender:
         raise ForgeError(f"unknown message kind {job.kind!r}")
 
     async def _react(self, job: _ClaimedMessage, client: ForgeClient, repo: RepoRef) -> None:
-        """Acknowledge a command comment with a reaction, unless the write budget runs short."""
+        """Acknowledge a command comment with a reaction, if the write budget keeps its reserve
+        after it; else `Busy` says when it would (the reaction is deferred until then)."""
         comment_id = job.comment_id
         if not comment_id:
             raise ForgeError("a reaction without a comment id")
         key = self._key(repo)
         reserve = (self.governor.limits_for(key)[0] // 2 if self.reaction_reserve is None
                    else self.reaction_reserve)
-        if self.governor.headroom(key) <= reserve:
-            # A reaction only acknowledges; the summary shows the command too. When the
-            # write budget runs short (a burst of pledges), it goes to the summaries and
-            # replies, so one write per command comment is never exceeded.
-            raise _Skipped()
+        # A reaction only acknowledges; the summary shows the command too. When the write
+        # budget runs short (a burst of pledges), the summaries and replies go first, and the
+        # reactions follow as the windows free up. It waits for nothing here: what it would
+        # wait for is written down as its due time, and the sender goes on with other lanes.
+        now = self.clock()
+        until = self._reactions_wait.get(key)
+        if until is not None and until > now:
+            # Asked already: the budget only fills up meanwhile (the windows slide one way),
+            # so a burst's other reactions need not ask the governor (the database) again.
+            raise Busy(key, (until - now).total_seconds())
         try:
-            async with self.governor.slot(key, True, max_wait=0):
+            async with self.governor.slot(key, True, max_wait=0, keep=reserve):
+                self.metrics.forge_write(repo.forge)
                 await client.react(repo, job.number, comment_id)
-        except Busy:
-            raise _Skipped() from None  # no reaction is worth waiting for
+        except Busy as busy:
+            self._reactions_wait[key] = now + timedelta(seconds=busy.retry_in)
+            raise
 
     async def _comment(self, job: _ClaimedMessage, client: ForgeClient, repo: RepoRef) -> bool:
         """Post a reply or a notice; returns whether it was found already on the forge."""
@@ -424,7 +444,7 @@ class OutboxSender:
 
     async def _finish_all(self, items: list[_Tried]) -> int:
         """Write what happened to each job (and give back the untried jobs behind it), in one
-        unit of work; returns how many messages are finished (sent, skipped or dead)."""
+        unit of work; returns how many messages are finished (sent or dead)."""
         if not items:
             return 0
         now = self.clock()
@@ -450,11 +470,7 @@ class OutboxSender:
             if back and back.state == PENDING and back.attempts == other.attempts:
                 back.attempts -= 1
                 back.next_attempt_at = now  # due, but waits behind `job` (see `_behind`)
-        if outcome.what == "skipped":
-            if row is not None and row.state == PENDING:
-                row.state, row.sent_at = OutboxState.SKIPPED, now
-                row.last_error = "not sent: the write budget was kept for summaries"
-        elif outcome.what == "sent":
+        if outcome.what == "sent":
             if row is not None and row.state == PENDING:
                 row.state, row.sent_at = SENT, now
             if outcome.summary_id and job.task_id is not None:
@@ -474,16 +490,16 @@ class OutboxSender:
                 assert outcome.at is not None
                 row.attempts -= 1
                 row.next_attempt_at = outcome.at
+                if outcome.alone:
+                    row.lane = f"reaction:{row.id}"  # its own lane: nothing waits behind it
         return row, ours
 
     def _log_outcome(self, job: _ClaimedMessage, outcome: _Outcome, row: Outbox | None,
                      ours: bool) -> int:
+        self.metrics.outbox_outcome(job.kind, outcome.what)
         if not ours:
             event(log, "outbox.lease_lost", logging.WARNING, id=job.id, kind=job.kind,
                   attempt=job.attempts, outcome=outcome.what)
-        if outcome.what == "skipped":
-            event(log, "outbox.skipped", id=job.id, kind=job.kind)
-            return 1
         if outcome.what == "sent":
             event(log, "outbox.sent", id=job.id, kind=job.kind, task=job.task_id,
                   attempt=job.attempts, **({"comment": job.comment_id} if job.comment_id else {}),

@@ -17,6 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.config import Settings
 from bountybot.connections import ConnectionGuard
+from bountybot.metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
@@ -24,6 +25,7 @@ SESSIONMAKER = web.AppKey("sessionmaker", async_sessionmaker[AsyncSession])
 READ_ENGINE = web.AppKey("read_engine", AsyncEngine)
 READER = web.AppKey("reader", async_sessionmaker[AsyncSession])
 CONNECTIONS = web.AppKey("connections", ConnectionGuard)
+METRICS = web.AppKey("metrics", Metrics)
 
 Feature = Callable[[web.Application], object]
 """Adds a feature's routes (and its own cleanup_ctx entries) to the app."""

@@ -18,10 +18,10 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bountybot import webhooks
+from bountybot import wakes, webhooks
 from bountybot.clock import utc_now
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient
@@ -32,10 +32,11 @@ from bountybot.outbox import OutboxSender, SenderOptions
 from bountybot.payments import stripe_events
 from bountybot.payments.stripe_api import StripeGateway
 from bountybot.payments.worker import PaymentOptions, PaymentWorker
-from bountybot.resources import SESSIONMAKER, SETTINGS
+from bountybot.resources import ENGINE, METRICS, SESSIONMAKER, SETTINGS
 from bountybot.scheduler import ScheduledJob
 from bountybot.scheduler import start as start_scheduler
 from bountybot.scheduler import stop as stop_scheduler
+from bountybot.storage.write_budget import PgWriteLog, is_postgresql
 from bountybot.sweeps import Sweeper
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,9 @@ def setup(app: web.Application, *, clients: Mapping[str, ForgeClient] | None = N
           worker_options: WorkerOptions | None = None,
           clock: Callable[[], datetime] | None = None, scheduler: bool | None = None,
           gateway: StripeGateway | None = None, payment_options: PaymentOptions | None = None,
-          payment_loop: bool | None = None) -> Runtime:
-    """Webhooks plus the worker and the outbox. `background=False` leaves the loops to the
+          payment_loop: bool | None = None, doors: bool = True) -> Runtime:
+    """Webhooks plus the worker and the outbox (`doors=False`: no webhooks, for a process that
+    only works, `serve --role worker`). `background=False` leaves the loops to the
     caller (`runtime.worker.run_once()`), for tests that step through a story;
     `sender_options` tune the `OutboxSender` (e.g. a short `base_delay` in tests) and
     `worker_options` the `DeliveryWorker`; `clock` is the time everything reads (tests move
@@ -121,14 +123,26 @@ def setup(app: web.Application, *, clients: Mapping[str, ForgeClient] | None = N
         runtime.governor = Governor(per_minute=settings.scheduler.writes_per_minute,
                                     per_hour=settings.scheduler.writes_per_hour,
                                     limits=forge_write_limits(settings))
+        # Before the loops start: on PostgreSQL the budget is kept in the database.
+        app.cleanup_ctx.append(_shared_budget)
     app[RUNTIME] = runtime
-    app[webhooks.WAKE_WORKER] = runtime.wake_worker.set
-    webhooks.setup(app)
-    app[stripe_events.WAKE] = runtime.written
-    app[stripe_events.CLOCK] = lambda: runtime.clock()
-    stripe_events.setup(app)
+    if doors:
+        app[webhooks.WAKE_WORKER] = runtime.wake_worker.set
+        webhooks.setup(app)
+        app[stripe_events.WAKE] = runtime.written
+        app[stripe_events.CLOCK] = lambda: runtime.clock()
+        stripe_events.setup(app)
     app.cleanup_ctx.append(_loops)
     return runtime
+
+
+async def _shared_budget(app: web.Application) -> AsyncIterator[None]:
+    """On PostgreSQL, every replica draws on one write budget per installation or token, kept
+    in the database (GitHub counts them together); on SQLite, the one process counts alone."""
+    engine = app[ENGINE]
+    if is_postgresql(engine):
+        app[RUNTIME].governor.store = PgWriteLog(engine)
+    yield
 
 
 def forge_write_limits(settings: Settings) -> dict[str, tuple[int, int]]:
@@ -199,11 +213,13 @@ def gateway_from_settings(settings: Settings) -> StripeGateway:
     return StripeGateway(key.get_secret_value(), api_base=settings.stripe.api_base)
 
 
-def _start_loops(runtime: Runtime, worker: DeliveryWorker,
-                 sender: OutboxSender) -> list[asyncio.Task[Any]]:
-    """The delivery worker's, the outbox sender's and (if on) the payment worker's loops."""
+def _start_loops(runtime: Runtime, worker: DeliveryWorker, sender: OutboxSender,
+                 engine: AsyncEngine) -> list[asyncio.Task[Any]]:
+    """The delivery worker's, the outbox sender's and (if on) the payment worker's loops, and
+    on PostgreSQL the listener that wakes the worker when another process stores a delivery."""
     tasks = [asyncio.create_task(worker.run_forever(runtime.wake_worker, runtime.stop)),
-             asyncio.create_task(sender.run_forever(runtime.wake_outbox, runtime.stop))]
+             asyncio.create_task(sender.run_forever(runtime.wake_outbox, runtime.stop)),
+             asyncio.create_task(wakes.listen(engine, runtime.wake_worker.set, runtime.stop))]
     if runtime.payments is not None and runtime.payment_loop:
         tasks.append(asyncio.create_task(
             runtime.payments.run_forever(runtime.wake_payments, runtime.stop)))
@@ -225,6 +241,7 @@ async def _loops(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
     settings = app[SETTINGS]
     sessionmaker = app[SESSIONMAKER]
+    metrics = app.get(METRICS)  # None in an app not made by `create_app`: counted for no one
     # The forge libraries are blocking and run in threads (asyncio.to_thread); enough of them
     # that a granted write does not wait long in a queue before it leaves.
     asyncio.get_running_loop().set_default_executor(
@@ -239,12 +256,12 @@ async def _loops(app: web.Application) -> AsyncIterator[None]:
         max_attempts=(settings.scheduler.outbox_max_attempts if so.max_attempts is None
                       else so.max_attempts),
         base_delay=so.base_delay, max_delay=so.max_delay, lease=so.lease, rng=so.rng,
-        reaction_reserve=so.reaction_reserve)
+        reaction_reserve=so.reaction_reserve, metrics=metrics)
     wo = runtime.worker_options
     runtime.worker = DeliveryWorker(
         sessionmaker, settings, runtime.clients, clock=runtime.clock,
         on_written=runtime.written, max_attempts=wo.max_attempts, retry_delay=wo.retry_delay,
-        summary_delay=wo.summary_delay)
+        summary_delay=wo.summary_delay, metrics=metrics)
     runtime.sessionmaker = sessionmaker
     runtime.sweeper = Sweeper(sessionmaker, settings, clock=runtime.clock,
                               on_written=runtime.written)
@@ -257,10 +274,12 @@ async def _loops(app: web.Application) -> AsyncIterator[None]:
             sessionmaker, settings, runtime.gateway, clock=runtime.clock,
             on_written=runtime.wake_outbox.set, max_attempts=po.max_attempts,
             base_delay=po.base_delay, max_delay=po.max_delay, lease=po.lease,
-            wait_delay=po.wait_delay, poll_every=po.poll_every, batch=po.batch, rng=po.rng)
+            wait_delay=po.wait_delay, poll_every=po.poll_every, batch=po.batch, rng=po.rng,
+            metrics=metrics)
     jobs = scheduled_jobs(runtime, settings)
     scheduler = start_scheduler(jobs) if runtime.scheduled else None
-    tasks = _start_loops(runtime, runtime.worker, runtime.sender) if runtime.background else []
+    tasks = (_start_loops(runtime, runtime.worker, runtime.sender, app[ENGINE])
+             if runtime.background else [])
     try:
         yield
     finally:

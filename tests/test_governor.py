@@ -1,4 +1,5 @@
-"""The governor keeps writes under 80 a minute and 500 an hour per key, on a virtual clock."""
+"""The governor keeps writes under 80 a minute and 500 an hour per key, on a virtual clock: in
+one process, and across several (their governors sharing one budget in PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bountybot.governor import Busy, Governor
+from bountybot.storage.engine import create_engine
+from bountybot.storage.write_budget import PgWriteLog
 
 
 class VirtualTime:
@@ -202,3 +207,129 @@ def test_random_arrivals_keep_every_limit(arrivals: list[Arrival]) -> None:
     assert all(n <= concurrency for n in rec.most_in_flight.values())
     assert sum(len(s) for s in rec.starts.values()) == sum(1 for a in arrivals if a[2])
 
+
+
+async def test_a_write_kept_in_reserve_waits_for_the_reserve() -> None:
+    vt, rec = VirtualTime(), Record()
+    gov = make(vt, per_minute=4, per_hour=100)
+
+    async def scenario() -> None:
+        await call(gov, vt, rec, "k", True)
+        await vt.sleep(10)
+        await call(gov, vt, rec, "k", True)
+        assert gov.headroom("k") == 2
+        # Keeping two of the four: no room now, and room once the first write leaves.
+        assert gov.next_free_in("k", keep=2) == 50
+        with pytest.raises(Busy) as busy:
+            async with gov.slot("k", True, max_wait=0, keep=2):
+                raise AssertionError("not reached")
+        assert busy.value.retry_in == 50
+        async with gov.slot("k", True, max_wait=0):  # a write that keeps nothing goes
+            pass
+        assert gov.headroom("k") == 1
+
+    await vt.run(scenario())
+
+
+# -- one budget for several processes, in PostgreSQL ----------------------------------------
+
+
+class LeapClock:
+    """Seconds since the epoch, shared by several governors: time moves only when a task
+    sleeps, to the time it wakes at (if later). Nothing really sleeps; the tasks really race on
+    the database in between."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        wake = self.now + seconds
+        await asyncio.sleep(0)
+        self.now = max(self.now, wake)
+
+
+async def recorded(engine: AsyncEngine, key: str) -> list[float]:
+    """The write start times kept in the database for `key`."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(text(
+            "SELECT started_at FROM write_budget WHERE key = :key ORDER BY started_at"),
+            {"key": key})
+        return [when.timestamp() for when in rows.scalars()]
+
+
+@pytest.fixture
+async def engines(pg_url: str) -> Any:
+    """Three engines on one schema, as three processes would have."""
+    made = [create_engine(pg_url) for _ in range(3)]
+    yield made
+    for engine in made:
+        await engine.dispose()
+
+
+async def test_governors_of_three_processes_share_one_budget(engines: list[AsyncEngine]) -> None:
+    per_minute, per_hour = 5, 12
+    clock = LeapClock()
+    governors = [Governor(per_minute=per_minute, per_hour=per_hour, sleep=clock.sleep,
+                          store=PgWriteLog(engine, clock=clock)) for engine in engines]
+
+    async def write(gov: Governor) -> bool:
+        try:
+            # Waits for the minute; refuses to wait the hour (past 10 minutes).
+            async with gov.slot("inst-1", True, max_wait=600):
+                await asyncio.sleep(0)
+            return True
+        except Busy:
+            return False
+
+    done = await asyncio.gather(*(write(gov) for gov in governors for _ in range(10)))
+    starts = await recorded(engines[0], "inst-1")
+    # Each process alone would have let 12 through, 36 in all; together they share 12.
+    assert sum(done) == len(starts) == per_hour
+    assert_windows(starts, per_minute, per_hour)
+    assert starts[-1] - starts[0] >= 120  # 5, 5 a minute later, 2 a minute after that
+    assert await recorded(engines[0], "inst-2") == []
+    async with governors[1].slot("inst-2", True, max_wait=0):  # another key is not touched
+        pass
+    assert len(await recorded(engines[0], "inst-2")) == 1
+
+
+async def test_the_shared_budget_forgets_what_has_left_the_hour(
+        engines: list[AsyncEngine]) -> None:
+    clock = LeapClock()
+    a, b = (Governor(per_minute=2, per_hour=3, sleep=clock.sleep,
+                     store=PgWriteLog(engine, clock=clock)) for engine in engines[:2])
+    for gov in (a, b, a):
+        async with gov.slot("k", True, max_wait=60):
+            pass
+    assert len(await recorded(engines[0], "k")) == 3
+    # b saw two of them when it wrote, and a all three: each says what it last saw.
+    assert a.headroom("k") == 0 and a.next_free_in("k") == 3600 - 60
+    with pytest.raises(Busy) as busy:
+        async with b.slot("k", True, max_wait=60):
+            pass
+    assert busy.value.retry_in == 3600 - 60  # b asked the database: the hour is full
+    clock.now += busy.value.retry_in  # an hour after the first two
+    async with b.slot("k", True, max_wait=0):
+        pass
+    # The first two left the hour, and the table: only the third and the new one are kept.
+    starts = await recorded(engines[0], "k")
+    assert len(starts) == 2 and starts[-1] == clock.now
+
+
+async def test_the_shared_budget_runs_on_the_database_clock(engines: list[AsyncEngine]) -> None:
+    a, b = (Governor(per_minute=2, per_hour=10, store=PgWriteLog(engine))
+            for engine in engines[:2])
+    async with a.slot("k", True, max_wait=0), b.slot("k", True, max_wait=0):
+        pass
+    with pytest.raises(Busy) as busy:
+        async with a.slot("k", True, max_wait=0):
+            pass
+    assert 55 < busy.value.retry_in <= 60
+    async with engines[0].connect() as conn:
+        now = float((await conn.execute(text(
+            "SELECT extract(epoch FROM clock_timestamp())"))).scalar_one())
+    starts = await recorded(engines[0], "k")
+    assert len(starts) == 2 and all(0 <= now - s < 5 for s in starts)

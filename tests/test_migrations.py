@@ -20,7 +20,7 @@ from bountybot.storage.tables import metadata
 TABLES = {
     "repo", "task", "pledge", "claim", "waiting", "link", "payout", "ledger_transaction",
     "ledger_entry", "delivery", "outbox", "audit_event", "handled_comment", "sync_cursor",
-    "payment_op", "payout_account",
+    "payment_op", "payout_account", "write_budget",
 }
 
 

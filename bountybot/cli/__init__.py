@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--role", choices=("all", "web", "worker"), default="all",
                        help="all (default): everything in one process; web: the webhooks,"
                             " pages and API only; worker: the delivery worker, outbox, payments"
-                            " and scheduler only, no port (several of each may share one"
-                            " PostgreSQL)")
+                            " and scheduler only, its port for /healthz and /metrics (several"
+                            " of each may share one PostgreSQL)")
     serve.set_defaults(run=cmd_serve)
 
     db = _command(commands, "db", "database maintenance (`db upgrade`)",

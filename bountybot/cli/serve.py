@@ -31,17 +31,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for warning in settings.forge_warnings():
         log.warning(warning)
     _prepare_database(settings)
-    return asyncio.run(_run_server(settings))
+    return asyncio.run(_run_server(settings, getattr(args, "role", None) or "all"))
 
 
-async def _run_server(settings: Settings) -> int:
+async def _run_server(settings: Settings, role: str = "all") -> int:
+    """Serve `role` (`bountybot.app.ROLES`); a `worker`'s port answers only /healthz and
+    /metrics."""
     # Imported here: the service stack (SQLAlchemy engine, routes) is not needed by
     # `--help` or by a refused configuration.
     import gc
 
     from aiohttp import web
 
-    from bountybot.app import AccessLogger, create_app
+    from bountybot.app import AccessLogger, create_app, default_features
     from bountybot.connections import BACKLOG, fit_to_open_files, open_files_limit
     from bountybot.resources import CONNECTIONS
 
@@ -53,7 +55,7 @@ async def _run_server(settings: Settings) -> int:
         with contextlib.suppress(NotImplementedError):  # no loop signal handlers on Windows
             loop.add_signal_handler(sig, stop.set)
     server = settings.server
-    app = create_app(settings)
+    app = create_app(settings, features=default_features(role))
     guard = app[CONNECTIONS]
     files = open_files_limit()
     guard.max_connections = fit_to_open_files(server.max_connections, files)
@@ -80,7 +82,7 @@ async def _run_server(settings: Settings) -> int:
                 f"cannot listen on {server.host}:{server.port}: {e.strerror or e}"
                 + _port_hint(e, server.port)
             ) from None
-        log.info(start_line(settings, listener.sockets[0].getsockname()[1]))
+        log.info(start_line(settings, listener.sockets[0].getsockname()[1], role))
         await stop.wait()
         event(log, "server.stopping")
     finally:
@@ -107,14 +109,17 @@ def _port_hint(error: OSError, port: int) -> str:
             f" or `bountybot serve --port {other}`")
 
 
-def start_line(settings: Settings, port: int) -> str:
+def start_line(settings: Settings, port: int, role: str = "all") -> str:
     """The one line that tells an operator what is running, with no secret in it."""
     host = settings.server.host
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    doing = {"web": f"(web: no workers) listening on {url}",
+             "worker": f"(worker: deliveries, outbox, payments, scheduler) listening on {url}"
+                       " for /healthz and /metrics only"}.get(role, f"listening on {url}")
     forges = ", ".join(settings.forges_enabled()) or f"none (set {how_to_turn_on()})"
     config = settings.config_file or "built-in defaults"
     return (
-        f"bountybot {__version__} listening on {url} — database "
+        f"bountybot {__version__} {doing} — database "
         f"{settings.database.display_url()}, forges: {forges}, "
         f"payments: {settings.payments.provider}, config: {config}"
     )

@@ -42,6 +42,7 @@ from bountybot.config import Settings
 from bountybot.i18n import translate
 from bountybot.logs import event
 from bountybot.loops import wait_any
+from bountybot.metrics import Metrics
 from bountybot.money import Money, format_money
 from bountybot.payments.calls import Caller, LeasedOp, Outcome
 from bountybot.payments.ops import OpState, insert_ops, op_values, ops_for, payout_account
@@ -87,8 +88,10 @@ class PaymentWorker:
                  lease: float = PaymentOptions.lease,
                  wait_delay: float = PaymentOptions.wait_delay,
                  poll_every: float = PaymentOptions.poll_every,
-                 batch: int = PaymentOptions.batch, rng: random.Random | None = None) -> None:
+                 batch: int = PaymentOptions.batch, rng: random.Random | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.sessionmaker = sessionmaker
+        self.metrics = metrics or Metrics()
         self.settings = settings
         self.caller = Caller(gateway)
         self.clock = clock
@@ -113,6 +116,7 @@ class PaymentWorker:
                 break
             outcomes = await asyncio.gather(*(self.caller.perform(job) for job in jobs))
             for job, outcome in zip(jobs, outcomes, strict=True):
+                self.metrics.payment_call(job.kind, outcome.what)
                 await self._finish(job, outcome)
             count += len(jobs)
         return count + await self.polls.sessions() + await self.polls.accounts()

@@ -63,8 +63,8 @@ class OutboxState(StrEnum):
     PENDING = "pending"
     SENT = "sent"
     DEAD = "dead"
-    # Not sent on purpose: a reaction when the write budget is short (the summary shows the
-    # command, and the budget is kept for the words people need).
+    # Not sent on purpose: a reaction when the write budget was short, before reactions waited
+    # for the budget instead (none is skipped now; the state stays for the rows of then).
     SKIPPED = "skipped"
 
 
@@ -500,6 +500,21 @@ class PayoutAccount(Base, table=True):
     updated_at: datetime = _updated()
 
 
+class WriteBudget(Base, table=True):
+    """One forge write started with a key's budget (a GitHub installation, a forge's token), on
+    PostgreSQL: every replica's governor counts a key's rows of the last minute and hour, and adds
+    its own, under one lock on the key (`bountybot.storage.write_budget`). Rows that have left
+    the hour are deleted as writes are taken. Unused on SQLite (one process counts in memory)."""
+
+    __tablename__ = "write_budget"
+    __table_args__ = (Index(None, "key", "started_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(sa_type=String(255))
+    # The database's clock: one time for every replica (their own clocks differ).
+    started_at: datetime = Field(sa_type=UTCDateTime())
+
+
 TABLES = (
     Repo,
     Task,
@@ -517,4 +532,5 @@ TABLES = (
     SyncCursor,
     PaymentOp,
     PayoutAccount,
+    WriteBudget,
 )
