@@ -2,7 +2,8 @@
 ASCII, not UTF-8) and whatever the body (random bytes, random JSON, deep nesting, byte order
 marks, other encodings, signed or not), no door answers 5xx except a deliberate 503, nothing
 internal is stored, and afterwards signed deliveries are still stored and applied: the queue
-is not stalled. Real app over loopback, SQLite, the GitHub, GitLab and Stripe doors all on."""
+is not stalled. Real app over loopback, SQLite, the GitHub, GitLab, Forgejo and Stripe doors all
+on."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from forgejo_harness import FJ_REPO, FJ_SECRET, FJ_TOKEN, ForgejoBot, fj_sign
+from forgejo_harness import prepare as prepare_forgejo
 from gitlab_harness import GL_SECRET, PROJECT, GitLabBot, gitlab_settings, prepare
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,6 +33,7 @@ from bountybot.service import setup
 from bountybot.storage import tables as t
 from bountybot.storage.engine import create_engine
 
+from fakes.forgejo import FakeForgejo
 from fakes.github import FakeGitHub
 from fakes.gitlab import FakeGitLab
 from fakes.stripe import FakeStripe, stripe_server  # noqa: F401
@@ -53,17 +57,20 @@ LIMIT = 64 * 1024
 class World:
     hub: GitHubBot  # the app, seen through the GitHub harness
     lab: GitLabBot  # the same app, seen through the GitLab harness
+    fj: ForgejoBot  # and the Forgejo one
     stripe: FakeStripe
     port: int
 
 
 @pytest.fixture
 async def world(sqlite_url: str, github_server: FakeGitHub, gitlab_server: FakeGitLab,
+                forgejo_server: FakeForgejo,
                 stripe_server: FakeStripe) -> AsyncIterator[World]:  # noqa: F811
     github_server.accept_token(TOKEN)
     github_server.add_repo(REPO, REPO_ID)
     github_server.set_permission(REPO, MAINTAINER, "maintain")
     prepare(gitlab_server)
+    prepare_forgejo(forgejo_server)
     app_settings = Settings.model_validate({
         "database": {"url": sqlite_url},
         "server": {"public_url": "https://bounties.example.org", "max_body_bytes": LIMIT,
@@ -71,6 +78,7 @@ async def world(sqlite_url: str, github_server: FakeGitHub, gitlab_server: FakeG
                    "body_timeout_seconds": 2},
         "github": {"api_url": github_server.url, "token": TOKEN, "webhook_secret": SECRET},
         "gitlab": gitlab_settings(gitlab_server),
+        "forgejo": {"url": forgejo_server.url, "token": FJ_TOKEN, "webhook_secret": FJ_SECRET},
         "payments": {"provider": "stripe"},
         "stripe": {"api_key": stripe_server.api_key, "webhook_secret": WHSEC,
                    "api_base": stripe_server.url},
@@ -87,10 +95,12 @@ async def world(sqlite_url: str, github_server: FakeGitHub, gitlab_server: FakeG
     lab = GitLabBot(client, github_server, engine)
     lab.gitlab = gitlab_server
     lab.notes_ids = iter(range(70_001, 80_000))
+    fj = ForgejoBot(client, github_server, engine)
+    fj.gitlab, fj.forgejo = gitlab_server, forgejo_server
     port = client.server.port
     assert port is not None
     try:
-        yield World(hub, lab, stripe_server, port)
+        yield World(hub, lab, fj, stripe_server, port)
     finally:
         await client.close()
         await engine.dispose()
@@ -98,14 +108,18 @@ async def world(sqlite_url: str, github_server: FakeGitHub, gitlab_server: FakeG
 
 # -- what a request is made of -------------------------------------------------------------------
 
-DOORS = ["/webhooks/github", "/webhooks/gitlab", "/webhooks/stripe"]
+DOORS = ["/webhooks/github", "/webhooks/gitlab", "/webhooks/forgejo", "/webhooks/stripe"]
 NAMES = ["X-GitHub-Event", "X-GitHub-Delivery", "X-Hub-Signature-256", "X-Gitlab-Event",
-         "X-Gitlab-Token", "Idempotency-Key", "X-Gitlab-Event-UUID", "Stripe-Signature",
-         "Content-Type", "Content-Encoding"]
+         "X-Gitlab-Token", "Idempotency-Key", "X-Gitlab-Event-UUID", "X-Forgejo-Event",
+         "X-Forgejo-Delivery", "X-Forgejo-Signature", "X-Gitea-Event", "X-Gitea-Signature",
+         "Stripe-Signature", "Content-Type", "Content-Encoding"]
 LIKELY = {"X-GitHub-Event": ["issue_comment", "issues", "ping", SYNC_EVENT],
           "X-Gitlab-Event": ["Note Hook", "Issue Hook", SYNC_EVENT],
+          "X-Forgejo-Event": ["issue_comment", "issues", "pull_request", SYNC_EVENT],
+          "X-Gitea-Event": ["issue_comment", "push"],
           "X-Gitlab-Token": [GL_SECRET],
           "X-GitHub-Delivery": ["sync:github:x", "d-1"], "Idempotency-Key": ["sync:gitlab:y"],
+          "X-Forgejo-Delivery": ["sync:forgejo:z", "d-2"],
           "Content-Encoding": ["gzip", "identity", "br"]}
 
 
@@ -170,6 +184,9 @@ def proper_headers(door: str, delivery: str) -> dict[str, bytes]:
     if door.endswith("gitlab"):
         return {"X-Gitlab-Event": b"Note Hook", "Idempotency-Key": delivery.encode(),
                 "X-Gitlab-Event-UUID": delivery.encode(), "Content-Type": b"application/json"}
+    if door.endswith("forgejo"):
+        return {"X-Forgejo-Event": b"issue_comment", "X-Forgejo-Delivery": delivery.encode(),
+                "Content-Type": b"application/json"}
     return {"Content-Type": b"application/json; charset=utf-8"}
 
 
@@ -197,6 +214,9 @@ def signed_headers(request: Request) -> dict[str, bytes]:
         headers["X-Hub-Signature-256"] = github_sign(body).encode()
     elif request.door.endswith("gitlab"):
         headers["X-Gitlab-Token"] = GL_SECRET.encode()
+    elif request.door.endswith("forgejo"):
+        headers["X-Forgejo-Signature"] = fj_sign(body).encode()
+        headers.pop("X-Gitea-Signature", None)  # Forgejo sends both with one value, or this
     else:
         stamp = int(time.time())
         digest = hmac.new(WHSEC.encode(), f"{stamp}.".encode() + body, hashlib.sha256)
@@ -261,11 +281,13 @@ async def test_no_request_breaks_a_door_or_stalls_the_queue(world: World) -> Non
                for row in stored)
 
     # Signed deliveries still go all the way: stored, taken by the worker, applied.
-    hub, lab = world.hub, world.lab
+    hub, lab, fj = world.hub, world.lab, world.fj
     assert (await hub.label(1)).status == 202
     assert (await hub.comment("alice", "/pledge 20")).status == 202
     assert (await lab.label(2)).status == 202
     assert (await lab.comment("bob", "/pledge 30", 2)).status == 202
+    assert (await fj.label(3)).status == 202
+    assert (await fj.comment("carol", "/pledge 40", 3)).status == 202
     event = json.dumps({"id": "evt_after_fuzz", "object": "event", "type": "account.updated",
                         "data": {"object": {"id": "acct_nobody", "object": "account"}}}
                        ).encode()
@@ -276,12 +298,14 @@ async def test_no_request_breaks_a_door_or_stalls_the_queue(world: World) -> Non
     assert (paid.status, (await paid.json())["status"]) == (200, "handled")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        on_github, on_gitlab = await hub.task(1), await lab.task(2)
-        if on_github and on_github.pledges and on_gitlab and on_gitlab.pledges:
+        on_github, on_gitlab, on_forgejo = await hub.task(1), await lab.task(2), await fj.task(3)
+        if all(task and task.pledges for task in (on_github, on_gitlab, on_forgejo)):
             break
         await asyncio.sleep(0.05)
     else:
         raise AssertionError(f"the signed pledges were not applied: {seen}")
+    assert on_github is not None and on_gitlab is not None and on_forgejo is not None
     assert [(p.backer, p.amount.minor) for p in on_github.pledges] == [("alice", 2000)]
     assert [(p.backer, p.amount.minor) for p in on_gitlab.pledges] == [("bob", 3000)]
-    assert on_github.repo == REPO and on_gitlab.repo == PROJECT
+    assert [(p.backer, p.amount.minor) for p in on_forgejo.pledges] == [("carol", 4000)]
+    assert on_github.repo == REPO and on_gitlab.repo == PROJECT and on_forgejo.repo == FJ_REPO
