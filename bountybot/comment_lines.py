@@ -22,7 +22,7 @@ from bountybot.rules import Bounty, Comment
 from bountybot.rules.decide import is_bot, read_commands
 from bountybot.rules.policy import Policy
 from bountybot.storage import tables as t
-from bountybot.storage.dialect import insert_for
+from bountybot.storage.dialect import insert_rows
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +106,13 @@ async def fresh_lines(session: AsyncSession, forge: str, comment: Comment, polic
         wanted = wanted[:max(room, 0)]
     if not wanted:
         return None
-    stmt = (insert_for(session)(t.HandledComment.__table__)  # type: ignore[attr-defined]
-            .values([dict(forge=forge, comment_id=comment.id[:t.FORGE_ID], revision=key,
-                          task_id=bounty.id if bounty is not None else None, handled_at=now)
-                     for key, _ in wanted])
-            .on_conflict_do_nothing().returning(t.HandledComment.id,
-                                                t.HandledComment.revision))
-    taken = {revision: row_id for row_id, revision in (await session.exec(stmt)).all()}
+    written = await insert_rows(
+        session, t.HandledComment,
+        [dict(forge=forge, comment_id=comment.id[:t.FORGE_ID], revision=key,
+              task_id=bounty.id if bounty is not None else None, handled_at=now)
+         for key, _ in wanted],
+        skip_conflicts=True, returning=(t.HandledComment.id, t.HandledComment.revision))
+    taken = {revision: row_id for row_id, revision in written}
     fresh = [(key, line) for key, line in wanted if key in taken]
     if not fresh:
         return None

@@ -13,7 +13,7 @@ from typing import Any
 
 from bountybot import wakes
 from bountybot.storage import tables as t
-from bountybot.storage.dialect import insert_for
+from bountybot.storage.dialect import insert_rows
 from bountybot.storage.uow import UnitOfWork
 
 
@@ -69,11 +69,9 @@ class InboxWriter:
 async def insert_new(session: Any, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
     """Insert deliveries in one statement, skipping those already stored; returns the
     (forge, delivery id) of the rows written."""
-    table = t.Delivery.__table__  # type: ignore[attr-defined]
     # In key order: two replicas storing the same redelivered ids at once then wait for each
     # other in the same order, instead of each holding one the other needs (a deadlock).
     rows = sorted(rows, key=lambda r: (r["forge"], r["delivery_id"]))
-    stmt = (insert_for(session)(table).values(rows).on_conflict_do_nothing()
-            .returning(table.c.forge, table.c.delivery_id))
-    result = await session.exec(stmt)
-    return {(forge, delivery) for forge, delivery in result.all()}
+    written = await insert_rows(session, t.Delivery, rows, skip_conflicts=True,
+                                returning=(t.Delivery.forge, t.Delivery.delivery_id))
+    return {(forge, delivery) for forge, delivery in written}

@@ -38,7 +38,7 @@ from bountybot.rules import (
 from bountybot.rules.model import Dispute
 from bountybot.rules.policy import Policy, policy_from_settings
 from bountybot.storage import tables as t
-from bountybot.storage.dialect import insert_for
+from bountybot.storage.dialect import insert_rows
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,9 @@ def bounty_of(repo: t.Repo, task: t.Task, pledges: Sequence[t.Pledge],
 
 async def to_bounty(session: AsyncSession, repo: t.Repo, task: t.Task) -> Bounty:
     assert task.id is not None
+    # Kept like its children (`_children`): writing the decision back then finds the task row
+    # in the identity map instead of selecting it again.
+    session.sync_session.info.setdefault("bountybot.loaded", []).append(task)
     return bounty_of(repo, task, *[await _children(session, table, task.id) for table in
                                    (t.Pledge, t.Claim, t.Waiting, t.Link, t.Payout)])
 
@@ -243,15 +246,16 @@ async def save_decision(session: AsyncSession, repo: t.Repo, issue: IssueRef,
     for posting in decision.postings:
         entries = posting.entries(task_id)
         check_balanced(Money(minor, cur) for _, minor, cur in entries)
-        txn = t.LedgerTransaction(key=posting.key(), kind=posting.kind, task_id=task_id,
-                                  memo=posting.memo or None, created_at=now)
-        session.add(txn)
-        books.append((txn, entries))
-    if books:
-        await session.flush()  # a key already on the books fails here, and so does the whole
-        await session.exec(insert_for(session)(t.LedgerEntry).values([
-            dict(transaction_id=t.id_of(txn), account=account, amount_minor=minor, currency=cur)
-            for txn, entries in books for account, minor, cur in entries]))
+        books.append((posting.key(), entries))
+    # A key already on the books fails here (unique), and so does the whole decision.
+    ids = {key: txn_id for txn_id, key in await insert_rows(
+        session, t.LedgerTransaction,
+        [dict(key=posting.key(), kind=posting.kind, task_id=task_id, memo=posting.memo or None,
+              created_at=now) for posting in decision.postings],
+        returning=(t.LedgerTransaction.id, t.LedgerTransaction.key))}
+    await insert_rows(session, t.LedgerEntry, [
+        dict(transaction_id=ids[key], account=account, amount_minor=minor, currency=cur)
+        for key, entries in books for account, minor, cur in entries])
     notices = 0
     queued: list[dict[str, Any]] = []
     for message in decision.messages:
@@ -273,14 +277,12 @@ async def save_decision(session: AsyncSession, repo: t.Repo, issue: IssueRef,
         queued.append(dict(
             task_id=task_id, kind=message.kind, payload=payload, dedup_key=key[:255], lane=lane,
             state=t.OutboxState.PENDING, attempts=0, next_attempt_at=due, created_at=now))
-    if queued:
-        await session.exec(insert_for(session)(t.Outbox).values(queued).on_conflict_do_nothing())
+    await insert_rows(session, t.Outbox, queued, skip_conflicts=True)
     if decision.payments:
         await queue_requests(session, repo, issue.number, task_id, decision.payments, now)
-    if decision.trail:
-        await session.exec(insert_for(session)(t.AuditEvent).values([
-            dict(task_id=task_id, actor=item.actor, action=item.action[:64], detail=item.detail,
-                 created_at=now) for item in decision.trail]))
+    await insert_rows(session, t.AuditEvent, [
+        dict(task_id=task_id, actor=item.actor, action=item.action[:64], detail=item.detail,
+             created_at=now) for item in decision.trail])
     return task_id
 
 
