@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy import false as sa_false
 from sqlalchemy.orm import registry
@@ -198,7 +199,9 @@ class Pledge(Base, table=True):
     """Money a backer puts toward a task: `amount_minor` in `currency` (the task's)."""
 
     __tablename__ = "pledge"
-    __table_args__ = (CheckConstraint("amount_minor > 0", name="amount_positive"),)
+    # A backer's statement finds their pledges by login without case (`lower(backer)`).
+    __table_args__ = (CheckConstraint("amount_minor > 0", name="amount_positive"),
+                      Index("ix_pledge_lower_backer", text("lower(backer)")))
 
     id: int | None = Field(default=None, primary_key=True)
     task_id: int = Field(foreign_key="task.id", index=True)
@@ -275,8 +278,10 @@ class Payout(Base, table=True):
     """
 
     __tablename__ = "payout"
+    # A developer's statement finds their payouts by login without case.
     __table_args__ = (CheckConstraint("amount_minor > 0", name="amount_positive"),
-                      Index(None, "state", "released_at"))
+                      Index(None, "state", "released_at"),
+                      Index("ix_payout_lower_developer", text("lower(developer)")))
 
     id: int | None = Field(default=None, primary_key=True)
     task_id: int = Field(foreign_key="task.id", index=True)
