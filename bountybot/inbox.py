@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import exists, func, or_, tuple_, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import aliased, defer
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -77,6 +77,9 @@ from bountybot.storage.bounties import (
 from bountybot.storage.uow import BACKGROUND, UnitOfWork, for_update_skip_locked, is_conflict
 
 log = logging.getLogger(__name__)
+
+# How long a delivery understood but not yet applied is kept understood (see `_understood`).
+UNDERSTOOD_FOR = timedelta(seconds=60)
 
 
 def _first_line(error: BaseException) -> str:
@@ -191,6 +194,9 @@ class DeliveryWorker:
         self.summary_delay = summary_delay
         # A clash with another replica's transaction left deliveries due: go again soon.
         self.clashed = False
+        # Deliveries read and understood but left for the next turn (a batch commits early
+        # when webhooks wait for the database): not parsed, normalized and asked about again.
+        self._understood: dict[int, tuple[datetime, Normalized, list[Happening]]] = {}
 
     async def due(self, limit: int) -> list[int]:
         """The deliveries to apply next, oldest first. A delivery about an issue (its `topic`)
@@ -315,6 +321,11 @@ class DeliveryWorker:
                 col(t.Delivery.id).in_(ids), t.Delivery.state == t.DeliveryState.PENDING)
                 .order_by(col(t.Delivery.id)))).all()
             work = [(r.id, r.forge, r.event, r.payload, r.delivery_id, r.topic) for r in rows]
+        now = self.clock()
+        # What was understood for another batch, or too long ago (who maintains a repo may have
+        # changed since it was asked), is forgotten.
+        self._understood = {i: seen for i, seen in self._understood.items()
+                            if i in ids and now - seen[0] < UNDERSTOOD_FOR}
         ready: list[_Ready] = []
         finished = 0
         # A delivery that stays pending holds back the later ones about the same issue, in this
@@ -325,8 +336,14 @@ class DeliveryWorker:
             if topic is not None and topic in waiting:
                 continue
             try:
-                normalized = normalize(forge, kind, json.loads(body), self.settings, name)
-                happenings = [await self._who(forge, h) for h in normalized.happenings]
+                if delivery_id in self._understood:
+                    _, normalized, happenings = self._understood[delivery_id]
+                else:
+                    normalized = normalize(forge, kind, json.loads(body), self.settings, name)
+                    happenings = [await self._who(forge, h) for h in normalized.happenings]
+                    self._understood[delivery_id] = (now, normalized, happenings)
+                    # A batch reads up to a hundred payloads: the webhooks are answered between.
+                    await asyncio.sleep(0)
             except ForgeError as error:  # the forge could not say who maintains the repo
                 done = await self._failed(delivery_id, error, passing=error.retryable)
                 finished += done
@@ -392,7 +409,10 @@ class DeliveryWorker:
         handled: list[tuple[str, list[_Decided]]] = []  # counted in the metrics once committed
         async with UnitOfWork(self.sessionmaker, priority=BACKGROUND) as uow:
             session = uow.session
-            stmt = for_update_skip_locked(select(t.Delivery).where(
+            # Not the payloads again: they are understood already. (SQLModel types a column as
+            # its value, which `defer` does not take.)
+            not_payload = defer(t.Delivery.payload)  # type: ignore[arg-type]
+            stmt = for_update_skip_locked(select(t.Delivery).options(not_payload).where(
                 col(t.Delivery.id).in_([item.id for item in batch])), uow.dialect)
             rows = {r.id: r for r in (await session.exec(stmt)).all()}
             behind = await self._behind_others(session, [i for i in rows if i is not None])
