@@ -180,8 +180,10 @@ class Service:
                                          cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT)
         if self.split:
             with self.log.with_suffix(".worker.log").open("wb") as out:
+                # Its own port (for /healthz and /metrics), not the web process's.
                 self.worker = subprocess.Popen([*bountybot, "serve", "--role", "worker"],
-                                               env=self.env, cwd=self.workdir, stdout=out,
+                                               env={**self.env, "BOUNTYBOT_SERVER_PORT": "0"},
+                                               cwd=self.workdir, stdout=out,
                                                stderr=subprocess.STDOUT)
         await wait_healthy(self.base, self.proc, self.log)
         self.engine = create_engine(self.db_url)
