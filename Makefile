@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run demo test lint clean browser
+.PHONY: run demo test lint clean browser mutate
 
 run: $(VENV)/.installed
 	$(BIN)/bountybot db upgrade
@@ -42,6 +42,15 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[test]'
 	touch $@ $(VENV)/.installed
+
+# Mutation testing of the money core (money, ledger, rules) against the pure core's tests, on
+# two workers; the run prints the mutants that no test killed (docs/testing.md, tests/MUTANTS.md).
+# mutants/ keeps the results: a second run retries only what changed (rm -rf mutants for a fresh one).
+MUTATE_JOBS ?= 2
+mutate: $(VENV)/.installed-test
+	$(BIN)/mutmut run --max-children $(MUTATE_JOBS)
+	@echo "mutants no test killed (tests/MUTANTS.md says why each listed one is left):"
+	@$(BIN)/mutmut results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

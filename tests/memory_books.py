@@ -20,7 +20,10 @@ from bountybot.rules import (
     Decision,
     Event,
     IssueRef,
+    LabelAdded,
     Link,
+    LinkClosed,
+    LinkOpened,
     Message,
     Payout,
     Pledge,
@@ -109,6 +112,20 @@ class Story:
 
     def wait(self, days: float) -> None:
         self.now += timedelta(days=days)
+
+
+def merged_story(fee_bp: int = 0, release_after_days: int = 0) -> Story:
+    """alice 60 (pledge 2) and bob 40 (pledge 3) fund the goal of 100; carol claims, and her
+    pull request #12 is merged: with a fee of `fee_bp`, her payout waits `release_after_days`."""
+    story = Story(Policy(fee_bp=fee_bp, release_after_days=release_after_days))
+    story.event(LabelAdded())
+    story.say("maya", "/goal 100")
+    story.say("alice", "/pledge 60")
+    story.say("bob", "/pledge 40")
+    story.say("carol", "/claim")
+    story.event(LinkOpened(12, "carol"))
+    story.event(LinkClosed(12, "carol", merged=True))
+    return story
 
 
 def replies(decision: Decision) -> list[str]:

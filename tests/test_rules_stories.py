@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 
@@ -489,3 +489,51 @@ def test_an_expired_deadline_is_written_for_the_repos_language(locale):
     (said,) = notices(story.event(Tick()))
     assert format_date(date(2026, 12, 1), "long", locale=locale) in said
     assert "2026-12-01" not in said
+
+
+def test_the_fee_is_rounded_down_to_the_cent():
+    """2.5 % of €9.99 is 24.975 cents: the fee is 24, the developer gets 975, nothing is lost."""
+    story = started("9.99", fee_bp=250)
+    story.say("alice", "/pledge 9.99")
+    story.say("carol", "/claim")
+    story.event(LinkClosed(2, "carol", merged=True))
+    assert story.task.payouts[0].amount == eur("9.75")
+    assert story.books.balance("fees") == 24
+    assert story.books.audit().ok
+
+
+def test_a_claim_expires_at_the_very_instant_its_time_is_up():
+    story = started("10", claim_days=14)
+    story.say("alice", "/pledge 10")
+    story.say("carol", "/claim")
+    expires = story.task.live_claim().expires_at
+    story.now = expires - timedelta(microseconds=1)
+    story.event(Tick())
+    assert story.task.live_claim().state == ClaimState.ACTIVE
+    story.now = expires
+    d = story.event(Tick())
+    assert story.task.claims[0].state == ClaimState.EXPIRED
+    assert story.task.state == TaskState.FUNDED
+    assert ("task.funded", {"from": "claimed", "why": "claim expired"}) in [
+        (t.action, t.detail) for t in d.trail]
+    assert notices(d) == ["The claim of @carol has expired: no pull request came within 14 days."]
+
+
+@pytest.mark.parametrize(
+    ("locale", "reply"),
+    [
+        ("en", "This task has not reached its goal (€40.00 of €100.00): lower the goal with"
+               " `/goal 40.00` first, or `/cancel` to refund the backers."),
+        ("fr", "Cette tâche n'a pas atteint son objectif (40,00\u00a0€ sur 100,00\u00a0€)\u202f:"
+               " baissez d'abord l'objectif avec `/goal 40.00`, ou `/cancel` pour rembourser"
+               " les donateurs."),
+    ],
+)
+def test_award_on_an_unfunded_task_is_refused_with_a_reply(locale, reply):
+    story = started("100", locale=locale)
+    story.say("alice", "/pledge 40")
+    d = story.say("maya", "/award @carol")
+    assert replies(d) == [reply]
+    assert story.task.state == TaskState.OPEN and not story.task.payouts
+    assert story.task.pledges[0].state == PledgeState.HELD
+    assert story.books.audit().ok

@@ -7,7 +7,10 @@ test_stripe_flow.py), so that many stories run quickly. After every step the boo
 audit; at the end, once the worker has settled everything it can, Stripe and the books agree:
 every transfer at Stripe is a payout paid once with it, every refund gives back a pledge whose
 money left the escrow, nothing was paid or refunded twice, and when no call was refused for good,
-`audit --provider` finds no difference."""
+`audit --provider` finds no difference. Then Stripe recovers (no more failures), an operator
+revives what died (`bountybot payments retry`) and the developer finishes onboarding: every
+payout ends paid (but one whose transfer Stripe refused for good, with a 400), and `audit
+--provider` finds no difference, on every example."""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from hypothesis import strategies as st
 from sqlmodel import select
 
 from bountybot.config import Settings
+from bountybot.payments.backlog import retry_dead
 from bountybot.payments.provider_audit import audit_provider
 from bountybot.payments.stripe_api import StripeGateway
 from bountybot.payments.stripe_events import apply_event
@@ -176,6 +180,10 @@ async def story(steps_: list[tuple[Any, ...]], db: Path) -> None:
         await world.settle()
         await world.books_hold()
         await agree(world)
+        await recover(world)
+        await world.books_hold()
+        await all_paid(world)
+        await provider_audit_after_recovery(world)
     finally:
         gateway.close()
         await engine.dispose()
@@ -213,6 +221,52 @@ async def agree(world: World) -> None:
     if not dead:
         report = await audit_provider(world.sessionmaker, world.worker.caller.gateway)
         assert report.ok, report.render()
+
+
+async def provider_audit_after_recovery(world: World) -> None:
+    """On every example: `audit --provider` finds no difference but the refunds Stripe refused
+    for good (the books owe the backer, Stripe sent nothing), and names each of those."""
+    async with world.sessionmaker() as session:
+        ops = list((await session.exec(select(t.PaymentOp))).all())
+    assert not [op for op in ops if op.state == t.PaymentOpState.DEAD]
+    refused = {f"pledge {op.pledge_id} " for op in ops if op.kind == "refund"
+               and op.state == t.PaymentOpState.FAILED}
+    report = await audit_provider(world.sessionmaker, world.worker.caller.gateway)
+    named = {head for head in refused for problem in report.problems if problem.startswith(head)}
+    assert named == refused, report.render()
+    assert all(any(problem.startswith(head) for head in refused)
+               for problem in report.problems), report.render()
+
+
+async def recover(world: World) -> None:
+    """Stripe works again: what was still to fail or lag no longer does, an operator revives
+    the operations that ran out of tries, the developer asks for an account again (in case the
+    first ask was refused) and finishes onboarding, and the worker settles."""
+    world.stripe._failures.clear()  # the fake's pending trouble (fakes/recording.py)
+    world.stripe._delays.clear()
+    await retry_dead(world.sessionmaker, now=world.now)
+    await world.settle()
+    async with world.sessionmaker() as session:
+        payouts = (await session.exec(select(t.Payout))).all()
+    if payouts:
+        await world.step(("say", "dave", "/payout-account"))
+        await world.step(("run",))
+        await world.step(("onboard",))
+    await world.settle()
+
+
+async def all_paid(world: World) -> None:
+    """Every payout is paid, but one whose transfer Stripe refused for good (a 400): that one
+    is failed, for an operator to look at, and no transfer was made for it."""
+    async with world.sessionmaker() as session:
+        payouts = list((await session.exec(select(t.Payout))).all())
+        ops = list((await session.exec(select(t.PaymentOp))).all())
+    refused = {op.payout_id for op in ops if op.kind == "transfer"
+               and op.state == t.PaymentOpState.FAILED}
+    for payout in payouts:
+        expected = PayoutState.FAILED if payout.id in refused else PayoutState.PAID
+        assert payout.state == expected, (payout.id, payout.state, [
+            (op.kind, op.state, op.last_error) for op in ops])
 
 
 @settings(max_examples=20, deadline=None,

@@ -90,3 +90,16 @@ def test_clean_books_say_so():
     report = books_after_payout().books.audit()
     assert report.ok and "all invariants hold" in report.render()
     assert report.transactions == 3 and report.tasks == 1
+
+
+def test_an_escrow_that_differs_from_its_held_pledges_is_caught():
+    """Money taken out of a task's escrow by a balanced transaction: only the headline check
+    (escrow = held pledges) can see it."""
+    story = told()
+    escrow = f"escrow:task:{story.task.id}"
+    skim = JournalTransaction("skim:1", "skim", story.task.id, (
+        JournalEntry(escrow, -500, "EUR"), JournalEntry("fees", 500, "EUR")))
+    report = audit(list(story.books.bounties.values()), [*story.books.journal, skim])
+    assert report.problems == [
+        f"task {story.task.id} (commons/garden#7): escrow holds 9500 EUR but its held pledges"
+        " make 10000"]
