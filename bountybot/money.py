@@ -86,11 +86,14 @@ class Money:
 
 
 def sum_money(items: Iterable[Money], currency: str) -> Money:
-    """The total of `items`, all in `currency` (zero when empty)."""
-    total = Money.zero(currency)
+    """The total of `items`, all in `currency` (zero when empty). Summed as integers, one
+    `Money` at the end: a task's summary sums thousands of pledges."""
+    total = 0
     for item in items:
-        total = total + item
-    return total
+        if item.currency != currency:
+            raise ValueError(f"cannot mix {currency} and {item.currency}")
+        total += item.minor
+    return Money(total, currency)
 
 
 def to_decimal(m: Money) -> Decimal:

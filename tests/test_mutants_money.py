@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bountybot.money import AmountError, Money, parse_amount, parse_percent, shown
+from bountybot.money import AmountError, Money, parse_amount, parse_percent, shown, sum_money
 
 
 @pytest.mark.parametrize(("text", "currency", "limits", "reply"), [
@@ -64,3 +64,12 @@ def test_money_says_what_it_refuses():
         Money(1.5, "EUR")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="^cannot mix EUR and USD$"):
         Money(1, "EUR") + Money(1, "USD")
+
+
+def test_a_sum_refuses_another_currency_and_says_which():
+    assert sum_money([Money(150, "EUR"), Money(250, "EUR")], "EUR") == Money(400, "EUR")
+    assert sum_money([], "JPY") == Money(0, "JPY")
+    with pytest.raises(ValueError, match="^cannot mix EUR and USD$"):
+        sum_money([Money(150, "EUR"), Money(250, "USD")], "EUR")
+    with pytest.raises(ValueError, match="not an ISO 4217 currency code"):
+        sum_money([], "EURO")
