@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run demo test lint clean browser mutate
+.PHONY: run demo test lint clean browser mutate bench
 
 run: $(VENV)/.installed
 	$(BIN)/bountybot db upgrade
@@ -51,6 +51,13 @@ mutate: $(VENV)/.installed-test
 	$(BIN)/mutmut run --max-children $(MUTATE_JOBS)
 	@echo "mutants no test killed (tests/MUTANTS.md says why each listed one is left):"
 	@$(BIN)/mutmut results
+
+# The benchmark (bench/README.md): ingest, commands end to end, a burst against GitHub's write
+# limits, and the public pages on large books, each target of issue #16 printed beside its figure.
+# PostgreSQL at BOUNTYBOT_TEST_PG_URL (default postgres@127.0.0.1:5432/test).
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/webhook_ingest.py
+	$(BIN)/python bench/pages.py --requests 50 --steady 10
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

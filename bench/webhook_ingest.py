@@ -398,8 +398,11 @@ async def phase_burst(fake: FakeGitHub, work: Path, burst: int, tasks: int, conc
                   + (f"{shown_at - start:.1f} s" if shown_at else "NEVER (time limit)"))
             print(f"  GitHub writes: {len(writes)} ({len(writes) / burst:.2f} per command"
                   f" comment) {kinds}")
-            print(f"  most writes in any 60 s: {most_in_window(times, 60)} (limit 80);"
-                  f" in any hour: {most_in_window(times, 3600)} (limit 500)")
+            minute, hour = most_in_window(times, 60), most_in_window(times, 3600)
+            print(f"  most writes in any 60 s: {minute} (limit 80); in any hour: {hour}"
+                  " (limit 500)")
+            target("burst, GitHub's write limits", minute <= 80 and hour <= 500,
+                   f"{minute} in a minute, {hour} in the hour", "<= 80 and <= 500")
     finally:
         if url_cm:
             await url_cm.__aexit__(None, None, None)

@@ -41,6 +41,12 @@ from typing import Protocol
 
 MINUTE = 60.0
 HOUR = 3600.0
+# A write is counted when it is granted and reaches the forge a little later: PyGithub sends one
+# call at a time per token, so a granted write may queue for seconds behind the others. The
+# service counts a minute's writes over 70 s (`Governor(minute=SERVED_MINUTE)`): writes granted
+# up to 10 s before they arrive still fit GitHub's minute. (`bench/webhook_ingest.py --only
+# burst` on PostgreSQL saw 81 arrive in one minute with 72 granted per 60 s.)
+SERVED_MINUTE = MINUTE + 10.0
 # The shortest sleep: a wait computed from float timestamps can come out a hair above zero
 # after sleeping it; never sleeping less than this guarantees that the clock moves on.
 MIN_SLEEP = 0.001
@@ -55,15 +61,17 @@ def token_key(forge: str) -> str:
     return f"{forge}:token"
 
 
-def rate_wait(starts: Sequence[float], now: float, per_minute: int, per_hour: int) -> float:
+def rate_wait(starts: Sequence[float], now: float, per_minute: int, per_hour: int,
+              minute: float = MINUTE) -> float:
     """Seconds until one more write fits both windows (0: now), given the start times of the
-    last hour, oldest first. Written `now - w >= window` like the pruning, so that all of them
-    agree at the boundary whatever the float rounding."""
+    last hour, oldest first; `minute` is how long the minute's window lasts. Written
+    `now - w >= window` like the pruning, so that all of them agree at the boundary whatever
+    the float rounding."""
     wait = 0.0
     if len(starts) >= per_hour:
         wait = max(wait, HOUR - (now - starts[-per_hour]))
     if len(starts) >= per_minute:
-        wait = max(wait, MINUTE - (now - starts[-per_minute]))
+        wait = max(wait, minute - (now - starts[-per_minute]))
     return wait
 
 
@@ -149,10 +157,15 @@ class Governor:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         limits: Mapping[str, tuple[int, int]] | None = None,
         store: WriteLog | None = None,
+        minute: float = MINUTE,
     ) -> None:
         """`limits`: (per minute, per hour) of the keys that have their own (Forgejo's token:
         Codeberg asks for fewer writes than GitHub allows). `store`: where the write start
-        times live (default: in this process, on `clock`)."""
+        times live (default: in this process, on `clock`). `minute`: the seconds over which
+        `per_minute` writes are counted (`SERVED_MINUTE` in the service)."""
+        if minute < MINUTE:
+            raise ValueError("a minute's window is at least 60 s")
+        self.minute = minute
         self._limits = dict(limits or {})
         if min(per_minute, per_hour, concurrency, *(n for pair in self._limits.values()
                                                     for n in pair)) < 1:
@@ -178,7 +191,7 @@ class Governor:
 
     def _judge(self, key: str, keep: int) -> Judge:
         per_minute, per_hour = self.limits_for(key, keep)
-        return lambda starts, now: rate_wait(starts, now, per_minute, per_hour)
+        return lambda starts, now: rate_wait(starts, now, per_minute, per_hour, self.minute)
 
     def next_free_in(self, key: str, write: bool = True, keep: int = 0) -> float:
         """Seconds until a call for `key` would fit the rate limits (0: it would go now), as
@@ -201,7 +214,7 @@ class Governor:
             return min(per_minute, per_hour)
         starts, now = seen
         hour = within_hour(starts, now)
-        last_minute = sum(1 for w in hour if now - w < MINUTE)
+        last_minute = sum(1 for w in hour if now - w < self.minute)
         return max(0, min(per_minute - last_minute, per_hour - len(hour)))
 
     def budgets(self) -> dict[str, int]:

@@ -26,7 +26,7 @@ from bountybot.clock import utc_now
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient
 from bountybot.forges.registry import FORGES
-from bountybot.governor import Governor, token_key
+from bountybot.governor import SERVED_MINUTE, Governor, token_key
 from bountybot.inbox import DeliveryWorker, WorkerOptions
 from bountybot.outbox import OutboxSender, SenderOptions
 from bountybot.payments import stripe_events
@@ -122,7 +122,7 @@ def setup(app: web.Application, *, clients: Mapping[str, ForgeClient] | None = N
         settings = app[SETTINGS]
         runtime.governor = Governor(per_minute=settings.scheduler.writes_per_minute,
                                     per_hour=settings.scheduler.writes_per_hour,
-                                    limits=forge_write_limits(settings))
+                                    limits=forge_write_limits(settings), minute=SERVED_MINUTE)
         # Before the loops start: on PostgreSQL the budget is kept in the database.
         app.cleanup_ctx.append(_shared_budget)
     app[RUNTIME] = runtime

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bountybot.governor import Busy, Governor
+from bountybot.governor import SERVED_MINUTE, Busy, Governor
 from bountybot.storage.engine import create_engine
 from bountybot.storage.write_budget import PgWriteLog
 
@@ -133,6 +133,25 @@ async def test_writes_are_concurrency_limited_too() -> None:
     await vt.run(writes())
     assert rec.most_in_flight["k"] == 3
     assert_windows(rec.starts["k"], 80, 500)
+
+
+async def test_the_service_counts_a_minute_over_seventy_seconds() -> None:
+    """A granted write may reach GitHub seconds later (one call at a time per token): the
+    service's governor counts a minute's writes over `SERVED_MINUTE`, so that writes arriving
+    up to 10 s late still fit any 60 s of GitHub's."""
+    vt, rec = VirtualTime(), Record()
+    gov = make(vt, per_minute=5, minute=SERVED_MINUTE)
+
+    async def scenario() -> None:
+        for _ in range(5):
+            await call(gov, vt, rec, "a", True)
+        assert gov.next_free_in("a") == 70 and gov.headroom("a") == 0
+        assert await call(gov, vt, rec, "a", True) == 70  # the sixth write waits 70 s
+        assert gov.headroom("a") == 4  # the first five left the window at 70 s
+
+    await vt.run(scenario())
+    with pytest.raises(ValueError, match="at least 60 s"):
+        Governor(minute=59)
 
 
 async def test_keys_are_independent() -> None:
