@@ -30,10 +30,12 @@ CHECK_SECONDS = 5.0
 
 
 async def notify(session: Any) -> None:
-    """Queue the wake in `session`'s transaction (PostgreSQL sends it at the commit)."""
+    """Queue the wake in `session`'s transaction (PostgreSQL sends it at the commit). A
+    channel is the whole database's: the notification names its schema, so that instances in
+    other schemas of the same database (tests, staging beside production) are not woken."""
     if session.get_bind().dialect.name == "postgresql":
         connection = await session.connection()
-        await connection.exec_driver_sql(f"NOTIFY {CHANNEL}")
+        await connection.exec_driver_sql(f"SELECT pg_notify('{CHANNEL}', current_schema())")
 
 
 async def listen(engine: AsyncEngine, wake: Callable[[], None], stop: asyncio.Event, *,
@@ -58,9 +60,11 @@ async def _listen_once(engine: AsyncEngine, wake: Callable[[], None], stop: asyn
     async with engine.connect() as connection:
         raw = await connection.get_raw_connection()
         driver: Any = raw.driver_connection  # asyncpg's connection
+        schema = await driver.fetchval("SELECT current_schema()")
 
-        def heard(*_args: Any) -> None:
-            wake()
+        def heard(_connection: Any, _pid: int, _channel: str, payload: str) -> None:
+            if payload == schema:
+                wake()
 
         await driver.add_listener(CHANNEL, heard)
         try:

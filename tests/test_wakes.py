@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bountybot import wakes
 from bountybot.inbox_writer import InboxWriter
+from bountybot.storage import migrate
 from bountybot.storage import tables as t
 from bountybot.storage.engine import create_engine, create_sessionmaker
 
@@ -96,3 +97,22 @@ async def test_sqlite_has_no_listener(tmp_path: Path):
     await asyncio.wait_for(wakes.listen(engine, lambda: woken.append(1), stop), WAIT)
     assert woken == [] and not stop.is_set()
     await engine.dispose()
+
+
+async def test_a_delivery_stored_in_another_schema_wakes_nobody_here(pg_url: str,
+                                                                     empty_pg_url: str):
+    migrate.upgrade(empty_pg_url)
+    elsewhere = create_engine(empty_pg_url)
+    other = InboxWriter(create_sessionmaker(elsewhere), wake=None)
+    writing = asyncio.create_task(other.run())
+    try:
+        async with two_processes(pg_url) as two:
+            assert await other.store(delivery(4)) is True  # another instance's inbox
+            assert await two.writer.store(delivery(5)) is True  # then this one's
+            await two.next_wake()
+            assert two.heard == 2  # the first "look, in case", then this schema's delivery
+    finally:
+        writing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writing
+        await elsewhere.dispose()
