@@ -190,3 +190,26 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions on `engine`, for `UnitOfWork(sessionmaker)`."""
     return create_sessionmaker(engine)
+
+
+# -- the environment ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_bountybot_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No BOUNTYBOT_* variable of the machine running the tests reaches the settings."""
+    for name in list(os.environ):
+        if name.startswith("BOUNTYBOT_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def cli_env(no_bountybot_env: None) -> Iterator[None]:  # noqa: ARG001 - it clears the env
+    """As `no_bountybot_env`; and the root logger, which the command line sets up, put back."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

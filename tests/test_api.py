@@ -8,7 +8,6 @@ withdrawn pledge), claimed with a waiting list, done and paid, cancelled and ref
 from __future__ import annotations
 
 import itertools
-import os
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -169,15 +168,8 @@ def settings(**server: Any) -> Settings:
                     github={"webhook_secret": SECRET, "token": TOKEN})
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    without_bountybot_env(monkeypatch)
-
-
-def without_bountybot_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("BOUNTYBOT_"):
-            monkeypatch.delenv(name)
+# Each test starts from an environment without BOUNTYBOT_* variables.
+pytestmark = pytest.mark.usefixtures("no_bountybot_env")
 
 
 # The books as the rules wrote them, per database, with the tale: told once per test session,

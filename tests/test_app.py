@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -20,11 +19,8 @@ SECRET = "whsec-Recognisable-9876"
 DB_PASSWORD = "pg-Pa55word-77"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("BOUNTYBOT_"):
-            monkeypatch.delenv(name)
+# Each test starts from an environment without BOUNTYBOT_* variables.
+pytestmark = pytest.mark.usefixtures("no_bountybot_env")
 
 
 def settings_for(url: str, **sections: dict[str, object]) -> Settings:

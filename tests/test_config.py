@@ -20,14 +20,8 @@ TOKEN = "ghp_ThisIsNotARealToken123"
 DB_PASSWORD = "pg-Pa55word-77"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts from an environment without BOUNTYBOT_* variables."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("BOUNTYBOT_"):
-            monkeypatch.delenv(name)
+# Each test starts from an environment without BOUNTYBOT_* variables.
+pytestmark = pytest.mark.usefixtures("no_bountybot_env")
 
 
 @pytest.fixture

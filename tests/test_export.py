@@ -21,7 +21,7 @@ from sqlalchemy import func, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
-from test_api import DOCS, SECRET, TOKEN, Tale, serve, told, without_bountybot_env
+from test_api import DOCS, SECRET, TOKEN, Tale, serve, told
 
 from bountybot import export
 from bountybot.export import CSV_COLUMNS, export_csv, export_json
@@ -30,10 +30,8 @@ from bountybot.storage import tables as t
 from bountybot.storage.books import reading
 from bountybot.storage.uow import UnitOfWork
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    without_bountybot_env(monkeypatch)
+# Each test starts from an environment without BOUNTYBOT_* variables.
+pytestmark = pytest.mark.usefixtures("no_bountybot_env")
 
 
 @pytest.fixture

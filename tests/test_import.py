@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -113,16 +111,8 @@ async def play(db_url: str, fake: FakeGitHub) -> Story:
     return bot
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith("BOUNTYBOT_"):
-            monkeypatch.delenv(name)
-    root = logging.getLogger()  # the command line sets up logging: put it back after
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+# Each test starts from an environment without BOUNTYBOT_* variables, its logging put back.
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 def fresh_sqlite(template: Path, path: Path) -> str:

@@ -12,9 +12,7 @@ import asyncio
 import csv
 import io
 import json
-import logging
-import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -48,16 +46,8 @@ class Books:
         self.repo_id = repo_id
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith("BOUNTYBOT_"):
-            monkeypatch.delenv(name)
-    root = logging.getLogger()  # the command line sets up logging: put it back after
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+# Each test starts from an environment without BOUNTYBOT_* variables, its logging put back.
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ In process, on the real app (`create_app` with the API and the webhooks), SQLite
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -31,12 +30,8 @@ from bountybot.storage.uow import UnitOfWork
 
 from github_harness import SECRET, TOKEN, sign
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("BOUNTYBOT_"):
-            monkeypatch.delenv(name)
+# Each test starts from an environment without BOUNTYBOT_* variables.
+pytestmark = pytest.mark.usefixtures("no_bountybot_env")
 
 
 def settings(db_url: str, **server: Any) -> Settings:
