@@ -38,7 +38,7 @@ from urllib.parse import urlencode
 import pytest
 from aiohttp import web
 
-from fakes.recording import JSON_BODY, RecordingServer, Refused
+from fakes.recording import JSON_BODY, FakeIssue, FakePull, RecordingServer, Refused
 
 RECORDED = Path(__file__).resolve().parent.parent / "fixtures/forgejo/api/recorded"
 API = "/api/v1"
@@ -60,33 +60,6 @@ class FakeComment:
     login: str
     created_at: datetime
     updated_at: datetime
-
-
-@dataclass
-class FakeIssue:
-    id: int
-    repo: str
-    number: int
-    title: str
-    labels: list[str]
-    login: str
-    created_at: datetime
-    updated_at: datetime
-    state: str = "open"
-
-
-@dataclass
-class FakePull:
-    id: int
-    repo: str
-    number: int
-    title: str
-    body: str
-    login: str
-    created_at: datetime
-    updated_at: datetime
-    state: str = "open"
-    merged_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -145,11 +118,7 @@ class FakeForgejo(RecordingServer):
         """A fake listening on 127.0.0.1, on a port the system chose (see `url`)."""
         fake = cls(clock=clock)
 
-        @web.middleware
-        async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-            return await fake._serve(request, handler)
-
-        app = web.Application(middlewares=[middleware])
+        app = fake._app()
         repo = API + "/repos/{owner}/{name}"
         app.router.add_post(repo + "/issues/{number:\\d+}/comments", fake._create_comment)
         app.router.add_get(repo + "/issues/{number:\\d+}/comments", fake._issue_comments)

@@ -41,7 +41,7 @@ import jwt
 import pytest
 from aiohttp import web
 
-from fakes.recording import JSON_BODY, RecordingServer, Refused
+from fakes.recording import JSON_BODY, FakeIssue, FakePull, RecordingServer, Refused
 
 RECORDED = Path(__file__).resolve().parent.parent / "fixtures/github/api/paginate-issues.json"
 DOCS = "https://docs.github.com/rest"
@@ -77,33 +77,6 @@ class FakeComment:
     user_type: str
     created_at: datetime
     updated_at: datetime
-
-
-@dataclass
-class FakeIssue:
-    id: int
-    repo: str
-    number: int
-    title: str
-    labels: list[str]
-    login: str
-    created_at: datetime
-    updated_at: datetime
-    state: str = "open"
-
-
-@dataclass
-class FakePull:
-    id: int
-    repo: str
-    number: int
-    title: str
-    body: str
-    login: str
-    created_at: datetime
-    updated_at: datetime
-    state: str = "open"
-    merged_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -179,11 +152,7 @@ class FakeGitHub(RecordingServer):
         """A fake listening on 127.0.0.1, on a port the system chose (see `url`)."""
         fake = cls(clock=clock)
 
-        @web.middleware
-        async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-            return await fake._serve(request, handler)
-
-        app = web.Application(middlewares=[middleware])
+        app = fake._app()
         repo = "/repos/{owner}/{name}"
         app.router.add_post("/app/installations/{installation}/access_tokens", fake._mint_token)
         app.router.add_post(repo + "/issues/{number:\\d+}/comments", fake._create_comment)

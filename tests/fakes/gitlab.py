@@ -137,11 +137,7 @@ class FakeGitLab(RecordingServer):
         """A fake listening on 127.0.0.1, on a port the system chose (see `url`)."""
         fake = cls(clock=clock)
 
-        @web.middleware
-        async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-            return await fake._serve(request, handler)
-
-        app = web.Application(middlewares=[middleware])
+        app = fake._app()
         notes = "/api/v4/projects/{project}/issues/{iid:\\d+}/notes"
         note = notes + "/{note:\\d+}"
         app.router.add_get(notes, fake._list_notes)

@@ -10,6 +10,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -55,6 +56,35 @@ class Refused(Exception):
         self.message = message
 
 
+# An issue and a pull request as GitHub's and Forgejo's fakes keep them (their APIs' shapes are
+# built from these by each fake).
+@dataclass
+class FakeIssue:
+    id: int
+    repo: str
+    number: int
+    title: str
+    labels: list[str]
+    login: str
+    created_at: datetime
+    updated_at: datetime
+    state: str = "open"
+
+
+@dataclass
+class FakePull:
+    id: int
+    repo: str
+    number: int
+    title: str
+    body: str
+    login: str
+    created_at: datetime
+    updated_at: datetime
+    state: str = "open"
+    merged_at: datetime | None = None
+
+
 class RecordingServer:
     """The shared half of a fake forge."""
 
@@ -66,6 +96,19 @@ class RecordingServer:
         self._delays: list[Rule] = []
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
+
+    def _app(self) -> web.Application:
+        """An application whose every request goes through the fake's own `_serve`."""
+
+        @web.middleware
+        async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+            return await self._serve(request, handler)
+
+        return web.Application(middlewares=[middleware])
+
+    async def _serve(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Record the request, apply the failures asked for, then answer (each fake's own)."""
+        raise NotImplementedError
 
     async def _listen(self, app: web.Application) -> None:
         """Serve `app` on 127.0.0.1, on a port the system chose (see `url`)."""
