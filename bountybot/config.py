@@ -615,11 +615,10 @@ class Settings(BaseSettings):
             value = getattr(getattr(self, section), key)
             if isinstance(value, SecretStr) and value.get_secret_value():
                 found[f"{section}.{key}"] = value.get_secret_value()
-        for key, secrets in (("gitlab.project_secrets", self.gitlab.project_secrets),
-                             ("forgejo.repo_secrets", self.forgejo.repo_secrets)):
-            for path, secret in secrets.items():
-                if secret.get_secret_value():
-                    found[f"{key}[{path}]"] = secret.get_secret_value()
+            elif isinstance(value, dict):  # secrets by path (`gitlab.project_secrets`)
+                for path, secret in value.items():
+                    if isinstance(secret, SecretStr) and secret.get_secret_value():
+                        found[f"{section}.{key}[{path}]"] = secret.get_secret_value()
         if self.database.password:
             found["database.url"] = self.database.password
         return found
@@ -710,8 +709,8 @@ def _section_model(section: str) -> type[BaseModel]:
 _SECRET_KEYS = {
     f"{s}.{k}"
     for s, k in Settings.iter_keys()
-    if _section_model(s).model_fields[k].annotation == SecretStr | None
-} | {"database.url", "gitlab.project_secrets", "forgejo.repo_secrets"}
+    if _section_model(s).model_fields[k].annotation in (SecretStr | None, dict[str, SecretStr])
+} | {"database.url"}
 
 
 def _describe(error: ValidationError) -> str:

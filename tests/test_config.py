@@ -240,6 +240,25 @@ def test_secrets_known_to_the_redactor(secret_settings: Settings) -> None:
     }
 
 
+def test_secrets_by_path_are_known_to_the_redactor_and_never_echoed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every forge's secrets by repo or group path (`gitlab.project_secrets`,
+    `forgejo.repo_secrets`) are secrets like the others: redacted, checked at start, and a
+    bad one is never quoted back."""
+    s = Settings.load(None, gitlab={"project_secrets": {"Commons/Garden": "gl-" + SECRET}},
+                      forgejo={"repo_secrets": {"seeds": "fj-" + SECRET}})
+    assert s.secrets() == {"gitlab.project_secrets[commons/garden]": "gl-" + SECRET,
+                           "forgejo.repo_secrets[seeds]": "fj-" + SECRET}
+    placeholder = Settings.load(None, forgejo={"repo_secrets": {"seeds": "changeme"}})
+    with pytest.raises(ConfigError, match=r"forgejo\.repo_secrets\[seeds\] is a placeholder"):
+        placeholder.check_for_serve()
+    monkeypatch.setenv("BOUNTYBOT_FORGEJO_REPO_SECRETS", f'{{"a/b": "{SECRET}", "a/b/": 1}}')
+    with pytest.raises(ConfigError) as e:
+        Settings.load()
+    assert "forgejo.repo_secrets" in str(e.value)
+    assert_no_secret(str(e.value))
+
+
 def test_bad_secret_input_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BOUNTYBOT_DATABASE_URL", f"postgresql://bot:{DB_PASSWORD}@[broken")
     monkeypatch.setenv("BOUNTYBOT_SERVER_PORT", "99999")
