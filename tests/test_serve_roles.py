@@ -30,7 +30,12 @@ WATCH = 2.0
 
 
 class Roles(Cluster):
-    """A web process and worker processes, started by role."""
+    """A web process and worker processes, started by role. Deliveries go to `replicas` (the
+    web processes); every process spawned, a worker too, is stopped at the end."""
+
+    def __init__(self, tmp_path: Path, db_url: str, fake: FakeGitHub) -> None:
+        super().__init__(tmp_path, db_url, fake)
+        self.spawned: list[Replica] = []
 
     def spawn_role(self, role: str) -> Replica:
         name = f"{role}-{next(self.count)}"
@@ -39,7 +44,15 @@ class Roles(Cluster):
             process = subprocess.Popen(
                 [sys.executable, "-m", "bountybot", "serve", "--role", role], cwd=self.workdir,
                 env=self.env, stdout=out, stderr=subprocess.STDOUT)
-        return Replica(name, process, log)
+        replica = Replica(name, process, log)
+        self.spawned.append(replica)
+        return replica
+
+    def stop(self) -> None:
+        # A worker left running would hold its database connections after the test (it did).
+        self.dead += [r for r in self.spawned if r not in self.replicas + self.dead]
+        super().stop()
+        assert all(not r.alive() for r in self.spawned)
 
 
 
