@@ -19,7 +19,8 @@ import uuid
 from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import event
+from sqlalchemy import event, func
+from sqlmodel import select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -28,6 +29,8 @@ from bountybot.app import create_app  # noqa: E402
 from bountybot.config import Settings  # noqa: E402
 from bountybot.service import RUNTIME, setup  # noqa: E402
 from bountybot.storage import migrate  # noqa: E402
+from bountybot.storage import tables as t  # noqa: E402
+from bountybot.storage.books import run_audit  # noqa: E402
 from bountybot.storage.engine import create_engine  # noqa: E402
 
 from fakes.github import FakeGitHub  # noqa: E402
@@ -89,7 +92,14 @@ async def main(pledges: int, url: str, top: int) -> None:
     seconds = time.perf_counter() - start
     print(f"{done} deliveries in {seconds:.2f} s: {done / seconds:.0f}/s;"
           f" {statements / max(done, 1):.1f} SQL statements each")
+    # What was applied, not only handled: every pledge written, and books that hold.
+    async with worker.sessionmaker() as session:
+        written = (await session.exec(select(func.count()).select_from(t.Pledge))).one()
+    report = await run_audit(worker.sessionmaker)
+    print(f"pledges applied: {written} of {pledges}; audit: {report.render()}")
     pstats.Stats(profile).sort_stats("tottime").print_stats(top)
+    if written != pledges or not report.ok:
+        raise SystemExit("the worker did not apply every pledge, or the books do not hold")
     await client.close()
     await engine.dispose()
     await fake.close()

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import replace
 from datetime import datetime
 
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bountybot.forges.base import ForgeClient
@@ -73,23 +73,17 @@ def _line_keys(lines: list[str]) -> list[tuple[str, str]]:
     return keys
 
 
-async def fresh_lines(session: AsyncSession, forge: str, comment: Comment, policy: Policy,
-                       bounty: Bounty | None, now: datetime
-                       ) -> tuple[Comment, list[int]] | None:
-    """The comment with only the command lines never applied before, and the ids of the rows
-    that now record them; None when there are none. A comment's commands are applied once,
-    whichever of its webhook, an edit's webhook, a redelivery or reconciliation brings them
-    first, in any order: each command line is recorded (`handled_comment`, one row per line)
-    in the deciding transaction, and a second worker applying the same line at once waits on
-    the unique key, then finds it taken."""
+def lines_to_apply(forge: str, comment: Comment, policy: Policy, done: list[str]
+                   ) -> tuple[list[str], list[tuple[str, str]]] | None:
+    """The command lines of `comment` (as written) and, of those, the ones to apply now as
+    (key, line), given the `handled_comment` revisions recorded for it (`done`); None when it
+    has none left to apply. A bot's comment, or one without command lines, has none to record
+    (`([], [])`): the rules read it as it is."""
     if is_bot(comment.author, policy):
-        return comment, []
+        return [], []
     lines = _lines(comment.body, policy)
     if not lines:
-        return comment, []
-    table = t.HandledComment
-    done = list((await session.exec(select(table.revision).where(
-        table.forge == forge, table.comment_id == comment.id[:t.FORGE_ID]))).all())
+        return [], []
     whole = [rev for rev in done if not rev.startswith(LINE)]
     if whole and comment.previous is None:
         return None  # applied whole, before lines were recorded
@@ -104,8 +98,51 @@ async def fresh_lines(session: AsyncSession, forge: str, comment: Comment, polic
         event(log, "comment.too_many", logging.WARNING, forge=forge, comment=comment.id,
               dropped=len(wanted) - max(room, 0))
         wanted = wanted[:max(room, 0)]
-    if not wanted:
+    return (lines, wanted) if wanted else None
+
+
+def with_lines(comment: Comment, lines: list[str], fresh: list[tuple[str, str]],
+               done: list[str]) -> Comment:
+    """`comment` with only its `fresh` lines (`lines_to_apply`), under a revision of its own
+    when it was applied in part before, so its reply is a reply of its own."""
+    revision = comment.revision
+    if done or len(fresh) < len(lines):
+        revision = f"{comment.revision or ''}+{fresh[0][0][len(LINE):len(LINE) + 12]}"
+    body = "\n".join(line for _, line in fresh)
+    return replace(comment, body=body, revision=revision)
+
+
+async def recorded(session: AsyncSession, forge: str, comment_ids: list[str]
+                   ) -> dict[str, list[str]]:
+    """The `handled_comment` revisions recorded for each of these comments (one query)."""
+    table = t.HandledComment
+    found: dict[str, list[str]] = {}
+    if not comment_ids:
+        return found
+    rows = await session.exec(select(table.comment_id, table.revision).where(
+        table.forge == forge, col(table.comment_id).in_(
+            sorted({c[:t.FORGE_ID] for c in comment_ids}))))
+    for comment_id, revision in rows.all():
+        found.setdefault(comment_id, []).append(revision)
+    return found
+
+
+async def fresh_lines(session: AsyncSession, forge: str, comment: Comment, policy: Policy,
+                       bounty: Bounty | None, now: datetime
+                       ) -> tuple[Comment, list[int]] | None:
+    """The comment with only the command lines never applied before, and the ids of the rows
+    that now record them; None when there are none. A comment's commands are applied once,
+    whichever of its webhook, an edit's webhook, a redelivery or reconciliation brings them
+    first, in any order: each command line is recorded (`handled_comment`, one row per line)
+    in the deciding transaction, and a second worker applying the same line at once waits on
+    the unique key, then finds it taken."""
+    if is_bot(comment.author, policy) or not _lines(comment.body, policy):
+        return comment, []
+    done = (await recorded(session, forge, [comment.id])).get(comment.id[:t.FORGE_ID], [])
+    planned = lines_to_apply(forge, comment, policy, done)
+    if planned is None:
         return None
+    lines, wanted = planned
     written = await insert_rows(
         session, t.HandledComment,
         [dict(forge=forge, comment_id=comment.id[:t.FORGE_ID], revision=key,
@@ -116,9 +153,4 @@ async def fresh_lines(session: AsyncSession, forge: str, comment: Comment, polic
     fresh = [(key, line) for key, line in wanted if key in taken]
     if not fresh:
         return None
-    revision = comment.revision
-    if done or len(fresh) < len(lines):
-        # The rest of a comment partly applied before: its reply is a reply of its own.
-        revision = f"{comment.revision or ''}+{fresh[0][0][len(LINE):len(LINE) + 12]}"
-    body = "\n".join(line for _, line in fresh)
-    return replace(comment, body=body, revision=revision), list(taken.values())
+    return with_lines(comment, lines, fresh, done), list(taken.values())

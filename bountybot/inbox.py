@@ -40,7 +40,13 @@ from bountybot.commands import (
     CommandName,
     command_named,
 )
-from bountybot.comment_lines import confirmed_note, fresh_lines
+from bountybot.comment_lines import (
+    confirmed_note,
+    fresh_lines,
+    lines_to_apply,
+    recorded,
+    with_lines,
+)
 from bountybot.config import Settings
 from bountybot.forges.base import ForgeClient, ForgeError
 from bountybot.forges.events import (
@@ -68,6 +74,7 @@ from bountybot.rules import (
 from bountybot.rules.decide import is_bot, read_commands
 from bountybot.rules.policy import Policy, policy_from_settings
 from bountybot.storage import tables as t
+from bountybot.storage.batch import DecisionBatch, NewIds, load_rows
 from bountybot.storage.bounties import (
     ensure_repo,
     load_bounty,
@@ -82,6 +89,22 @@ log = logging.getLogger(__name__)
 UNDERSTOOD_FOR = timedelta(seconds=60)
 
 
+def _same_repo(known: t.Repo, ref: RepoRef) -> bool:
+    """Whether the stored repo is as the delivery names it (else `ensure_repo` updates it)."""
+    return known.full_path == ref.full_path and (
+        known.installation_id == ref.installation_id or not ref.installation_id) and (
+        ref.private is None or known.private == ref.private)
+
+
+def _forget_bounty_rows(session: AsyncSession) -> None:
+    """Expire the task rows this session holds as objects: a batch has just written over them
+    with plain statements (`DecisionBatch.write`), and what they hold may be stale."""
+    sync = session.sync_session
+    for row in list(sync.identity_map.values()):
+        if isinstance(row, t.Task | t.Pledge | t.Claim | t.Waiting | t.Link | t.Payout):
+            sync.expire(row)
+
+
 def _first_line(error: BaseException) -> str:
     text = str(getattr(error, "orig", None) or error)
     return (text.splitlines() or [""])[0][:200]
@@ -94,10 +117,18 @@ class _Cache:
 
     repos: dict[tuple[str, str], t.Repo] = field(default_factory=dict)
     bounties: dict[tuple[int, int], Bounty | None] = field(default_factory=dict)
+    # The command lines recorded as applied, by (forge, comment id): read for the whole batch
+    # at once, and added to as the batch applies more.
+    lines: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     def clear(self) -> None:
         self.repos.clear()
         self.bounties.clear()
+        self.lines.clear()
+
+
+class _Clash(Exception):
+    """Writing a batch met another replica's transaction (`is_conflict`): it is tried again."""
 
 
 class _Decided(NamedTuple):
@@ -311,6 +342,8 @@ class DeliveryWorker:
                 log.exception("delivery.error", extra={"delivery": delivery_id})
                 done = await self._failed(delivery_id, error, passing=False)
             finished += done
+            if self.clashed:
+                break  # another replica is in the way: the loop goes again at once
             if not done and topic is not None:
                 waiting.add(topic)
         return finished
@@ -404,62 +437,14 @@ class DeliveryWorker:
 
     async def _apply(self, batch: list[_Ready]) -> int:
         now = self.clock()
-        done = 0
         failures: list[tuple[int, Exception]] = []
         handled: list[tuple[str, list[_Decided]]] = []  # counted in the metrics once committed
-        async with UnitOfWork(self.sessionmaker, priority=BACKGROUND) as uow:
-            session = uow.session
-            # Not the payloads again: they are understood already. (SQLModel types a column as
-            # its value, which `defer` does not take.)
-            not_payload = defer(t.Delivery.payload)  # type: ignore[arg-type]
-            stmt = for_update_skip_locked(select(t.Delivery).options(not_payload).where(
-                col(t.Delivery.id).in_([item.id for item in batch])), uow.dialect)
-            rows = {r.id: r for r in (await session.exec(stmt)).all()}
-            behind = await self._behind_others(session, [i for i in rows if i is not None])
-            await self._lock_tasks(session, [item for item in batch
-                                             if item.id in rows and item.id not in behind])
-            written = False
-            cache = _Cache()
-            waiting: set[str] = set()  # topics of the deliveries that failed here
-            for item in batch:
-                if done and uow.contended:
-                    break  # webhooks wait to store deliveries: commit, do the rest next turn
-                row = rows.get(item.id)
-                if row is None or row.state != t.DeliveryState.PENDING:
-                    continue  # taken or finished by another worker meanwhile
-                if item.id in behind or (item.topic is not None and item.topic in waiting):
-                    continue  # after an earlier delivery about the same issue, next turn
-                try:
-                    async with session.begin_nested():
-                        wrote, decided = await self._one(session, cache, item.forge, item.name,
-                                                         item.normalized, item.happenings, now)
-                        written |= wrote
-                except Exception as error:
-                    cache.clear()  # what it held may be what was just rolled back
-                    if is_conflict(error):
-                        # Another replica's transaction was in the way (a deadlock, the same
-                        # new task created twice): no failure. This delivery and the rest of
-                        # the batch stay due, in order, and are tried again at once.
-                        event(log, "delivery.conflict", delivery=item.name,
-                              error=_first_line(error))
-                        self.clashed = True
-                        break
-                    log.exception("delivery.error", extra={"delivery": item.name})
-                    failures.append((item.id, error))
-                    if item.topic is not None:
-                        waiting.add(item.topic)
-                    continue
-                row.state = t.DeliveryState.HANDLED
-                row.handled_at = now
-                row.error = item.normalized.ignored
-                done += 1
-                handled.append((item.forge, decided))
-                # What was decided, in one line: the task, the commands by name, its state.
-                event(log, "delivery.handled", forge=item.forge, delivery=item.name,
-                      **_log_fields(decided), happenings=len(item.happenings),
-                      note=item.normalized.ignored or "")
-            if written and self.on_written is not None:
-                uow.after_commit(self.on_written)
+        try:
+            async with UnitOfWork(self.sessionmaker, priority=BACKGROUND) as uow:
+                done = await self._apply_in(uow, batch, now, failures, handled)
+        except _Clash:
+            self.clashed = True
+            return 0
         for forge, decided in handled:
             self.metrics.delivery_handled(forge, [n for d in decided for n in d.commands],
                                           [n for d in decided for n in d.refused])
@@ -467,6 +452,73 @@ class DeliveryWorker:
         # again one by one (`handle_batch`), and these fail again on their own.
         for delivery_id, failure in failures:
             done += await self._failed(delivery_id, failure, passing=False)
+        return done
+
+    async def _apply_in(self, uow: UnitOfWork, batch: list[_Ready], now: datetime,
+                        failures: list[tuple[int, Exception]],
+                        handled: list[tuple[str, list[_Decided]]]) -> int:
+        """`_apply`'s transaction: returns how many deliveries it handled."""
+        done = 0
+        session = uow.session
+        # Not the payloads again: they are understood already. (SQLModel types a column as
+        # its value, which `defer` does not take.)
+        not_payload = defer(t.Delivery.payload)  # type: ignore[arg-type]
+        stmt = for_update_skip_locked(select(t.Delivery).options(not_payload).where(
+            col(t.Delivery.id).in_([item.id for item in batch])), uow.dialect)
+        rows = {r.id: r for r in (await session.exec(stmt)).all()}
+        behind = await self._behind_others(session, [i for i in rows if i is not None])
+        await self._lock_tasks(session, [item for item in batch
+                                         if item.id in rows and item.id not in behind])
+        written = False
+        cache = _Cache()
+        kept = DecisionBatch(NewIds(await session.connection()))
+        await self._recorded(session, cache, batch)
+        waiting: set[str] = set()  # topics of the deliveries that failed here
+        for item in batch:
+            if done and uow.contended:
+                break  # webhooks wait to store deliveries: commit, do the rest next turn
+            row = rows.get(item.id)
+            if row is None or row.state != t.DeliveryState.PENDING:
+                continue  # taken or finished by another worker meanwhile
+            if item.id in behind or (item.topic is not None and item.topic in waiting):
+                continue  # after an earlier delivery about the same issue, next turn
+            try:
+                wrote, decided = await self._delivery(session, cache, kept, item, now,
+                                                      spare=len(batch) - done)
+            except Exception as error:
+                if is_conflict(error):
+                    # Another replica's transaction was in the way (a deadlock, the same
+                    # new task created twice): no failure. The whole batch stays due, in
+                    # order, and is tried again at once.
+                    event(log, "delivery.conflict", delivery=item.name,
+                          error=_first_line(error))
+                    raise _Clash() from error
+                log.exception("delivery.error", extra={"delivery": item.name})
+                failures.append((item.id, error))
+                if item.topic is not None:
+                    waiting.add(item.topic)
+                continue
+            written |= wrote
+            row.state = t.DeliveryState.HANDLED
+            row.handled_at = now
+            row.error = item.normalized.ignored
+            done += 1
+            handled.append((item.forge, decided))
+            # What was decided, in one line: the task, the commands by name, its state.
+            event(log, "delivery.handled", forge=item.forge, delivery=item.name,
+                  **_log_fields(decided), happenings=len(item.happenings),
+                  note=item.normalized.ignored or "")
+        # What the batch decided, at last. Another replica's new task in the way of one of
+        # its own is no failure: the whole batch is tried again at once.
+        try:
+            await kept.write(session, now)
+        except Exception as error:
+            if is_conflict(error):
+                event(log, "worker.conflict", error=_first_line(error))
+                raise _Clash() from error
+            raise
+        if written and self.on_written is not None:
+            uow.after_commit(self.on_written)
         return done
 
     async def _behind_others(self, session: AsyncSession, taken: list[int]) -> set[int]:
@@ -535,10 +587,7 @@ class DeliveryWorker:
         if h.repo is not None:
             key = (h.repo.forge, h.repo.forge_repo_id)
             known = cache.repos.get(key)
-            if known is not None and known.full_path == h.repo.full_path and (
-                    known.installation_id == h.repo.installation_id
-                    or not h.repo.installation_id) and (
-                    h.repo.private is None or known.private == h.repo.private):
+            if known is not None and _same_repo(known, h.repo):
                 return known
             repo = await ensure_repo(session, h.repo.forge, h.repo.forge_repo_id,
                                      h.repo.full_path, h.repo.installation_id,
@@ -590,6 +639,144 @@ class DeliveryWorker:
             return False, None  # a comment with no command, say: nothing was decided
         return bool(decision.messages), _decided(f"{repo.full_path}#{h.number}", decision,
                                                  policy)
+
+    async def _recorded(self, session: AsyncSession, cache: _Cache,
+                        batch: list[_Ready]) -> None:
+        """Read the command lines already applied of every comment in the batch, at once."""
+        wanted: dict[str, list[str]] = {}
+        for item in batch:
+            for h in item.happenings:
+                if isinstance(h.what, Comment):
+                    forge = h.repo.forge if h.repo is not None else item.forge
+                    wanted.setdefault(forge, []).append(h.what.id)
+        for forge, ids in wanted.items():
+            found = await recorded(session, forge, ids)
+            for comment_id in ids:
+                key = comment_id[:t.FORGE_ID]
+                cache.lines[(forge, key)] = found.get(key, [])
+
+    async def _plain(self, session: AsyncSession, cache: _Cache, item: _Ready) -> bool:
+        """Whether the rules can decide this delivery alone: no transfer, and every repo it
+        names is stored already as it says (its path, installation, privacy)."""
+        if item.normalized.transfer is not None:
+            return False
+        refs = [*item.normalized.repos, *(h.repo for h in item.happenings if h.repo)]
+        for ref in refs:
+            key = (ref.forge, ref.forge_repo_id)
+            known = cache.repos.get(key)
+            if known is None:
+                known = (await session.exec(select(t.Repo).where(
+                    t.Repo.forge == ref.forge, t.Repo.forge_repo_id == ref.forge_repo_id))
+                    ).first()
+                if known is None:
+                    return False
+                cache.repos[key] = known
+            if not _same_repo(known, ref):
+                return False
+        return True
+
+    async def _delivery(self, session: AsyncSession, cache: _Cache, kept: DecisionBatch,
+                        item: _Ready, now: datetime, *, spare: int
+                        ) -> tuple[bool, list[_Decided]]:
+        """Apply one delivery of the batch: whether it queued forge writes, what it decided."""
+        if await self._plain(session, cache, item):
+            # Decided in memory, written with the rest of the batch (`kept`).
+            return await self._kept(session, cache, kept, item, now, spare=spare)
+        return await self._at_once(session, cache, kept, item, now)
+
+    async def _at_once(self, session: AsyncSession, cache: _Cache, kept: DecisionBatch,
+                       item: _Ready, now: datetime) -> tuple[bool, list[_Decided]]:
+        """Apply what the rules cannot decide alone (a new or renamed repo, a transfer): written
+        at once, in a savepoint of its own, after what the batch has decided so far."""
+        if kept:
+            await kept.write(session, now)
+            _forget_bounty_rows(session)
+        cache.lines.clear()
+        try:
+            async with session.begin_nested():
+                return await self._one(session, cache, item.forge, item.name, item.normalized,
+                                       item.happenings, now)
+        except Exception:
+            cache.clear()  # what it held may be what was just rolled back
+            raise
+        finally:
+            kept.ids.forget()
+
+    async def _fresh(self, session: AsyncSession, cache: _Cache,
+                     lines: dict[tuple[str, str], list[str]], repo: t.Repo, comment: Comment,
+                     policy: Policy, source: str) -> tuple[Comment, list[str]] | None:
+        """The comment with only its command lines never applied (by an earlier batch, or
+        earlier in this one), and their keys; None when it has none left (`fresh_lines`)."""
+        said = (repo.forge, comment.id[:t.FORGE_ID])
+        if said not in cache.lines:  # a comment of another forge's repo, say
+            found = await recorded(session, said[0], [said[1]])
+            cache.lines[said] = found.get(said[1], [])
+        done = [*cache.lines[said], *lines.get(said, [])]
+        planned = lines_to_apply(repo.forge, comment, policy, done)
+        if planned is None:  # applied before (a webhook, an edit, a sync, a redelivery)
+            event(log, "comment.repeat", forge=repo.forge, comment=comment.id, source=source)
+            return None
+        if not planned[1]:
+            return comment, []
+        fresh = [line_key for line_key, _ in planned[1]]
+        lines.setdefault(said, []).extend(fresh)
+        return with_lines(comment, planned[0], planned[1], done), fresh
+
+    async def _kept(self, session: AsyncSession, cache: _Cache, kept: DecisionBatch,
+                    item: _Ready, now: datetime, *, spare: int) -> tuple[bool, list[_Decided]]:
+        """Decide one delivery in memory and keep what it decided in `kept`, written with the
+        batch: whether it queued forge writes, and what it decided. Should anything fail,
+        neither `kept` nor `cache` has changed: the delivery is as if never tried."""
+        source = f"delivery:{item.forge}:{item.name}"
+        bounties: dict[tuple[int, int], Bounty | None] = {}  # this delivery's, over the cache
+        lines: dict[tuple[str, str], list[str]] = {}
+        decisions: list[tuple[t.Repo, IssueRef, Decision, Bounty | None]] = []
+        handled: list[dict[str, Any]] = []
+        decided: list[_Decided] = []
+        written = False
+        for h in item.happenings:
+            repo = await self._repo(session, cache, item.forge, h)
+            if repo is None:
+                continue
+            policy = policy_of(self.settings, repo)
+            issue = IssueRef(repo.forge, repo.full_path, h.number, h.title, h.url)
+            key = (t.id_of(repo), h.number)
+            if key in bounties:
+                bounty = bounties[key]
+            elif key in cache.bounties:
+                bounty = cache.bounties[key]
+            else:
+                bounty = await load_rows(session, repo, h.number, lock=True)
+            fresh: list[str] = []
+            if isinstance(h.what, Comment):
+                applying = await self._fresh(session, cache, lines, repo, h.what, policy,
+                                             source)
+                if applying is None:
+                    continue
+                comment, fresh = applying
+                decision = decide_comment(bounty, issue, comment, policy, now)
+            else:
+                decision = decide_event(bounty, issue, h.what, policy, now)
+            if decision.bounty is not None:
+                await kept.ids.name(decision.bounty, spare=min(spare, 100))
+            task_id = bounty.id if bounty is not None else (
+                decision.bounty.id if decision.bounty is not None else None)
+            if isinstance(h.what, Comment):
+                handled += [dict(forge=repo.forge, comment_id=h.what.id[:t.FORGE_ID],
+                                 revision=line_key, task_id=task_id, handled_at=now)
+                            for line_key in fresh]
+            bounties[key] = decision.bounty
+            if decision.bounty is None and not decision.messages:
+                continue
+            decisions.append((repo, issue, decision, bounty))
+            written |= bool(decision.messages)
+            if decision.created or decision.trail or decision.messages:
+                decided.append(_decided(f"{repo.full_path}#{h.number}", decision, policy))
+        kept.add(decisions, handled, source=source, now=now, summary_delay=self.summary_delay)
+        cache.bounties.update(bounties)
+        for said, keys in lines.items():
+            cache.lines[said] = [*cache.lines.get(said, []), *keys]
+        return written, decided
 
     async def _transfer(self, session: AsyncSession, move: Transfer) -> None:
         """The issue moved: its task (and so its money) follows it to the new repo."""

@@ -69,6 +69,14 @@ async def queue_requests(session: AsyncSession, repo: t.Repo, number: int, task_
                          state: t.PaymentOpState = t.PaymentOpState.PENDING) -> list[int]:
     """Write the payment requests of a decision as operations (pending unless `state` says
     otherwise); a request already queued is not queued again. Returns the new rows' ids."""
+    return await insert_ops(session, request_rows(repo, number, task_id, requests, now,
+                                                  state=state))
+
+
+def request_rows(repo: t.Repo, number: int, task_id: int | None,
+                 requests: Sequence[PaymentRequest], now: datetime, *,
+                 state: t.PaymentOpState = t.PaymentOpState.PENDING) -> list[dict[str, Any]]:
+    """The payment operations of a decision's requests, as rows (`queue_requests`)."""
     rows = []
     for request in requests:
         kind = PaymentKind(request.kind)
@@ -84,7 +92,7 @@ async def queue_requests(session: AsyncSession, repo: t.Repo, number: int, task_
             forge=repo.forge, login=request.login or (payout.developer if payout else None),
             amount_minor=amount.minor if amount else None,
             currency=amount.currency if amount else None))
-    return await insert_ops(session, rows)
+    return rows
 
 
 async def ops_for(session: AsyncSession, **where: Any) -> list[t.PaymentOp]:

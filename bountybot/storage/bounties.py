@@ -169,14 +169,51 @@ def _loaded(b: Bounty | None) -> dict[tuple[type, int], Any]:
     return {(type(o), o.id): o for o in objects if o.id is not None}
 
 
-async def _save_task(session: AsyncSession, repo: t.Repo, b: Bounty, now: datetime,
-                     original: Bounty | None = None) -> int:
-    values: dict[str, Any] = dict(
+def task_values(repo: t.Repo, b: Bounty) -> dict[str, Any]:
+    """The task row's columns that a decision may change, as the rules left them."""
+    return dict(
         repo_id=repo.id, number=b.number, title=b.title, url=b.url, state=b.state,
         goal_minor=b.goal.minor if b.goal else None, currency=b.currency, deadline=b.deadline,
         disputed_by=b.dispute.by if b.dispute else None,
         dispute_reason=b.dispute.reason if b.dispute else None,
         disputed_at=b.dispute.at if b.dispute else None, labelled=b.labelled)
+
+
+# A child row's columns that a decision may change, besides `created_at` (written once).
+Child = tuple[type[Any], Any, dict[str, Any]]
+
+
+def child_values(task_id: int, b: Bounty) -> list[Child]:
+    """(table, object, columns) for each pledge, claim, link and payout of `b`, in order."""
+    rows: list[Child] = []
+    for p in b.pledges:
+        rows.append((t.Pledge, p, dict(
+            task_id=task_id, backer=p.backer, amount_minor=p.amount.minor,
+            currency=p.amount.currency, state=p.state, comment_id=p.comment_id)))
+    for c in b.claims:
+        rows.append((t.Claim, c, dict(
+            task_id=task_id, developer=c.developer, state=c.state, expires_at=c.expires_at,
+            paused_seconds=c.paused_seconds, ended_at=c.ended_at, remind_at=c.remind_at)))
+    for li in b.links:
+        rows.append((t.Link, li, dict(task_id=task_id, number=li.number, author=li.author,
+                                      state=li.state, url=li.url, repo_path=li.repo_path)))
+    for po in b.payouts:
+        rows.append((t.Payout, po, dict(
+            task_id=task_id, developer=po.developer, amount_minor=po.amount.minor,
+            currency=po.amount.currency, state=po.state, reference=po.reference,
+            paid_at=po.paid_at, due_at=po.due_at, released_at=po.released_at)))
+    return rows
+
+
+def created(obj: Any) -> dict[str, Any]:
+    """A new child row's `created_at`, for the tables that have one (a link has none)."""
+    at = getattr(obj, "created_at", None)
+    return {} if at is None else {"created_at": at}
+
+
+async def _save_task(session: AsyncSession, repo: t.Repo, b: Bounty, now: datetime,
+                     original: Bounty | None = None) -> int:
+    values = task_values(repo, b)
     if b.id is None:
         row = t.Task(**values, created_at=b.created_at or now)
         session.add(row)
@@ -193,27 +230,9 @@ async def _save_task(session: AsyncSession, repo: t.Repo, b: Bounty, now: dateti
     task_id = b.id
     before = _loaded(original)
     new: list[tuple[Any, Any]] = []
-    for p in b.pledges:
-        await _update(session, t.Pledge, p, dict(
-            task_id=task_id, backer=p.backer, amount_minor=p.amount.minor,
-            currency=p.amount.currency, state=p.state, comment_id=p.comment_id,
-            **({"created_at": p.created_at} if p.id is None else {})), before, new)
-    for c in b.claims:
-        await _update(session, t.Claim, c, dict(
-            task_id=task_id, developer=c.developer, state=c.state, expires_at=c.expires_at,
-            paused_seconds=c.paused_seconds, ended_at=c.ended_at, remind_at=c.remind_at,
-            **({"created_at": c.created_at} if c.id is None else {})), before, new)
-    for li in b.links:
-        await _update(session, t.Link, li, dict(task_id=task_id, number=li.number, author=li.author,
-                                          state=li.state, url=li.url, repo_path=li.repo_path),
+    for row_type, obj, child in child_values(task_id, b):
+        await _update(session, row_type, obj, child | created(obj) if obj.id is None else child,
                       before, new)
-    for po in b.payouts:
-        await _update(session, t.Payout, po, dict(
-            task_id=task_id, developer=po.developer, amount_minor=po.amount.minor,
-            currency=po.amount.currency, state=po.state, reference=po.reference,
-            paid_at=po.paid_at, due_at=po.due_at, released_at=po.released_at,
-            **({"created_at": po.created_at} if po.id is None else {})),
-            before, new)
     if original is not None and original.id == task_id and original.waiting == b.waiting:
         current = b.waiting
     else:
@@ -232,30 +251,36 @@ async def _save_task(session: AsyncSession, repo: t.Repo, b: Bounty, now: dateti
     return task_id
 
 
-async def save_decision(session: AsyncSession, repo: t.Repo, issue: IssueRef,
-                        decision: Decision, *, source: str, now: datetime,
-                        summary_delay: float = 0.0) -> int | None:
-    """Write a decision; `source` names what caused it (a delivery, a command line, a sweep)
-    and keys its outbox messages, so the same cause never queues the same message twice.
-    A summary is due `summary_delay` seconds later: the changes of a burst then coalesce into
-    one edit. Returns the task id, if there is a task."""
-    b = decision.bounty
-    task_id = (await _save_task(session, repo, b, now, decision.before)
-               if b is not None else None)
+def posting_rows(decision: Decision, task_id: int | None, now: datetime
+                 ) -> tuple[list[dict[str, Any]], list[tuple[str, list[tuple[str, int, str]]]]]:
+    """The ledger transactions of a decision (rows) and their legs by key, each checked
+    balanced: an unbalanced posting fails the decision before anything is written."""
     books = []
     for posting in decision.postings:
         entries = posting.entries(task_id)
         check_balanced(Money(minor, cur) for _, minor, cur in entries)
         books.append((posting.key(), entries))
+    rows = [dict(key=posting.key(), kind=posting.kind, task_id=task_id,
+                 memo=posting.memo or None, created_at=now) for posting in decision.postings]
+    return rows, books
+
+
+
+async def write_postings(session: AsyncSession, rows: list[dict[str, Any]],
+                         books: list[tuple[str, list[tuple[str, int, str]]]]) -> None:
+    """Write ledger transactions and their entries: two statements however many there are."""
     # A key already on the books fails here (unique), and so does the whole decision.
     ids = {key: txn_id for txn_id, key in await insert_rows(
-        session, t.LedgerTransaction,
-        [dict(key=posting.key(), kind=posting.kind, task_id=task_id, memo=posting.memo or None,
-              created_at=now) for posting in decision.postings],
+        session, t.LedgerTransaction, rows,
         returning=(t.LedgerTransaction.id, t.LedgerTransaction.key))}
     await insert_rows(session, t.LedgerEntry, [
         dict(transaction_id=ids[key], account=account, amount_minor=minor, currency=cur)
         for key, entries in books for account, minor, cur in entries])
+
+
+def outbox_rows(repo: t.Repo, issue: IssueRef, task_id: int | None, decision: Decision, *,
+                source: str, now: datetime, summary_delay: float) -> list[dict[str, Any]]:
+    """The outbox rows of a decision's messages, each with the key that makes it once."""
     notices = 0
     queued: list[dict[str, Any]] = []
     for message in decision.messages:
@@ -277,14 +302,33 @@ async def save_decision(session: AsyncSession, repo: t.Repo, issue: IssueRef,
         queued.append(dict(
             task_id=task_id, kind=message.kind, payload=payload, dedup_key=key[:255], lane=lane,
             state=t.OutboxState.PENDING, attempts=0, next_attempt_at=due, created_at=now))
-    await insert_rows(session, t.Outbox, queued, skip_conflicts=True)
+    return queued
+
+
+def audit_rows(task_id: int | None, decision: Decision, now: datetime) -> list[dict[str, Any]]:
+    """The audit trail of a decision, as rows."""
+    return [dict(task_id=task_id, actor=item.actor, action=item.action[:64], detail=item.detail,
+                 created_at=now) for item in decision.trail]
+
+
+async def save_decision(session: AsyncSession, repo: t.Repo, issue: IssueRef,
+                        decision: Decision, *, source: str, now: datetime,
+                        summary_delay: float = 0.0) -> int | None:
+    """Write a decision; `source` names what caused it (a delivery, a command line, a sweep)
+    and keys its outbox messages, so the same cause never queues the same message twice.
+    A summary is due `summary_delay` seconds later: the changes of a burst then coalesce into
+    one edit. Returns the task id, if there is a task."""
+    b = decision.bounty
+    task_id = (await _save_task(session, repo, b, now, decision.before)
+               if b is not None else None)
+    await write_postings(session, *posting_rows(decision, task_id, now))
+    await insert_rows(session, t.Outbox, outbox_rows(
+        repo, issue, task_id, decision, source=source, now=now, summary_delay=summary_delay),
+        skip_conflicts=True)
     if decision.payments:
         await queue_requests(session, repo, issue.number, task_id, decision.payments, now)
-    await insert_rows(session, t.AuditEvent, [
-        dict(task_id=task_id, actor=item.actor, action=item.action[:64], detail=item.detail,
-             created_at=now) for item in decision.trail])
+    await insert_rows(session, t.AuditEvent, audit_rows(task_id, decision, now))
     return task_id
-
 
 def issue_of(repo: t.Repo, task: t.Task) -> IssueRef:
     """The forge issue of a stored task, as the rules name it."""
