@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import cProfile
 import json
+import os
 import pstats
 import sys
 import tempfile
@@ -97,7 +98,7 @@ async def main(pledges: int, url: str, top: int) -> None:
         written = (await session.exec(select(func.count()).select_from(t.Pledge))).one()
     report = await run_audit(worker.sessionmaker)
     print(f"pledges applied: {written} of {pledges}; audit: {report.render()}")
-    pstats.Stats(profile).sort_stats("tottime").print_stats(top)
+    pstats.Stats(profile).sort_stats(os.environ.get("PROFILE_SORT", "tottime")).print_stats(top)
     if written != pledges or not report.ok:
         raise SystemExit("the worker did not apply every pledge, or the books do not hold")
     await client.close()

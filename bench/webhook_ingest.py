@@ -318,12 +318,19 @@ async def phase_end_to_end(fake: FakeGitHub, work: Path, pledges: int, concurren
     target("commands, SQLite", rate >= 300 and rate >= ceiling / 4,
            f"{rate:.0f}/s, {rate / ceiling:.0%} of one-row commits", ">= 300/s and >= 25 %")
     if pg_url:
-        async with pg_schema(pg_url) as url, Service(url, fake, work) as svc:
-            seconds, _ = await pledges_run(svc, fake, 10, pledges, concurrency)
-            ceiling = await asyncpg_commits(asyncpg_dsn(pg_url), url.split("search_path=")[1])
-        rate = pledges / seconds
-        print(f"  PostgreSQL : {rate:7.0f} commands/s ({seconds:.1f} s; revision"
-              f" {svc.revision}); asyncpg one-row commits {ceiling:.0f}/s")
+        rates = {}
+        # One `serve`, then `serve --role web` beside `serve --role worker` (two processes, as
+        # deployed for scale: the doors and the worker each on a core of their own).
+        for split in (False, True):
+            async with pg_schema(pg_url) as url, Service(url, fake, work, split=split) as svc:
+                seconds, _ = await pledges_run(svc, fake, 10, pledges, concurrency)
+                ceiling = await asyncpg_commits(asyncpg_dsn(pg_url),
+                                                url.split("search_path=")[1])
+            rates[split] = rate = pledges / seconds
+            print(f"  PostgreSQL{', web + worker' if split else ''}"
+                  f" : {rate:7.0f} commands/s ({seconds:.1f} s; revision"
+                  f" {svc.revision}); asyncpg one-row commits {ceiling:.0f}/s")
+        rate = max(rates.values())
         target("commands, PostgreSQL", rate >= 500 and rate >= ceiling / 4,
                f"{rate:.0f}/s, {rate / ceiling:.0%} of one-row commits", ">= 500/s and >= 25 %")
 

@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -85,6 +86,8 @@ from bountybot.storage.uow import BACKGROUND, UnitOfWork, for_update_skip_locked
 
 log = logging.getLogger(__name__)
 
+# How long a batch decides while webhooks wait for SQLite's write lock (`yield_after`).
+YIELD_AFTER = 0.005
 # How long a delivery understood but not yet applied is kept understood (see `_understood`).
 UNDERSTOOD_FOR = timedelta(seconds=60)
 
@@ -225,6 +228,10 @@ class DeliveryWorker:
         self.summary_delay = summary_delay
         # A clash with another replica's transaction left deliveries due: go again soon.
         self.clashed = False
+        # How long a batch goes on deciding while webhooks wait for SQLite's write lock before
+        # it commits and lets them in: deciding in memory takes a millisecond or two a
+        # delivery, and stopping after each one would write the batch one delivery at a time.
+        self.yield_after = YIELD_AFTER
         # Deliveries read and understood but left for the next turn (a batch commits early
         # when webhooks wait for the database): not parsed, normalized and asked about again.
         self._understood: dict[int, tuple[datetime, Normalized, list[Happening]]] = {}
@@ -469,13 +476,14 @@ class DeliveryWorker:
         behind = await self._behind_others(session, [i for i in rows if i is not None])
         await self._lock_tasks(session, [item for item in batch
                                          if item.id in rows and item.id not in behind])
+        started = time.monotonic()
         written = False
         cache = _Cache()
         kept = DecisionBatch(NewIds(await session.connection()))
         await self._recorded(session, cache, batch)
         waiting: set[str] = set()  # topics of the deliveries that failed here
         for item in batch:
-            if done and uow.contended:
+            if done and uow.contended and time.monotonic() - started >= self.yield_after:
                 break  # webhooks wait to store deliveries: commit, do the rest next turn
             row = rows.get(item.id)
             if row is None or row.state != t.DeliveryState.PENDING:

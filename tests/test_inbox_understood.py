@@ -61,10 +61,28 @@ async def test_a_batch_cut_short_is_not_read_again(sessionmaker: Any, read: list
           for i in range(1, 4)),
     ])
     worker = DeliveryWorker(sessionmaker, Settings(), {}, clock=Clock(NOW))
+    worker.yield_after = 0.0  # no time to go on: each turn stops after one delivery
     finished = [await worker.run_once() for _ in range(5)]
     assert finished == [1, 1, 1, 1, 0]  # one a turn: each turn found webhooks waiting
     assert sorted(read) == ["d00", "d01", "d02", "d03"]  # each understood once
     assert set((await states(sessionmaker)).values()) == {("handled", 0)}
+    assert await pledges(sessionmaker, 1) == [(f"backer{i}", PledgeState.HELD, 500)
+                                              for i in range(1, 4)]
+
+
+async def test_a_batch_goes_on_for_its_time_while_webhooks_wait(sessionmaker: Any,
+                                                                 read: list[str]):
+    """Webhooks wait (`Crowded`), but the batch has not decided for `yield_after` yet: it goes
+    on, and its deliveries are written together."""
+    await store(sessionmaker, [
+        row("d00", "issues", label(1)),
+        *(row(f"d0{i}", "issue_comment", comment(1, 10 + i, f"backer{i}", "/pledge 5"))
+          for i in range(1, 4)),
+    ])
+    worker = DeliveryWorker(sessionmaker, Settings(), {}, clock=Clock(NOW))
+    worker.yield_after = 3600.0
+    assert [await worker.run_once() for _ in range(2)] == [4, 0]
+    assert sorted(read) == ["d00", "d01", "d02", "d03"]
     assert await pledges(sessionmaker, 1) == [(f"backer{i}", PledgeState.HELD, 500)
                                               for i in range(1, 4)]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from bountybot.commands import Command, CommandName, CommandRefusal, help_text, parse_comment
 from bountybot.rules import claims, payments, payouts, pledges, release, tasks
@@ -168,8 +169,17 @@ MAINTAINER_COMMANDS = frozenset({CommandName.GOAL, CommandName.DEADLINE, Command
 
 def read_commands(body: str, policy: Policy) -> list[Command | CommandRefusal]:
     """The command lines of a comment's `body` under `policy`: read, or refused with why."""
-    return parse_comment(body, bot_login=policy.bot_login, currency=policy.currency,
-                         min_pledge=policy.min_pledge, max_pledge=policy.max_pledge)
+    return list(_read_commands(body, policy.bot_login, policy.currency, policy.min_pledge,
+                               policy.max_pledge))
+
+
+# The worker reads a comment's commands up to four times (whether to ask the forge, which lines
+# are new, deciding); the commands are immutable, so the last comments read are kept.
+@lru_cache(maxsize=256)
+def _read_commands(body: str, bot_login: str, currency: str, min_pledge: int | None,
+                   max_pledge: int | None) -> tuple[Command | CommandRefusal, ...]:
+    return tuple(parse_comment(body, bot_login=bot_login, currency=currency,
+                               min_pledge=min_pledge, max_pledge=max_pledge))
 
 
 def needs_maintainer(comment: Comment, policy: Policy) -> bool:
