@@ -176,7 +176,8 @@ class DecisionBatch:
     audit: list[dict[str, Any]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.tasks or self.handled or self.outbox or self.audit or self.payments)
+        return bool(self.tasks or self.handled or self.transactions or self.outbox
+                    or self.payments or self.audit)
 
     def add(self, decisions: Sequence[tuple[t.Repo, IssueRef, Decision, Bounty | None]],
             handled: Sequence[dict[str, Any]], *, source: str, now: datetime,
