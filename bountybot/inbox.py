@@ -482,7 +482,13 @@ class DeliveryWorker:
         kept = DecisionBatch(NewIds(await session.connection()))
         await self._recorded(session, cache, batch)
         waiting: set[str] = set()  # topics of the deliveries that failed here
+        paused = started
         for item in batch:
+            if time.monotonic() - paused >= self.yield_after:
+                # Deciding in memory awaits nothing: let the webhooks in between (they are
+                # answered, or on SQLite queue for the write lock and make the batch commit).
+                await asyncio.sleep(0)
+                paused = time.monotonic()
             if done and uow.contended and time.monotonic() - started >= self.yield_after:
                 break  # webhooks wait to store deliveries: commit, do the rest next turn
             row = rows.get(item.id)
