@@ -99,13 +99,22 @@ def _same_repo(known: t.Repo, ref: RepoRef) -> bool:
         ref.private is None or known.private == ref.private)
 
 
+_BOUNTY_ROWS = (t.Task, t.Pledge, t.Claim, t.Waiting, t.Link, t.Payout)
+
+
 def _forget_bounty_rows(session: AsyncSession) -> None:
-    """Expire the task rows this session holds as objects: a batch has just written over them
-    with plain statements (`DecisionBatch.write`), and what they hold may be stale."""
+    """Let go of the task rows this session holds as objects: a batch has just written over
+    them with plain statements (`DecisionBatch.write`), so what they hold may be stale. They
+    are dropped, not expired (an expired row would load itself again on first use, which an
+    async session cannot do), and read again when next needed. None has unwritten changes:
+    each savepoint's decision is flushed whole."""
     sync = session.sync_session
     for row in list(sync.identity_map.values()):
-        if isinstance(row, t.Task | t.Pledge | t.Claim | t.Waiting | t.Link | t.Payout):
-            sync.expire(row)
+        if isinstance(row, _BOUNTY_ROWS):
+            sync.expunge(row)
+    loaded = sync.info.get("bountybot.loaded")
+    if loaded:
+        loaded[:] = [row for row in loaded if not isinstance(row, _BOUNTY_ROWS)]
 
 
 def _first_line(error: BaseException) -> str:

@@ -105,12 +105,19 @@ class NewIds:
         return list(range(first, first + count))
 
     async def name(self, bounty: Bounty, spare: int = 0) -> None:
-        """Give the new task (if it is new) and each new child of `bounty` its id."""
+        """Give the new task (if it is new) and each new child of `bounty` its id: after every
+        id its rows have already. (Ids kept from earlier in the batch may be older than rows
+        another replica gave the task meanwhile, before this batch read and locked it.)"""
         if bounty.id is None:
             (bounty.id,) = await self.take(t.Task, 1)
         for model, objects in ((t.Pledge, bounty.pledges), (t.Claim, bounty.claims),
                                (t.Link, bounty.links), (t.Payout, bounty.payouts)):
             new = [o for o in objects if o.id is None]
+            if not new:
+                continue
+            last = max((o.id for o in objects if o.id is not None), default=0)
+            name = _table(model).name
+            self.free[name] = [i for i in self.free.get(name, []) if i > last]
             for obj, new_id in zip(new, await self.take(model, len(new), spare), strict=True):
                 obj.id = new_id
 

@@ -270,9 +270,10 @@ class UnitOfWork:
 # deadlock_detected, serialization_failure, lock_not_available.
 _CLASHES = frozenset({"40P01", "40001", "55P03"})
 # Tables whose rows two workers may both create for the same first event (the repo of its
-# first webhook, the task of a new issue): the loser of the race finds the winner's row when it
+# first webhook, the task of a new issue, the record of a comment's command line that a webhook
+# and a reconciliation bring at once): the loser of the race finds the winner's row when it
 # tries again. A duplicate anywhere else (a ledger key) is a real failure.
-_CREATED_TOGETHER = frozenset({"repo", "task"})
+_CREATED_TOGETHER = frozenset({"repo", "task", "handled_comment"})
 
 
 def is_conflict(error: BaseException) -> bool:
