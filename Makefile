@@ -58,6 +58,7 @@ mutate: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/webhook_ingest.py
 	$(BIN)/python bench/pages.py --requests 50 --steady 10
+	$(BIN)/python bench/reads.py --sizes 1000,10000,100000 --requests 20
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -7,9 +7,10 @@ read-only snapshot, and hand each page to `write` as soon as it is encoded, so m
 however large the books are and every figure in one file comes from the same moment. Shaping
 and encoding a page (formatting its amounts above all) is CPU work: it runs in the export
 threads (`_off_loop`), so that the event loop stays free to answer webhooks while exports run.
-Loading a page's rows (the ORM's work) does run in the loop; given a `pace` lock, exports take
-turns page by page, so the loop never has more than one export's page to do before it gets back
-to a webhook, however many exports run.
+Loading a page's rows does run in the loop (the ledger, the longest table, as plain rows with
+no ORM object built; amounts formatted once each, `api.views.display_amount`); given a `pace`
+lock, exports take turns page by page, so the loop never has more than one export's page to do
+before it gets back to a webhook, however many exports run.
 
 JSON (`export_json`), one object:
 
@@ -50,6 +51,7 @@ import contextlib
 import csv
 import io
 import json
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -57,6 +59,7 @@ from functools import partial
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import ColumnElement, or_
+from sqlalchemy import select as sql_select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
@@ -66,15 +69,14 @@ from bountybot.api.views import (
     Json,
     amount,
     audit_json,
+    display_amount,
     iso,
-    load_entries,
     load_tasks,
     locale_of,
     payment_op_json,
     repo_json,
     shown_publicly,
     task_json,
-    transaction_json,
 )
 from bountybot.storage import tables as t
 from bountybot.storage.books import reading
@@ -100,7 +102,6 @@ CSV_COLUMNS = (
 )
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
-LedgerRow = tuple[t.LedgerTransaction, t.Task | None, t.Repo | None]
 
 
 def _dumps(value: Any) -> str:
@@ -137,8 +138,9 @@ async def _pages(session: AsyncSession, stmt: Any, key: Any,
         if not rows:
             return
         yield rows
-        tail = rows[-1]  # an entity, or a row whose first entity is the one ordered by
-        last = id_of(cast(t.HasId, tail if isinstance(tail, t.Base) else tail[0]))
+        tail = rows[-1]  # an entity, or a row whose first item is the one ordered by (or its id)
+        first = tail if isinstance(tail, t.Base) else tail[0]
+        last = first if isinstance(first, int) else id_of(cast(t.HasId, first))
         session.expunge_all()
         if len(rows) < size:
             return
@@ -158,13 +160,43 @@ async def _shaped_pages(session: AsyncSession, stmt: Any, key: Any, size: int,
 
 def _ledger_pages(session: AsyncSession, size: int,
                   public: bool) -> AsyncIterator[Sequence[Any]]:
-    """Ledger transactions in order, each with its task and repo (None for a task-less one)."""
-    stmt = (select(t.LedgerTransaction, t.Task, t.Repo)
-            .outerjoin(t.Task, col(t.Task.id) == col(t.LedgerTransaction.task_id))
-            .outerjoin(t.Repo, col(t.Repo.id) == col(t.Task.repo_id)))
+    """Ledger transactions in order, as plain rows (no ORM object is built for the books'
+    longest table), with their task's number and repo (None for a task-less one)."""
+    columns: list[Any] = [t.LedgerTransaction.id, t.LedgerTransaction.task_id,
+                          t.LedgerTransaction.key, t.LedgerTransaction.kind,
+                          t.LedgerTransaction.created_at, t.LedgerTransaction.memo,
+                          t.Task.number, t.Repo.forge, t.Repo.full_path, t.Repo.locale]
+    stmt: Any = (sql_select(*columns)
+                 .outerjoin(t.Task, col(t.Task.id) == col(t.LedgerTransaction.task_id))
+                 .outerjoin(t.Repo, col(t.Repo.id) == col(t.Task.repo_id)))
     if public:
         stmt = stmt.where(_public_or_none())
     return _pages(session, stmt, col(t.LedgerTransaction.id), size)
+
+
+Entry = tuple[str, int, str]
+"""A ledger entry as the exports read it: account, amount_minor, currency."""
+
+
+async def _entries(session: AsyncSession, ids: Sequence[int]) -> dict[int, list[Entry]]:
+    """The entries of these transactions, in one query of plain rows, by transaction id."""
+    grouped: dict[int, list[Entry]] = defaultdict(list)
+    if ids:
+        stmt: Any = (sql_select(col(t.LedgerEntry.transaction_id), col(t.LedgerEntry.account),
+                                col(t.LedgerEntry.amount_minor), col(t.LedgerEntry.currency))
+                     .where(col(t.LedgerEntry.transaction_id).in_(ids))
+                     .order_by(col(t.LedgerEntry.id)))
+        for txn_id, account, minor, currency in (await session.exec(stmt)).all():
+            grouped[txn_id].append((account, minor, currency))
+    return grouped
+
+
+def _transaction(row: Any, entries: list[Entry], locale: str) -> Json:
+    """`api.views.transaction_json(..., full=True)` of a plain row."""
+    return {"id": row.id, "task_id": row.task_id, "key": row.key, "kind": row.kind,
+            "created_at": iso(row.created_at), "memo": row.memo,
+            "entries": [{"account": account, "amount": amount(minor, currency, locale)}
+                        for account, minor, currency in entries]}
 
 
 def _turn(pace: asyncio.Lock | None) -> contextlib.AbstractAsyncContextManager[Any]:
@@ -250,19 +282,17 @@ async def export_json(sessionmaker: async_sessionmaker[AsyncSession], write: Wri
         async def tasks() -> AsyncIterator[Page]:
             stmt = _tasks_query(public)
             async for rows in _pages(session, stmt, col(t.Task.id), page_size):
-                loaded = await load_tasks(session, [(task, repo) for task, repo in rows])
+                loaded = await load_tasks(session, [(task, repo) for task, repo in rows],
+                                          plain=True)
                 yield partial(_each, lambda r: task_json(r, locale, full=True), loaded)
 
         async def ledger() -> AsyncIterator[Page]:
             async for rows in _ledger_pages(session, page_size, public):
-                entries = await load_entries(session, [id_of(txn) for txn, _, _ in rows])
+                entries = await _entries(session, [row.id for row in rows])
                 counts["entries"] += sum(len(e) for e in entries.values())
 
-                def shape(row: LedgerRow, entries: dict[int, list[t.LedgerEntry]] = entries
-                          ) -> Json:
-                    txn, _, repo = row
-                    return transaction_json(txn, entries[id_of(txn)], locale_of(repo, locale),
-                                            full=True)
+                def shape(row: Any, entries: dict[int, list[Entry]] = entries) -> Json:
+                    return _transaction(row, entries[row.id], row.locale or locale)
 
                 yield partial(_each, shape, rows)
 
@@ -293,18 +323,17 @@ async def export_csv(sessionmaker: async_sessionmaker[AsyncSession], write: Writ
     """Write the ledger as CSV, one row per entry (`CSV_COLUMNS`), page by page; `public=False`
     includes the private repos' transactions (the operator's export); `pace` as for JSON."""
     async with reading(sessionmaker) as session:
-        def encode(rows: Sequence[LedgerRow], entries: dict[int, list[t.LedgerEntry]]) -> bytes:
+        def encode(rows: Sequence[Any], entries: dict[int, list[Entry]]) -> bytes:
             buffer = io.StringIO()
             out = csv.writer(buffer)  # RFC 4180: CRLF line ends, quotes only where needed
-            for txn, task, repo in rows:
-                shown = locale_of(repo, locale)
-                for e in entries[id_of(txn)]:
+            for txn in rows:
+                shown = txn.locale or locale
+                for account, minor, currency in entries[txn.id]:
                     out.writerow([
                         _cell(txn.key), txn.kind, iso(txn.created_at), txn.task_id or "",
-                        repo.forge if repo else "", _cell(repo.full_path if repo else ""),
-                        task.number if task else "", _cell(e.account), e.amount_minor,
-                        e.currency, amount(e.amount_minor, e.currency, shown)["display"],
-                        _cell(txn.memo),
+                        txn.forge or "", _cell(txn.full_path or ""),
+                        "" if txn.number is None else txn.number, _cell(account), minor,
+                        currency, display_amount(minor, currency, shown), _cell(txn.memo),
                     ])
             return buffer.getvalue().encode()
 
@@ -315,9 +344,9 @@ async def export_csv(sessionmaker: async_sessionmaker[AsyncSession], write: Writ
         pages = _ledger_pages(session, page_size, public)
         while True:
             async with _turn(pace):
-                rows: Sequence[LedgerRow] | None = await anext(pages, None)
+                rows: Sequence[Any] | None = await anext(pages, None)
                 if rows is None:
                     break
-                entries = await load_entries(session, [id_of(txn) for txn, _, _ in rows])
+                entries = await _entries(session, [row.id for row in rows])
                 text = await _off_loop(partial(encode, rows, entries))
             await write(text)

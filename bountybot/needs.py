@@ -147,6 +147,9 @@ class MonthFigures:
     tasks: tuple[LiveTask, ...] = ()
     payouts: tuple[PaidOut, ...] = ()
     refunds: tuple[Refund, ...] = ()
+    more_live: int = 0  # live tasks left out of `tasks` (`history(..., live=N)`)
+    more_payouts: int = 0  # the month's older payouts left out of `payouts` (the same)
+    more_refunds: int = 0  # and its older refunds left out of `refunds`
     _main: Figures = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -312,7 +315,8 @@ async def _moved(session: AsyncSession, where: list[ColumnElement[bool]], start:
 def _month_figures(month: date, figures: dict[str, dict[str, int]], now: datetime,
                    default_currency: str, tasks: tuple[LiveTask, ...] = (),
                    payouts: tuple[PaidOut, ...] = (), refunds: tuple[Refund, ...] = (),
-                   ) -> MonthFigures:
+                   more_live: int = 0, more_payouts: int = 0,
+                   more_refunds: int = 0) -> MonthFigures:
     """A month's `MonthFigures` from its sums by currency (`asked`, `funded`, ... by name)."""
     start, end = month_start(month), month_start(next_month(month))
     by_currency = tuple(sorted((Figures(cur, **f) for cur, f in figures.items()),
@@ -325,7 +329,7 @@ def _month_figures(month: date, figures: dict[str, dict[str, int]], now: datetim
     last_day = (end.date() - start.date()).days
     days_left = (last_day - now.day) if current else (0 if end <= now else last_day)
     return MonthFigures(date(month.year, month.month, 1), main, by_currency, days_left, current,
-                        tasks, payouts, refunds)
+                        tasks, payouts, refunds, more_live, more_payouts, more_refunds)
 
 
 async def _paid_out(session: AsyncSession,
@@ -360,14 +364,19 @@ async def _paid_out(session: AsyncSession,
 
 async def history(session: AsyncSession, repo_id: int | None, month: date, months: int = 12, *,
                   now: datetime | None = None, default_currency: str = "EUR",
-                  public: bool = True, detail: bool = True) -> list[MonthFigures]:
+                  public: bool = True, detail: bool = True,
+                  live: int | None = None) -> list[MonthFigures]:
     """`month_figures` for `months` months ending with `month`, newest first, summed by month in
     SQL: three queries for the figures whatever the number of tasks, pledges and months
     (`month_figures` reads a month's every task; twelve of them took seconds on a large repo).
     The newest month comes with its live tasks, payouts and refunds when `detail` (a few
     queries more); the others, and the newest without `detail`, have the figures only (empty
-    `tasks`, `payouts`, `refunds`). tests/test_needs_property.py proves it equal to
-    `month_figures` month by month on random books."""
+    `tasks`, `payouts`, `refunds`). With `live`, the newest month lists only its `live`
+    newest live tasks (in id order) and counts the others in `more_live`, and likewise its
+    `live` newest payouts and refunds (`more_payouts`, `more_refunds`): what the pages and the
+    API show, bounded however many tasks are live and however much money moved.
+    tests/test_needs_property.py proves it equal to `month_figures` month by month on random
+    books."""
     now = now or datetime.now(UTC)
     w = _Window(previous_months(month, months)[::-1], now)  # oldest first
     n = len(w.months)
@@ -410,14 +419,19 @@ async def history(session: AsyncSession, repo_id: int | None, month: date, month
     tasks: tuple[LiveTask, ...] = ()
     payouts: tuple[PaidOut, ...] = ()
     refunds: tuple[Refund, ...] = ()
+    more_live = more_payouts = more_refunds = 0
     if detail:
-        tasks = await _live_tasks(session, w, where)
+        tasks, more_live = await _live_tasks(session, w, where, live)
         _, found, refunds = await _moved(session, where, w.starts[-1], w.ends[-1],
                                          ("payout.paid", *RETURNED))
+        if live is not None:
+            more_payouts, found = max(0, len(found) - live), found[-live:]
+            more_refunds, refunds = max(0, len(refunds) - live), refunds[-live:]
         payouts = await _paid_out(session, found)
     out = [_month_figures(w.months[i], figures[i], now, default_currency) for i in range(n - 1)]
     out.append(_month_figures(w.months[-1], figures[-1], now, default_currency,
-                              tasks, payouts, refunds))
+                              tasks, payouts, refunds, more_live, more_payouts,
+                              more_refunds))
     return out[::-1]
 
 
@@ -543,27 +557,40 @@ def _moved_by_month(w: _Window, where: list[ColumnElement[bool]]) -> Any:
             .group_by(inner.c.i, inner.c.figure, inner.c.currency))
 
 
-async def _live_tasks(session: AsyncSession, w: _Window,
-                      where: list[ColumnElement[bool]]) -> tuple[LiveTask, ...]:
-    """The live tasks of the newest month of `w`, with what their backers committed by its
-    cutoff, in the order of their ids."""
+async def _live_tasks(session: AsyncSession, w: _Window, where: list[ColumnElement[bool]],
+                      limit: int | None = None) -> tuple[tuple[LiveTask, ...], int]:
+    """The live tasks of the newest month of `w` (its `limit` newest, if given), with what
+    their backers committed by its cutoff, in the order of their ids; and how many live tasks
+    are left out."""
     ended, at = _ended_at()
-    legs = _backer_legs(_Window([w.months[-1]], w.cutoffs[-1]), where).subquery()
+    live: Any = (select(col(t.Task.id).label("id"))
+                 .join(t.Repo, col(t.Repo.id) == col(t.Task.repo_id))
+                 .outerjoin(ended, ended.c.task_id == col(t.Task.id))
+                 .where(col(t.Task.created_at) < w.ends[-1],
+                        or_(at.is_(None), at >= w.starts[-1]), *where))
+    more = 0
+    if limit is not None:
+        listed = (await session.exec(live.order_by(col(t.Task.id).desc()).limit(limit))).all()
+        if len(listed) == limit:
+            more = int((await session.exec(
+                select(func.count()).select_from(live.subquery()))).one()) - limit
+        live = select(col(t.Task.id).label("id")).where(
+            col(t.Task.id).in_(list(listed)))
+    chosen = live.subquery()
+    legs = _backer_legs(_Window([w.months[-1]], w.cutoffs[-1]), where, of=chosen).subquery()
     # Ten columns: SQLAlchemy's own select (sqlmodel's overloads stop at four).
     columns: list[Any] = [t.Task.id, t.Repo.forge, t.Repo.full_path, t.Task.number,
                           t.Task.title, t.Task.url, t.Task.state, t.Task.currency,
                           t.Task.goal_minor, legs.c.minor]
     stmt: Any = (sql_select(*columns)
                  .join(t.Repo, col(t.Repo.id) == col(t.Task.repo_id))
-                 .outerjoin(ended, ended.c.task_id == col(t.Task.id))
+                 .join(chosen, chosen.c.id == col(t.Task.id))
                  .outerjoin(legs, legs.c.task_id == col(t.Task.id))
-                 .where(col(t.Task.created_at) < w.ends[-1],
-                        or_(at.is_(None), at >= w.starts[-1]), *where)
                  .order_by(col(t.Task.id)))
     return tuple(LiveTask(tid, forge, path, number, title, url, state, cur, goal,
                           max(0, _minor(minor)))
                  for tid, forge, path, number, title, url, state, cur, goal, minor
-                 in (await session.exec(stmt)).all())
+                 in (await session.exec(stmt)).all()), more
 
 
 def _utc(moment: datetime) -> datetime:

@@ -52,7 +52,7 @@ TASK_FIELDS = {
     "id", "forge", "repo", "number", "title", "url", "state", "goal", "pledged", "raised",
     "backers",
     "claim", "waiting", "pledges", "links", "payouts", "deadline", "created_at", "currency",
-    "page_url", "badge_url",
+    "page_url", "badge_url", "pledges_url", "pledge_count",
 }
 
 
@@ -370,7 +370,9 @@ async def test_pagination_with_links_like_github(client: TestClient[Any, Any]) -
         seen += [task["title"] for task in body["tasks"]]
         rels = links(response.headers["Link"])
         if page < 3:
-            assert rels["next"] == f"{base}&per_page=2&page={page + 1}"
+            # `next` goes on after this page's last task (keyset), the others by page number.
+            after = body["tasks"][-1]["id"]
+            assert rels["next"] == f"{base}&per_page=2&after={after}"
             assert rels["last"] == f"{base}&per_page=2&page=3"
         if page > 1:
             assert rels["prev"] == f"{base}&per_page=2&page={page - 1}"
@@ -423,7 +425,9 @@ async def test_ledger_balances_and_matches_the_pledged_money(client: TestClient[
     for title, task_id in tale.ids.items():
         task = await get(client, f"/api/v1/tasks/{task_id}")
         ledger = await get(client, f"/api/v1/tasks/{task_id}/ledger")
-        assert set(ledger) == {"task_id", "account", "balance", "transactions"}
+        assert set(ledger) == {"task_id", "account", "balance", "transactions", "per_page",
+                               "next"}
+        assert ledger["next"] is None and ledger["per_page"] == 100
         assert ledger["task_id"] == task_id and ledger["account"] == f"escrow:task:{task_id}"
         assert ledger["balance"] == task["pledged"], title
         for txn in ledger["transactions"]:
@@ -493,9 +497,10 @@ async def test_a_page_costs_the_same_queries_whatever_its_size(client: TestClien
         one, all_six = await queries("/api/v1/tasks?per_page=1"), await queries("/api/v1/tasks")
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", seen)
-    # The count, the page, one query per child table (pledge, claim, waiting, link, payout).
+    # The count, the page, one query per child table (claim, waiting, link, payout) and three
+    # for the pledges (the sums of all, their distinct backers, the first few).
     assert one == all_six and sum(s.lstrip().upper().startswith("SELECT")
-                                  for s in statements) == 7
+                                  for s in statements) == 9
 
 
 async def test_a_done_task_shows_what_was_raised_and_who_did_it(db_url: str,

@@ -1,14 +1,27 @@
 """The API's routes: list and show tasks, a task's ledger, and the export downloads.
 
     GET /api/v1/tasks?forge=&repo=&state=&page=1&per_page=50
-        {"tasks": [<task>...], "page", "per_page", "total"} and a `Link` header (as GitHub's)
-    GET /api/v1/tasks/{id}          <task>
+        {"tasks": [<task>...], "page", "per_page", "total"} and a `Link` header (as GitHub's),
+        whose `next` goes on with `after=`
+    GET /api/v1/tasks?forge=&repo=&state=&after=<id>&per_page=50
+        {"tasks": [...], "per_page", "after", "next"}: the tasks with an id above `after`
+        (keyset pagination: each page costs the same however deep, and a walk from `after=0`
+        sees every task once, whatever is added meanwhile); `next` (also `Link: rel="next"`)
+        is the next page's address, null on the last
+    GET /api/v1/tasks/{id}          <task>, with its first `PLEDGES_SHOWN` pledges
+    GET /api/v1/tasks/{id}/pledges?after=<pledge id>&per_page=100
+        {"task_id", "pledges": [{"id", "backer", "amount", "state", "created_at"}...],
+         "per_page", "after", "next"}: all of a task's pledges, a page at a time
     GET /api/v1/repos?forge=&page=1&per_page=50
         {"repos": [<repo>...], "page", "per_page", "total"}: the public repos, each with its
         addresses, its open tasks and this month's appeal; a `Link` header as above
     GET /api/v1/repos/{id}/needs[/{YYYY-MM}]  a month's appeal (`bountybot.needs`), with the
-        twelve months ending with it under `history`
-    GET /api/v1/tasks/{id}/ledger   {"task_id", "account", "balance", "transactions": [...]}
+        twelve months ending with it under `history`; its `LIVE_SHOWN` newest live tasks
+        under `live_tasks` (in id order), `more_live_tasks` counting the others, and its
+        `LIVE_SHOWN` newest payouts and refunds (`more_payouts`, `more_refunds`)
+    GET /api/v1/tasks/{id}/ledger?after=<transaction id>&per_page=100
+        {"task_id", "account", "balance", "transactions": [...], "per_page", "next"}: the
+        transactions a page at a time (`next` and `Link: rel="next"` as for tasks)
     GET /api/v1/export.json         the whole books (`bountybot.export`), streamed
     GET /api/v1/export.csv          the ledger, one row per entry, streamed
     GET /api/v1/statements/{forge}/backers/{login}     a backer's movements and totals
@@ -65,6 +78,7 @@ from bountybot.api.views import (
     load_tasks,
     locale_of,
     month_json,
+    pledge_json,
     privacy_of,
     shown_publicly,
     task_json,
@@ -90,6 +104,10 @@ log = logging.getLogger(__name__)
 PREFIX = "/api/"
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 100
+# A task's first pledges, in its JSON; the rest are a page at a time under `.../pledges`.
+PLEDGES_SHOWN = 20
+# A month's live tasks in its appeal: the newest (`more_live_tasks` counts the others).
+LIVE_SHOWN = 100
 FORGES = names()
 # Task ids are INTEGER columns: a larger number cannot be a task (and PostgreSQL would refuse
 # to compare it), so it is answered 404 like any other unknown id.
@@ -131,6 +149,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/v1/tasks", list_tasks)
     app.router.add_get("/api/v1/tasks/{id}", show_task)
     app.router.add_get("/api/v1/tasks/{id}/ledger", show_ledger)
+    app.router.add_get("/api/v1/tasks/{id}/pledges", list_pledges)
     app.router.add_get("/api/v1/repos", list_repos)
     app.router.add_get("/api/v1/repos/{id}/needs", show_needs)
     app.router.add_get("/api/v1/repos/{id}/needs/{month}", show_needs)
@@ -166,6 +185,17 @@ def _positive(request: web.Request, name: str, default: int) -> int:
     return int(value)
 
 
+def _after(request: web.Request) -> int | None:
+    """The `after` cursor (the id the previous page ended with), if given."""
+    value = request.query.get("after")
+    if value is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,10}", value) or int(value) > MAX_ID:
+        raise ApiError(400, "after must be the id the previous page ended with, a whole number"
+                       f" from 0 (as in the Link rel=\"next\" address; got {_shown(value)})")
+    return int(value)
+
+
 def _task_id(request: web.Request) -> int:
     raw = request.match_info["id"]
     if not re.fullmatch(r"[0-9]{1,10}", raw) or not 1 <= int(raw) <= MAX_ID:
@@ -197,9 +227,10 @@ def _month(request: web.Request, current: date) -> date:
 
 
 def _with_addresses(out: Json, repo: t.Repo, base: str) -> Json:
-    """A task's JSON with the addresses of its public page and its badge."""
+    """A task's JSON with the addresses of its public page, its badge and all its pledges."""
     page = base + task_page_url(repo, out["number"])
-    out.update(page_url=page, badge_url=f"{page}/badge.svg")
+    out.update(page_url=page, badge_url=f"{page}/badge.svg",
+               pledges_url=f"{base}/api/v1/tasks/{out['id']}/pledges")
     return out
 
 
@@ -217,34 +248,61 @@ def _locale(request: web.Request) -> str:
     return request.app[SETTINGS].bot.locale
 
 
-def _page_url(request: web.Request, page: int, per_page: int) -> str:
-    """This request's URL on another page; under `server.public_url` when it is set, since
-    behind a proxy the request's own host and scheme are the proxy's view, not the public one."""
+def _url_with(request: web.Request, **query: int) -> str:
+    """This request's URL with another `page` or `after` (the other one dropped); under
+    `server.public_url` when it is set, since behind a proxy the request's own host and scheme
+    are the proxy's view, not the public one."""
     public = request.app[SETTINGS].server.public_url
     url = request.url
     if public:
         url = URL(public.rstrip("/") + request.rel_url.raw_path).with_query(request.query)
-    return str(url.update_query(page=page, per_page=per_page))
+    return str(url.without_query_params("page", "after").update_query(query))
 
 
-def _link_header(request: web.Request, page: int, per_page: int, total: int) -> str | None:
-    """GitHub's pagination links: `<url>; rel="next"`, `last`, `first`, `prev`."""
+def _page_url(request: web.Request, page: int, per_page: int) -> str:
+    return _url_with(request, page=page, per_page=per_page)
+
+
+def _link_header(request: web.Request, page: int, per_page: int, total: int,
+                 last_id: int | None = None) -> str | None:
+    """GitHub's pagination links: `<url>; rel="next"`, `last`, `first`, `prev`; with
+    `last_id` (the last id of this page), `next` goes on with `after=` instead of `page=`."""
     last = max(1, -(-total // per_page))
-    links = []
+    links: list[tuple[str, str]] = []
     if page < last:
-        links += [(page + 1, "next"), (last, "last")]
+        links += [(_url_with(request, after=last_id, per_page=per_page) if last_id is not None
+                   else _page_url(request, page + 1, per_page), "next"),
+                  (_page_url(request, last, per_page), "last")]
     if page > 1:
-        links += [(1, "first"), (min(page - 1, last), "prev")]
+        links += [(_page_url(request, 1, per_page), "first"),
+                  (_page_url(request, min(page - 1, last), per_page), "prev")]
     if not links:
         return None
-    return ", ".join(f'<{_page_url(request, p, per_page)}>; rel="{rel}"' for p, rel in links)
+    return ", ".join(f'<{url}>; rel="{rel}"' for url, rel in links)
+
+
+def _next(request: web.Request, more: bool, last_id: int | None, per_page: int,
+          body: Json) -> web.Response:
+    """A keyset page's answer: `next` (and `Link: rel="next"`) when there is more."""
+    url = _url_with(request, after=last_id, per_page=per_page) \
+        if more and last_id is not None else None
+    response = json_response({**body, "next": url})
+    if url is not None:
+        response.headers[hdrs.LINK] = f'<{url}>; rel="next"'
+    return response
 
 
 async def list_tasks(request: web.Request) -> web.Response:
-    """Tasks in id order, filtered by `forge`, `repo` (full path) and `state`, a page at a time."""
+    """Tasks in id order, filtered by `forge`, `repo` (full path) and `state`, a page at a
+    time: by `page` (with the `total`), or after the id `after` (keyset: no count, the same
+    cost however deep)."""
     forge = _choice(request, "forge", FORGES)
     state = _choice(request, "state", tuple(s.value for s in TaskState))
     repo = request.query.get("repo", "").strip("/")
+    after = _after(request)
+    if after is not None and "page" in request.query:
+        raise ApiError(400, "page and after cannot be used together: after (the address in"
+                       ' Link rel="next") goes on from where the last page ended')
     page = _positive(request, "page", 1)
     # Like GitHub, a per_page above the maximum is lowered to it rather than refused.
     per_page = min(_positive(request, "per_page", DEFAULT_PER_PAGE), MAX_PER_PAGE)
@@ -259,24 +317,36 @@ async def list_tasks(request: web.Request) -> web.Response:
         where.append(col(t.Task.state) == TaskState(state))
     where.append(shown_publicly())
     joined = col(t.Repo.id) == col(t.Task.repo_id)
+    settings = request.app[SETTINGS]
+    base = base_url(request)
+
+    async def shaped(session: AsyncSession, stmt: Any) -> list[Json]:
+        pairs = [(task, r) for task, r in (await session.exec(stmt)).all()]
+        return [_with_addresses(task_json(rows, _locale(request),
+                                          privacy=privacy_of(settings, rows.repo)),
+                                rows.repo, base)
+                for rows in await load_tasks(session, pairs, pledges=PLEDGES_SHOWN)]
+
+    tasks: list[Json] = []
+    stmt = (select(t.Task, t.Repo).join(t.Repo, joined).where(*where)
+            .order_by(col(t.Task.id)))
     async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
+        if after is not None:
+            # One more than the page, to know whether there is a next one.
+            tasks = await shaped(session, stmt.where(col(t.Task.id) > after)
+                                 .limit(per_page + 1))
+            more = len(tasks) > per_page
+            tasks = tasks[:per_page]
+            return _next(request, more, tasks[-1]["id"] if tasks else None, per_page,
+                         {"tasks": tasks, "per_page": per_page, "after": after})
         count = select(func.count()).select_from(t.Task).join(t.Repo, joined).where(*where)
         total = int((await session.exec(count)).one())
         offset = (page - 1) * per_page
-        tasks: list[Json] = []
         if offset < total:  # past the end there is nothing to ask for
-            stmt = (select(t.Task, t.Repo).join(t.Repo, joined).where(*where)
-                    .order_by(col(t.Task.id)).offset(offset).limit(per_page))
-            pairs = [(task, r) for task, r in (await session.exec(stmt)).all()]
-            settings = request.app[SETTINGS]
-            base = base_url(request)
-            tasks = [_with_addresses(task_json(rows, _locale(request),
-                                               privacy=privacy_of(settings, rows.repo)),
-                                     rows.repo, base)
-                     for rows in await load_tasks(session, pairs)]
+            tasks = await shaped(session, stmt.offset(offset).limit(per_page))
     response = json_response(
         {"tasks": tasks, "page": page, "per_page": per_page, "total": total})
-    link = _link_header(request, page, per_page, total)
+    link = _link_header(request, page, per_page, total, tasks[-1]["id"] if tasks else None)
     if link:
         response.headers[hdrs.LINK] = link
     return response
@@ -294,7 +364,8 @@ async def _task(session: AsyncSession, task_id: int) -> tuple[t.Task, t.Repo]:
 async def show_task(request: web.Request) -> web.Response:
     task_id = _task_id(request)
     async with reading(request.app[READER]) as session:
-        [rows] = await load_tasks(session, [await _task(session, task_id)])
+        [rows] = await load_tasks(session, [await _task(session, task_id)],
+                                  pledges=PLEDGES_SHOWN)
         return json_response(_with_addresses(task_json(
             rows, _locale(request), privacy=privacy_of(request.app[SETTINGS], rows.repo)),
             rows.repo, base_url(request)))
@@ -363,7 +434,7 @@ async def show_needs(request: web.Request) -> web.Response:
         repo = await session.get(t.Repo, repo_id)
         if repo is None or not is_public(repo):
             raise ApiError(404, f"no repo {repo_id}")
-        months = await history(session, repo_id, month, now=now,
+        months = await history(session, repo_id, month, now=now, live=LIVE_SHOWN,
                                default_currency=repo.currency or settings.bot.currency)
         locale = locale_of(repo, _locale(request))
         privacy = privacy_of(settings, repo)
@@ -371,6 +442,9 @@ async def show_needs(request: web.Request) -> web.Response:
         body = {"repo": {"id": repo.id, "forge": repo.forge, "path": repo.full_path,
                          "page_url": here["page_url"], "needs_url": here["needs_url"]},
                 **appeal_json(months[0], locale, privacy),
+                "more_live_tasks": months[0].more_live,
+                "more_payouts": months[0].more_payouts,
+                "more_refunds": months[0].more_refunds,
                 "page_url": f"{here['needs_url']}/{month:%Y-%m}",
                 "history": [month_json(m, locale, privacy) for m in months]}
         for item in body["live_tasks"]:
@@ -379,8 +453,11 @@ async def show_needs(request: web.Request) -> web.Response:
 
 
 async def show_ledger(request: web.Request) -> web.Response:
-    """The task's ledger transactions in order, and what its escrow holds now."""
+    """The task's ledger transactions in order, a page at a time (`after` the last one's id),
+    and what its escrow holds now."""
     task_id = _task_id(request)
+    after = _after(request) or 0
+    per_page = min(_positive(request, "per_page", MAX_PER_PAGE), MAX_PER_PAGE)
     async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
         task, repo = await _task(session, task_id)
         if not privacy_of(request.app[SETTINGS], repo).amounts:
@@ -388,19 +465,42 @@ async def show_ledger(request: web.Request) -> web.Response:
             raise ApiError(404, f"the ledger of task {task_id} is not public: its repo shows"
                            " percentages only")
         locale = locale_of(repo, _locale(request))
-        stmt = (select(t.LedgerTransaction).where(t.LedgerTransaction.task_id == task_id)
-                .order_by(col(t.LedgerTransaction.id)))
+        stmt = (select(t.LedgerTransaction).where(t.LedgerTransaction.task_id == task_id,
+                                                  col(t.LedgerTransaction.id) > after)
+                .order_by(col(t.LedgerTransaction.id)).limit(per_page + 1))
         txns = (await session.exec(stmt)).all()
+        more, txns = len(txns) > per_page, txns[:per_page]
         entries = await load_entries(session, [id_of(txn) for txn in txns])
         balance = await escrow_balance(session, task)
-        return json_response({
+        return _next(request, more, id_of(txns[-1]) if txns else None, per_page, {
             "task_id": task_id,
             "account": ESCROW.render(task_id),
             "balance": amount(balance, task.currency, locale),
             "transactions": [_nameless(transaction_json(txn, entries[id_of(txn)], locale),
                                        request.app[SETTINGS].bot.public_backers != "count")
                              for txn in txns],
+            "per_page": per_page,
         })
+
+
+async def list_pledges(request: web.Request) -> web.Response:
+    """A task's pledges in id order, a page at a time (`after` the last one's id); names and
+    amounts hidden as in the task's JSON."""
+    task_id = _task_id(request)
+    after = _after(request) or 0
+    per_page = min(_positive(request, "per_page", MAX_PER_PAGE), MAX_PER_PAGE)
+    async with reading(request.app[READER]) as session:
+        task, repo = await _task(session, task_id)
+        rows = (await session.exec(
+            select(t.Pledge).where(col(t.Pledge.task_id) == task_id, col(t.Pledge.id) > after)
+            .order_by(col(t.Pledge.id)).limit(per_page + 1))).all()
+        more, rows = len(rows) > per_page, rows[:per_page]
+        locale = locale_of(repo, _locale(request))
+        privacy = privacy_of(request.app[SETTINGS], repo)
+        pledges = [pledge_json(p, locale, privacy) for p in rows]
+    return _next(request, more, pledges[-1]["id"] if pledges else None, per_page,
+                 {"task_id": task_id, "pledges": pledges, "per_page": per_page,
+                  "after": after})
 
 
 def _nameless(txn: Json, names: bool) -> Json:

@@ -5,7 +5,10 @@ Every shape is built from table rows loaded a page at a time: one query for the 
 (with their repos), then one query per child table for all of the page's task ids, so a page of
 100 tasks costs six queries, not six hundred. The figures a task shows (`pledged`, `raised`,
 `backers`, the claim) are computed by the rules' own `Bounty`, so the API and the bot never
-disagree.
+disagree; except that a public read (`load_tasks(..., pledges=N)`) loads only a task's first
+`N` pledges and sums the rest in SQL (`PledgeTotals`, the same definitions as `Bounty.held`,
+`raised` and `backers(RAISED)`), so that a task with 10,000 pledges costs what a task with ten
+does; the rest are a page at a time under `/api/v1/tasks/{id}/pledges`.
 
 A private repo's tasks, people and amounts are not public: every public read filters its rows
 by `shown_publicly()` (a public repo, or a private one its operator published with `bountybot
@@ -19,9 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import ColumnElement, func, not_, or_
+from sqlalchemy import ColumnElement, case, func, not_, or_
+from sqlalchemy import select as sql_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -29,7 +33,7 @@ from bountybot.ledger import ESCROW
 from bountybot.money import Money, format_money
 from bountybot.needs import Figures, MonthFigures
 from bountybot.rules.model import RAISED, Bounty
-from bountybot.states import ClaimState, TaskState
+from bountybot.states import ClaimState, PledgeState, TaskState
 from bountybot.storage import tables as t
 from bountybot.storage.bounties import bounty_of
 from bountybot.storage.tables import id_of
@@ -57,13 +61,14 @@ def iso(moment: datetime | None) -> str | None:
 
 def amount(minor: int, currency: str, locale: str) -> Json:
     """`{"amount": 5000, "currency": "EUR", "display": "€50.00"}`; signed in the ledger."""
-    return {"amount": minor, "currency": currency, "display": _display(minor, currency, locale)}
+    return {"amount": minor, "currency": currency,
+            "display": display_amount(minor, currency, locale)}
 
 
 # Babel takes a fifth of a millisecond per amount, and the books repeat amounts (goals, the
 # usual pledges, both legs of a transaction): an export formats each one once.
 @lru_cache(maxsize=4096)
-def _display(minor: int, currency: str, locale: str) -> str:
+def display_amount(minor: int, currency: str, locale: str) -> str:
     return format_money(Money(minor, currency), locale)
 
 
@@ -72,9 +77,25 @@ def locale_of(repo: t.Repo | None, default: str) -> str:
     return repo.locale if repo is not None and repo.locale else default
 
 
+@dataclass(frozen=True)
+class PledgeTotals:
+    """A task's pledges summed in SQL, for a read that loads only the first few: how many there
+    are, what is held, what is raised (held and paid out) and by how many backers (logins
+    without case: the forges' logins are ASCII, where SQL's `lower` is Python's `casefold`)."""
+
+    count: int
+    held: int
+    raised: int
+    backers: int
+
+
 @dataclass
 class TaskRows:
-    """One task's rows, as loaded for a page: the task, its repo and what hangs from it."""
+    """One task's rows, as loaded for a page: the task, its repo and what hangs from it.
+
+    With `totals`, `pledges` holds only the first pledges (by id) and `totals` sums them all;
+    `backers`, when loaded, the first backers behind `raised` (in the order they first
+    pledged) with what each gave."""
 
     task: t.Task
     repo: t.Repo
@@ -83,11 +104,22 @@ class TaskRows:
     waiting: list[t.Waiting]
     links: list[t.Link]
     payouts: list[t.Payout]
+    totals: PledgeTotals | None = None
+    backers: list[tuple[str, int]] | None = None
 
     def bounty(self) -> Bounty:
-        """The rules' view of the task (`storage.bounties.bounty_of`)."""
+        """The rules' view of the task (`storage.bounties.bounty_of`); with `totals`, its
+        pledges are only the first ones (its claims, links and payouts are all there)."""
         return bounty_of(self.repo, self.task, self.pledges, self.claims, self.waiting,
                          self.links, self.payouts)
+
+    def figures(self, b: Bounty) -> PledgeTotals:
+        """What the task's pledges add up to: `totals`, or `b`'s sums when every pledge is
+        loaded."""
+        if self.totals is not None:
+            return self.totals
+        return PledgeTotals(len(self.pledges), b.held().minor, b.raised().minor,
+                            len(b.backers(RAISED)))
 
 
 Child = TypeVar("Child", t.Pledge, t.Claim, t.Waiting, t.Link, t.Payout)
@@ -103,16 +135,126 @@ async def _by_task(session: AsyncSession, table: type[Child], ids: Sequence[int]
     return grouped
 
 
-async def load_tasks(session: AsyncSession,
-                     pairs: Sequence[tuple[t.Task, t.Repo]]) -> list[TaskRows]:
-    """The children of these tasks, one query per child table; in the order given."""
+async def _first_pledges(session: AsyncSession, ids: Sequence[int], limit: int,
+                         totals: dict[int, PledgeTotals]) -> dict[int, list[t.Pledge]]:
+    """The first `limit` pledges (by id) of each of these tasks: those of the tasks with at
+    most `limit` in one query, and a query of `limit` rows (on the index of (task_id, id)) for
+    each task with more, so that a task's thousands of pledges are never read to list a few."""
+    grouped: dict[int, list[t.Pledge]] = defaultdict(list)
+    few = [i for i in ids if 0 < totals.get(i, PledgeTotals(0, 0, 0, 0)).count <= limit]
+    many = [i for i in ids if totals.get(i, PledgeTotals(0, 0, 0, 0)).count > limit]
+    if few:
+        grouped.update(await _by_task(session, t.Pledge, few, t.Pledge.id))
+    for task_id in many:
+        grouped[task_id] = list((await session.exec(
+            select(t.Pledge).where(col(t.Pledge.task_id) == task_id)
+            .order_by(col(t.Pledge.id)).limit(limit))).all())
+    return grouped
+
+
+def _raised() -> ColumnElement[bool]:
+    return col(t.Pledge.state).in_(sorted(RAISED))
+
+
+async def pledge_totals(session: AsyncSession, ids: Sequence[int]) -> dict[int, PledgeTotals]:
+    """`PledgeTotals` of each of these tasks, in two grouped queries (the distinct backers
+    apart: `count(DISTINCT ...)` sorts, a `DISTINCT` subquery hashes)."""
+    if not ids:
+        return {}
+    amount_ = col(t.Pledge.amount_minor)
+    of_tasks = col(t.Pledge.task_id).in_(ids)
+    stmt: Any = (select(
+        col(t.Pledge.task_id), func.count(),
+        func.coalesce(func.sum(case((col(t.Pledge.state) == PledgeState.HELD, amount_),
+                                    else_=0)), 0),
+        func.coalesce(func.sum(case((_raised(), amount_), else_=0)), 0))
+        .where(of_tasks).group_by(col(t.Pledge.task_id)))
+    distinct_backers = (sql_select(col(t.Pledge.task_id).label("task_id"),
+                                   func.lower(col(t.Pledge.backer)).label("login"))
+                        .where(of_tasks, _raised()).distinct().subquery())
+    backers = dict((await session.exec(
+        select(distinct_backers.c.task_id, func.count())
+        .group_by(distinct_backers.c.task_id))).all())
+    # PostgreSQL sums a BIGINT column as NUMERIC (a Decimal here): int() of it is exact.
+    return {task_id: PledgeTotals(int(n), int(held), int(raised), int(backers.get(task_id, 0)))
+            for task_id, n, held, raised in (await session.exec(stmt)).all()}
+
+
+async def first_backers(session: AsyncSession, task_id: int, limit: int,
+                        chunk: int = 1000) -> list[tuple[str, int]]:
+    """The first `limit` backers behind `raised` of a task, in the order they first pledged,
+    each with the login of their first pledge and what they gave in all. Reads the task's
+    pledges in id order a `chunk` at a time until it has found them, then sums what they gave
+    (one grouped query, when some pledges were not read)."""
+    found: dict[str, tuple[str, int]] = {}
+    after, complete = 0, False
+    while len(found) < limit:
+        rows = (await session.exec(
+            select(col(t.Pledge.id), col(t.Pledge.backer), col(t.Pledge.amount_minor))
+            .where(col(t.Pledge.task_id) == task_id, _raised(), col(t.Pledge.id) > after)
+            .order_by(col(t.Pledge.id)).limit(chunk))).all()
+        for pledge_id, backer, minor in rows:
+            key = backer.casefold()
+            if key in found:
+                found[key] = (found[key][0], found[key][1] + minor)
+            elif len(found) < limit:
+                found[key] = (backer, minor)
+            after = pledge_id or after
+        if len(rows) < chunk:
+            complete = True
+            break
+    if not complete and found:
+        # Pledges past those read may be from the same backers: their totals, in SQL.
+        lowered = func.lower(col(t.Pledge.backer))
+        sums = dict((await session.exec(
+            select(lowered, func.sum(col(t.Pledge.amount_minor)))
+            .where(col(t.Pledge.task_id) == task_id, _raised(), lowered.in_(list(found)))
+            .group_by(lowered))).all())
+        found = {k: (name, int(sums.get(k, minor))) for k, (name, minor) in found.items()}
+    return list(found.values())
+
+
+async def _plain_pledges(session: AsyncSession,
+                         ids: Sequence[int]) -> dict[int, list[t.Pledge]]:
+    """Every pledge of these tasks as plain rows, not ORM objects: rows read the same way
+    (`p.backer`, `p.state`, ...) and cost a fraction to build, so that the export's page with a
+    task of 10,000 pledges does not hold the event loop for a second. Read-only: nothing is
+    ever written through them."""
+    grouped: dict[int, list[t.Pledge]] = defaultdict(list)
+    if ids:
+        # Every column of the table, so a row has every attribute the ORM object would.
+        stmt: Any = (sql_select(*cast(Any, t.Pledge).__table__.columns)
+                     .where(col(t.Pledge.task_id).in_(ids)).order_by(col(t.Pledge.id)))
+        for row in (await session.exec(stmt)).all():
+            grouped[row.task_id].append(cast(t.Pledge, row))
+    return grouped
+
+
+async def load_tasks(session: AsyncSession, pairs: Sequence[tuple[t.Task, t.Repo]], *,
+                     pledges: int | None = None, backers: int | None = None,
+                     plain: bool = False) -> list[TaskRows]:
+    """The children of these tasks, one query per child table; in the order given. With
+    `pledges`, only each task's first `pledges` pledges and their `PledgeTotals`; with
+    `backers` (and `pledges`), each task's first `backers` backers too (a few queries per
+    task: for a task's own page). `plain` (the export's) loads every pledge as a plain row."""
     ids = [id_of(task) for task, _ in pairs]
-    pledges = await _by_task(session, t.Pledge, ids, t.Pledge.id)
+    totals: dict[int, PledgeTotals] = {}
+    listed: dict[int, list[tuple[str, int]]] | None = None
+    if pledges is None:
+        loaded = await (_plain_pledges(session, ids) if plain
+                        else _by_task(session, t.Pledge, ids, t.Pledge.id))
+    else:
+        totals = await pledge_totals(session, ids)
+        loaded = await _first_pledges(session, ids, pledges, totals)
+        if backers is not None:
+            listed = {i: await first_backers(session, i, backers) for i in ids}
     claims = await _by_task(session, t.Claim, ids, t.Claim.id)
     waiting = await _by_task(session, t.Waiting, ids, t.Waiting.position)
     links = await _by_task(session, t.Link, ids, t.Link.id)
     payouts = await _by_task(session, t.Payout, ids, t.Payout.id)
-    return [TaskRows(task, repo, pledges[i], claims[i], waiting[i], links[i], payouts[i])
+    return [TaskRows(task, repo, loaded[i], claims[i], waiting[i], links[i], payouts[i],
+                     None if pledges is None else totals.get(i, PledgeTotals(0, 0, 0, 0)),
+                     None if listed is None else listed[i])
             for (task, repo), i in zip(pairs, ids, strict=True)]
 
 
@@ -151,6 +293,9 @@ def task_json(rows: TaskRows, default_locale: str, *, full: bool = False,
     `done`, `expires_at` null). `full` (the export) adds every row's id and bookkeeping
     columns, and the whole claim history under `claims`.
 
+    `pledges` lists the pledges loaded (all of them for the export; the first ones for the
+    API, `pledge_count` saying how many there are in all).
+
     `privacy` (the public API's; never with `full`): without names, every `pledges[].backer` is
     null (`backers` still counts them); without amounts, every amount (`goal`, `pledged`,
     `raised`, `pledges[].amount`, `payouts[].amount`) is null and `percent` says how much of
@@ -160,6 +305,7 @@ def task_json(rows: TaskRows, default_locale: str, *, full: bool = False,
     locale = locale_of(repo, default_locale)
     b = rows.bounty()
     claim = b.shown_claim()
+    sums = rows.figures(b)
 
     def money(minor: int) -> Json:
         return amount(minor, task.currency, locale)
@@ -174,9 +320,9 @@ def task_json(rows: TaskRows, default_locale: str, *, full: bool = False,
         "state": task.state.value,
         "currency": task.currency,
         "goal": None if task.goal_minor is None else money(task.goal_minor),
-        "pledged": money(b.held().minor),
-        "raised": money(b.raised().minor),
-        "backers": len(b.backers(RAISED)),
+        "pledged": money(sums.held),
+        "raised": money(sums.raised),
+        "backers": sums.backers,
         "deadline": task.deadline.isoformat() if task.deadline else None,
         "created_at": iso(task.created_at),
         "claim": None if claim is None else {
@@ -188,6 +334,7 @@ def task_json(rows: TaskRows, default_locale: str, *, full: bool = False,
         "pledges": [{"backer": p.backer, "amount": money(p.amount_minor),
                      "state": p.state.value, "created_at": iso(p.created_at)}
                     for p in rows.pledges],
+        "pledge_count": sums.count,
         "links": [{"number": li.number, "author": li.author, "state": li.state.value,
                    "url": li.url} for li in rows.links],
         "payouts": [{"developer": p.developer, "amount": money(p.amount_minor),
@@ -195,7 +342,7 @@ def task_json(rows: TaskRows, default_locale: str, *, full: bool = False,
                      "paid_at": iso(p.paid_at)} for p in rows.payouts],
     }
     if not full:
-        return _private(out, b, task, privacy)
+        return _private(out, sums, task, privacy)
     out.update(repo_id=task.repo_id, updated_at=iso(task.updated_at), award=task.award,
                summary_comment_id=task.summary_comment_id)
     for item, p in zip(out["pledges"], rows.pledges, strict=True):
@@ -214,15 +361,24 @@ def task_json(rows: TaskRows, default_locale: str, *, full: bool = False,
     return out
 
 
-def _private(out: Json, b: Bounty, task: t.Task, privacy: Privacy) -> Json:
+def pledge_json(pledge: t.Pledge, locale: str, privacy: Privacy = EVERYTHING) -> Json:
+    """One pledge of a task's page of pledges (`/api/v1/tasks/{id}/pledges`): its id (the
+    cursor of the next page), backer, amount, state and time; null where `privacy` hides."""
+    return {"id": pledge.id, "backer": pledge.backer if privacy.names else None,
+            "amount": amount(pledge.amount_minor, pledge.currency, locale)
+            if privacy.amounts else None,
+            "state": pledge.state.value, "created_at": iso(pledge.created_at)}
+
+
+def _private(out: Json, sums: PledgeTotals, task: t.Task, privacy: Privacy) -> Json:
     """`out` with what `privacy` hides set to null."""
     if not privacy.names:
         for item in out["pledges"]:
             item["backer"] = None
     if not privacy.amounts:
-        shown = b.raised() if task.state == TaskState.DONE else b.held()
+        shown = sums.raised if task.state == TaskState.DONE else sums.held
         out.update(goal=None, pledged=None, raised=None,
-                   percent=percent_of(shown.minor, task.goal_minor))
+                   percent=percent_of(shown, task.goal_minor))
         for item in out["pledges"] + out["payouts"]:
             item["amount"] = None
     return out

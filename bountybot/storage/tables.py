@@ -169,8 +169,10 @@ class Task(Base, table=True):
     """
 
     __tablename__ = "task"
-    # (repo_id, created_at): a repo's tasks, for its pages and its monthly appeal.
-    __table_args__ = (UniqueConstraint("repo_id", "number"), Index(None, "repo_id", "created_at"))
+    # (repo_id, created_at): a repo's tasks, for its pages and its monthly appeal; (repo_id,
+    # state, id): a repo's open tasks, newest first, and the API's lists by repo and state.
+    __table_args__ = (UniqueConstraint("repo_id", "number"), Index(None, "repo_id", "created_at"),
+                      Index(None, "repo_id", "state", "id"))
 
     id: int | None = Field(default=None, primary_key=True)
     repo_id: int = Field(foreign_key="repo.id")
@@ -199,9 +201,11 @@ class Pledge(Base, table=True):
     """Money a backer puts toward a task: `amount_minor` in `currency` (the task's)."""
 
     __tablename__ = "pledge"
-    # A backer's statement finds their pledges by login without case (`lower(backer)`).
+    # A backer's statement finds their pledges by login without case (`lower(backer)`); a
+    # task's pledges are read a page at a time in id order (task_id, id).
     __table_args__ = (CheckConstraint("amount_minor > 0", name="amount_positive"),
-                      Index("ix_pledge_lower_backer", text("lower(backer)")))
+                      Index("ix_pledge_lower_backer", text("lower(backer)")),
+                      Index(None, "task_id", "id"))
 
     id: int | None = Field(default=None, primary_key=True)
     task_id: int = Field(foreign_key="task.id", index=True)
@@ -309,6 +313,8 @@ class LedgerTransaction(Base, table=True):
     """
 
     __tablename__ = "ledger_transaction"
+    # A task's ledger, a page at a time in id order.
+    __table_args__ = (Index(None, "task_id", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(sa_type=String(255), unique=True)
@@ -400,6 +406,10 @@ class AuditEvent(Base, table=True):
     """One line of the audit trail: a command or a transition, who did it, and its details."""
 
     __tablename__ = "audit_event"
+    # (task_id, action, id): a task's timeline by kind of line, newest first; (action, task_id,
+    # created_at): when each task ended (the monthly appeal), without reading every line.
+    __table_args__ = (Index(None, "task_id", "action", "id"),
+                      Index(None, "action", "task_id", "created_at"))
 
     id: int | None = Field(default=None, primary_key=True)
     task_id: int | None = Field(default=None, foreign_key="task.id", index=True)

@@ -36,16 +36,17 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bountybot.api.views import locale_of, privacy_of, shown_publicly
+from bountybot.api.views import PledgeTotals, locale_of, pledge_totals, privacy_of, shown_publicly
 from bountybot.forges.registry import route_pattern
 from bountybot.i18n import babel_locale, format_percentage, language, register, translate
 from bountybot.money import Money, minor_digits, to_decimal
 from bountybot.needs import Figures, history
 from bountybot.resources import READ_GATE, READER, SETTINGS, Busy
 from bountybot.rules.summary import state_word
-from bountybot.states import PayoutState, PledgeState, TaskState
+from bountybot.states import PayoutState, TaskState
 from bountybot.storage import tables as t
 from bountybot.storage.books import reading
+from bountybot.storage.tables import id_of
 
 LANGUAGES = ("en", "fr")
 FORGE_NAMES = route_pattern()
@@ -198,18 +199,15 @@ def short_money(m: Money, locale: str) -> str:
 # -- what the badges say -----------------------------------------------------------------
 
 
-def task_badge(task: t.Task, pledges: list[t.Pledge], payouts: list[t.Payout],
+def task_badge(task: t.Task, sums: PledgeTotals, payouts: list[t.Payout],
                locale: str, *, amounts: bool = True) -> Badge:
     """`€250 of €400` while the task gathers money, `funded €400`, `claimed`, `in review`,
     `paid €400` once every payout is settled (`done €400` until then), or the ended state.
-    Without `amounts`: `62% of goal` (the state's word without a goal), `funded`, `paid`."""
+    Without `amounts`: `62% of goal` (the state's word without a goal), `funded`, `paid`.
+    `sums` are the task's pledges summed in SQL (`api.views.pledge_totals`)."""
     cur = task.currency
-
-    def total(states: frozenset[PledgeState]) -> Money:
-        return Money(sum(p.amount_minor for p in pledges if p.state in states), cur)
-
-    held = total(frozenset({PledgeState.HELD}))
-    raised = total(frozenset({PledgeState.HELD, PledgeState.PAID_OUT}))
+    held = Money(sums.held, cur)
+    raised = Money(sums.raised, cur)
     label = translate(locale, "badge.bounty")
     state = task.state
     if state == TaskState.OPEN and not amounts:
@@ -342,12 +340,12 @@ async def show_task_badge(request: web.Request) -> web.Response:
             col(t.Task.repo_id) == repo.id, col(t.Task.number) == number))).first()
         if repo is None or task is None:
             return _not_found(request, "badge.unknown_task", "badge.bounty")
-        pledges = list((await session.exec(
-            select(t.Pledge).where(col(t.Pledge.task_id) == task.id))).all())
+        sums = (await pledge_totals(session, [id_of(task)])).get(
+            id_of(task), PledgeTotals(0, 0, 0, 0))
         payouts = list((await session.exec(
             select(t.Payout).where(col(t.Payout.task_id) == task.id))).all())
         # Drawn inside the session: its rows are expired once it is rolled back.
-        badge = task_badge(task, pledges, payouts, _locale(request, repo),
+        badge = task_badge(task, sums, payouts, _locale(request, repo),
                            amounts=privacy_of(request.app[SETTINGS], repo).amounts)
     return _answer(request, badge)
 

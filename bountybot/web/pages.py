@@ -15,7 +15,10 @@ repo and appeal pages are kept rendered for `server.page_cache_seconds` (`web/ca
 
 Pages are bounded whatever the size of the books: a repo page (and the index) lists the
 `LISTED_TASKS` newest open tasks, the appeal the `LISTED_LIVE` newest live tasks, each with
-"and K more" counted in SQL; the figures above them always count every task. Newest first, as
+"and K more" counted in SQL; the figures above them always count every task. A task's page lists
+its first `LISTED_BACKERS` backers ("and K more") and, in its timeline, every line but its
+pledges, refunds and withdrawals, of which the newest `LISTED_MOVES` (the earlier ones
+counted): a task with 10,000 pledges has a page the size of one with a hundred. Newest first, as
 the feeds and the API: a backer comes to find work that needs them, and the newest tasks are
 the ones with the least money yet; an order by money would keep the same well-funded tasks on
 top forever, and it is the appeal's sentence and meter that say how far the money has got.
@@ -34,6 +37,7 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +54,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bountybot.api.views import (
     Privacy,
     TaskRows,
+    display_amount,
     load_tasks,
     locale_of,
     percent_of,
@@ -58,7 +63,6 @@ from bountybot.api.views import (
 )
 from bountybot.forges.registry import route_pattern
 from bountybot.i18n import CATALOG, babel_locale, format_day, format_percentage, language, translate
-from bountybot.money import Money, format_money
 from bountybot.needs import MonthFigures, history, next_month, previous_months
 from bountybot.resources import READ_GATE, READER, SETTINGS, Busy
 from bountybot.rules.model import RAISED
@@ -81,6 +85,9 @@ OPEN_STATES = (TaskState.OPEN, TaskState.FUNDED, TaskState.CLAIMED, TaskState.IN
 CACHE_CONTROL = "public, max-age=60"
 LISTED_TASKS = 50  # open tasks listed on a repo page or the index: the newest
 LISTED_LIVE = 100  # live tasks listed on a monthly appeal: the newest
+LISTED_BACKERS = 50  # backers listed on a task's page: the first to pledge
+LISTED_PLEDGES = 20  # a task's pledges loaded for a page (the figures are summed in SQL)
+LISTED_MOVES = 50  # a task's timeline: its newest pledges, refunds and withdrawals
 # Audit lines shown in a task's timeline, in the order they happened.
 TIMELINE = ("task.open", "pledge.held", "task.funded", "claim.active", "link.open",
             "link.merged", "payout.pending", "payout.paid", "pledge.refunded",
@@ -167,7 +174,7 @@ class Words:
                          **params)
 
     def money(self, minor: int, currency: str) -> str:
-        return format_money(Money(minor, currency), self.locale)
+        return display_amount(minor, currency, self.locale)
 
     def percent(self, value: int) -> str:
         return format_percentage(Decimal(value), self.locale)
@@ -176,10 +183,17 @@ class Words:
         return format_date(month, "LLLL yyyy", locale=babel_locale(self.locale)).capitalize()
 
     def day(self, moment: date | datetime) -> str:
-        return format_day(moment, self.locale)
+        return _day(moment.date() if isinstance(moment, datetime) else moment, self.locale)
 
     def state(self, state: str) -> str:
         return state_word(self.locale, str(state))
+
+
+# A page lists up to a hundred amounts and days, and Babel takes a fifth of a millisecond
+# for each: the same ones (a usual pledge, a day of pledges) are written once.
+@lru_cache(maxsize=4096)
+def _day(day: date, locale: str) -> str:
+    return format_day(day, locale)
 
 
 # -- answering -------------------------------------------------------------------------------
@@ -251,7 +265,7 @@ async def _open_tasks(session: AsyncSession, repo_id: int | None) -> list[TaskRo
     if repo_id is not None:
         stmt = stmt.where(col(t.Task.repo_id) == repo_id)
     pairs = [(task, repo) for task, repo in (await session.exec(stmt)).all()]
-    return await load_tasks(session, pairs)
+    return await load_tasks(session, pairs, pledges=LISTED_PLEDGES)
 
 
 async def _count_open(session: AsyncSession, repo_id: int | None) -> int:
@@ -271,27 +285,34 @@ def task_view(rows: TaskRows, now: datetime, privacy: Privacy) -> dict[str, Any]
     how much of the goal is gathered."""
     task, repo = rows.task, rows.repo
     b = rows.bounty()
-    shown = b.raised() if task.state == TaskState.DONE else b.held()
-    totals: dict[str, int] = {}
-    names: dict[str, str] = {}
-    for p in rows.pledges:
-        if p.state in RAISED:
-            key = p.backer.casefold()
-            names.setdefault(key, p.backer)
-            totals[key] = totals.get(key, 0) + p.amount_minor
+    sums = rows.figures(b)
+    shown = sums.raised if task.state == TaskState.DONE else sums.held
+    backers = rows.backers
+    if backers is None and rows.totals is not None:
+        backers = []  # a list of tasks names none of their backers (only how many)
+    elif backers is None:  # every pledge is loaded: each backer's total, in order of first
+        totals: dict[str, int] = {}
+        names: dict[str, str] = {}
+        for p in rows.pledges:
+            if p.state in RAISED:
+                key = p.backer.casefold()
+                names.setdefault(key, p.backer)
+                totals[key] = totals.get(key, 0) + p.amount_minor
+        backers = [(names[k], v) for k, v in totals.items()]
     created = task.created_at if task.created_at.tzinfo else task.created_at.replace(tzinfo=UTC)
     amounts = privacy.amounts
     return {
         "id": task.id, "number": task.number, "title": task.title, "url": task.url,
         "state": task.state.value, "currency": task.currency,
         "goal": task.goal_minor if amounts else None, "has_goal": task.goal_minor is not None,
-        "held": shown.minor if amounts else None, "amounts": amounts,
-        "percent": percent_of(shown.minor, task.goal_minor), "page": page_url(repo, task.number),
-        "backers": [(names[k], v if amounts else None) for k, v in totals.items()]
+        "held": shown if amounts else None, "amounts": amounts,
+        "percent": percent_of(shown, task.goal_minor), "page": page_url(repo, task.number),
+        "backers": [(name, v if amounts else None) for name, v in backers]
         if privacy.names else [],
-        "backer_count": len(totals), "names": privacy.names,
+        "backer_count": sums.backers, "names": privacy.names,
+        "more_backers": max(0, sums.backers - len(backers)) if privacy.names else 0,
         "age_days": max(0, (now - created).days),
-        "reached": task.goal_minor is not None and shown.minor >= task.goal_minor,
+        "reached": task.goal_minor is not None and shown >= task.goal_minor,
         "claim": (lambda c: c.developer if c else None)(b.shown_claim()),
         "repo": repo.full_path, "forge": repo.forge, "repo_page": repo_url(repo),
     }
@@ -404,7 +425,7 @@ async def needs_page(request: web.Request) -> web.Response:
         now = datetime.now(UTC)
         async with request.app[READ_GATE].turn(), reading(request.app[READER]) as session:
             repo = await _repo(session, forge, path)
-            months = await history(session, id_of(repo), month, now=now,
+            months = await history(session, id_of(repo), month, now=now, live=LISTED_LIVE,
                                    default_currency=repo.currency or _bot(request).currency)
             shown = _repo_view(repo)
             privacy = _privacy(request, repo)
@@ -415,7 +436,7 @@ async def needs_page(request: web.Request) -> web.Response:
         return render(request, "needs.html", {
             "w": w, "repo": shown,
             "appeal": months[0], "history": months, "needs_url": f"{base}/-/needs",
-            "live": list(reversed(live[-LISTED_LIVE:])), "more": max(0, len(live) - LISTED_LIVE),
+            "live": list(reversed(live)), "more": months[0].more_live,
             "privacy": privacy,
             "earlier": f"{base}/-/needs/{earlier:%Y-%m}",
             "later": None if later is None else f"{base}/-/needs/{later:%Y-%m}"})
@@ -433,12 +454,31 @@ async def task_page(request: web.Request) -> web.Response:
             col(t.Task.repo_id) == id_of(repo), col(t.Task.number) == number))).first()
         if task is None:
             raise NotFound("task", path=repo.full_path, number=number)
-        [rows] = await load_tasks(session, [(task, repo)])
-        trail = (await session.exec(select(t.AuditEvent).where(
-            col(t.AuditEvent.task_id) == id_of(task), col(t.AuditEvent.action).in_(TIMELINE))
-            .order_by(col(t.AuditEvent.id)))).all()
+        [rows] = await load_tasks(session, [(task, repo)], pledges=LISTED_PLEDGES,
+                                  backers=LISTED_BACKERS)
+        trail, earlier = await _timeline(session, id_of(task))
         context = _task_context(request, repo, rows, trail, now)
-    return _html(request, "task.html", {"w": w, **context})
+    return _html(request, "task.html", {"w": w, **context, "earlier": earlier})
+
+
+async def _timeline(session: AsyncSession, task_id: int) -> tuple[list[t.AuditEvent], int]:
+    """The task's timeline in order: every line but the backers' (`BACKER_ACTIONS`), of which
+    the newest `LISTED_MOVES`; and how many older backers' lines are left out."""
+    of_task = col(t.AuditEvent.task_id) == task_id
+    others = (await session.exec(select(t.AuditEvent).where(
+        of_task, col(t.AuditEvent.action).in_(
+            [a for a in TIMELINE if a not in BACKER_ACTIONS])))).all()
+    # One query per kind of line, each on the index of (task_id, action, id): with the three
+    # in one `IN`, the newest would be found by reading every line of every task, newest first.
+    moves = sorted([line for action in BACKER_ACTIONS for line in (await session.exec(
+        select(t.AuditEvent).where(of_task, col(t.AuditEvent.action) == action)
+        .order_by(col(t.AuditEvent.id).desc()).limit(LISTED_MOVES))).all()],
+        key=lambda a: -id_of(a))[:LISTED_MOVES]
+    earlier = 0
+    if len(moves) == LISTED_MOVES:
+        earlier = int((await session.exec(select(func.count()).select_from(t.AuditEvent).where(
+            of_task, col(t.AuditEvent.action).in_(BACKER_ACTIONS)))).one()) - LISTED_MOVES
+    return sorted([*others, *moves], key=lambda a: id_of(a)), earlier
 
 
 def _task_context(request: web.Request, repo: t.Repo, rows: TaskRows,
