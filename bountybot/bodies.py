@@ -22,11 +22,9 @@ import codecs
 import json
 import math
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Self
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from bountybot.resources import SETTINGS
@@ -75,11 +73,18 @@ class BodyBudget:
         self.total = total
         self.wait = wait
         self.used = 0
+        self.waiting = 0
         self._freed = asyncio.Event()
 
     async def _take(self, size: int) -> None:
         if size > self.total:
             raise Refusal(413, f"the body is larger than {self.total} bytes", close=True)
+        if self.used + size > self.total:  # else taken at once, with no timer to set
+            await self._wait_for_room(size)
+        self.used += size
+
+    async def _wait_for_room(self, size: int) -> None:
+        self.waiting += 1
         try:
             async with asyncio.timeout(self.wait):
                 while self.used + size > self.total:
@@ -89,31 +94,36 @@ class BodyBudget:
             raise Refusal(503, "too many webhook bodies are being read at once; please"
                                " deliver this one again later",
                           retry_after=RETRY_AFTER_SECONDS) from None
-        self.used += size
+        finally:
+            self.waiting -= 1
 
     def _give(self, size: int) -> None:
         self.used -= size
-        # Every waiter looks again; those that still do not fit wait on a fresh event.
-        freed, self._freed = self._freed, asyncio.Event()
-        freed.set()
+        if self.waiting:
+            # Every waiter looks again; those that still do not fit wait on a fresh event.
+            freed, self._freed = self._freed, asyncio.Event()
+            freed.set()
 
-    @asynccontextmanager
-    async def holding(self, counted: bool = True) -> AsyncIterator[Hold]:
-        """A hold on the budget for one request's body, given back on leaving (or earlier, by
-        `release`). `counted=False`: the sender is already proven; nothing is held."""
-        hold = Hold(self if counted else None)
-        try:
-            yield hold
-        finally:
-            hold.release()
+    def holding(self, counted: bool = True) -> Hold:
+        """A hold on the budget for one request's body, as `async with`, given back on leaving
+        (or earlier, by `release`). `counted=False`: the sender is already proven; nothing is
+        held."""
+        return Hold(self if counted else None)
 
 
 class Hold:
-    """What one request holds of the budget."""
+    """What one request holds of the budget. A class, not an `asynccontextmanager`: one
+    request's hold then costs no generator (nor asyncio's bookkeeping of one)."""
 
     def __init__(self, budget: BodyBudget | None) -> None:
         self.budget = budget
         self.held = 0
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self.release()
 
     async def cover(self, size: int) -> None:
         """Hold at least `size` bytes, waiting for room if need be (503 when none comes)."""
@@ -130,10 +140,11 @@ class Hold:
 
 
 async def read_body(request: web.Request, *, limit: int, hold: Hold,
-                    timeout: float) -> bytearray:
+                    timeout: float) -> bytes | bytearray:
     """The whole body, read in chunks: at most `limit` bytes (413), within `timeout` seconds
     (408), each byte covered by `hold` before it is read. A bytearray filled in place, so a
-    body is in memory once, not once in pieces and again joined."""
+    body is in memory once, not once in pieces and again joined; or, when the whole body of a
+    declared length came in with the headers (most webhooks), those bytes as they are."""
     too_large = Refusal(413, f"the body is larger than {limit} bytes", close=True)
     # A compressed body's length says nothing of what it inflates to: counted as it arrives.
     declared = None if request.headers.get("Content-Encoding", "identity").lower() not in (
@@ -142,6 +153,9 @@ async def read_body(request: web.Request, *, limit: int, hold: Hold,
         if declared > limit:
             raise too_large
         await hold.cover(declared)
+        whole = _arrived(request.content, declared)
+        if whole is not None:
+            return whole
     body = bytearray(declared or 0)
     size = 0
     try:
@@ -170,6 +184,16 @@ async def read_body(request: web.Request, *, limit: int, hold: Hold,
     return body
 
 
+def _arrived(content: StreamReader, declared: int) -> bytes | None:
+    """The body, if all `declared` bytes of it are already here and nothing went wrong."""
+    if not content.is_eof() or content.exception() is not None:
+        return None
+    if content.total_bytes != declared:  # cut short, or more than declared: read as a stream
+        return None
+    whole: bytes = content.read_nowait()
+    return whole
+
+
 class _NotJson(ValueError):
     """A value Python's json reads but JSON has not (NaN, Infinity, a float beyond range)."""
 
@@ -186,6 +210,8 @@ def _finite(text: str) -> float:
 
 
 EXPECTED = "send one JSON object in UTF-8"
+# One decoder for every body (`json.loads` with hooks builds a new one at each call).
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
 
 
 def parse_object(body: bytes | bytearray) -> tuple[dict[str, Any], str]:
@@ -200,7 +226,7 @@ def parse_object(body: bytes | bytearray) -> tuple[dict[str, Any], str]:
     except UnicodeDecodeError:
         raise Refusal(400, f"the body is not UTF-8: {EXPECTED}") from None
     try:
-        payload = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+        payload = _DECODER.decode(text)
     except _NotJson as e:
         raise Refusal(400, f"the body holds {e}, which is not a JSON number: {EXPECTED},"
                            " with finite numbers") from None
@@ -227,25 +253,31 @@ def parse_object(body: bytes | bytearray) -> tuple[dict[str, Any], str]:
 def _shape_problem(payload: dict[str, Any], *, strings: bool) -> str | None:
     """Nesting deeper than MAX_DEPTH, or (`strings`) a string with a lone surrogate, which is
     no text: it could not be stored in PostgreSQL nor sent back to a forge."""
-    stack: list[tuple[Any, int]] = [(payload, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            return f"the body is nested deeper than {MAX_DEPTH} levels"
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        for key, item in items:
-            if strings and not (_text(key) and _text(item)):
-                return "the body holds a string with a lone UTF-16 surrogate"
-            if isinstance(item, dict | list):
-                stack.append((item, depth + 1))
+    if _too_deep(payload):
+        return f"the body is nested deeper than {MAX_DEPTH} levels"
+    if strings and not _text(payload):
+        return "the body holds a string with a lone UTF-16 surrogate"
     return None
 
 
-def _text(value: Any) -> bool:
-    if not isinstance(value, str):
-        return True
+def _too_deep(payload: dict[str, Any]) -> bool:
+    # Level by level, keeping only the containers: a payload is mostly strings and numbers,
+    # which are looked at once and dropped, never pushed and popped with their depth. The
+    # decoder builds no container but dict and list.
+    level: list[Any] = [payload]
+    for _ in range(MAX_DEPTH):
+        level = [item for value in level
+                 for item in (value.values() if type(value) is dict else value)
+                 if type(item) is dict or type(item) is list]
+        if not level:
+            return False
+    return True
+
+
+def _text(payload: dict[str, Any]) -> bool:
+    # Written back out whole (keys and values), in C; only a lone surrogate fails to encode.
     try:
-        value.encode("utf-8")
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         return False
     return True

@@ -5,9 +5,11 @@ In one process the inbox writer wakes the worker directly. With `serve --role we
 `--role worker` (or several replicas), the worker that will handle a delivery runs elsewhere:
 the inbox writer's transaction also sends `NOTIFY bountybot_inbox` (delivered at its commit,
 never for a rolled-back one), and each process with a worker keeps one connection LISTENing
-that sets the worker's wake event. Lost notifications cost nothing but time: a worker also
-looks for due work every few seconds, and the listener reconnects after the database comes
-back. SQLite has no NOTIFY; one file serves one host, where the workers' polling suffices.
+that sets the worker's wake event. The writer asks for it in its INSERT's RETURNING
+(`notice`): the wake costs no statement of its own, and goes only with a row written. Lost
+notifications cost nothing but time: a worker also looks for due work every few seconds, and
+the listener reconnects after the database comes back. SQLite has no NOTIFY; one file
+serves one host, where the workers' polling suffices.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bountybot.logs import event
@@ -29,13 +32,18 @@ CHANNEL = "bountybot_inbox"
 CHECK_SECONDS = 5.0
 
 
-async def notify(session: Any) -> None:
-    """Queue the wake in `session`'s transaction (PostgreSQL sends it at the commit). A
-    channel is the whole database's: the notification names its schema, so that instances in
-    other schemas of the same database (tests, staging beside production) are not woken."""
-    if session.get_bind().dialect.name == "postgresql":
-        connection = await session.connection()
-        await connection.exec_driver_sql(f"SELECT pg_notify('{CHANNEL}', current_schema())")
+def notice(dialect: str) -> tuple[Any, ...]:
+    """What an INSERT adds to its RETURNING to send the wake with the rows it writes: one
+    `pg_notify` per row written, none for a row skipped as already there; PostgreSQL sends
+    one notification per transaction for them all, at the commit (never for a rolled-back
+    one). A channel is the whole database's: the notification names its schema, so that
+    instances in other schemas of the same database (tests, staging beside production) are
+    not woken. Nothing on SQLite."""
+    return _NOTICE if dialect == "postgresql" else ()
+
+
+# One expression, kept: the INSERT that returns it is then built once (`insert_kept`).
+_NOTICE = (func.pg_notify(CHANNEL, func.current_schema()),)
 
 
 async def listen(engine: AsyncEngine, wake: Callable[[], None], stop: asyncio.Event, *,

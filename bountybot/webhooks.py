@@ -17,8 +17,6 @@ that project or a project of that group.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -41,7 +39,7 @@ from bountybot.bodies import (
 from bountybot.forges.door import UNPROVEN, within
 from bountybot.forges.forge import Forge
 from bountybot.forges.registry import FORGES
-from bountybot.inbox_writer import InboxWriter
+from bountybot.inbox_writer import InboxWriter, running
 from bountybot.logs import event
 from bountybot.resources import SESSIONMAKER, SETTINGS
 from bountybot.storage import tables as t
@@ -73,7 +71,8 @@ async def about_own_repo(request: web.Request, forge: Forge, payload: dict[str, 
 async def store_delivery(request: web.Request, forge: str, delivery_id: str, kind: str,
                          text: str, topic: str | None) -> web.Response:
     """Write the delivery to the inbox once; 202 when new, 200 when already there, 503 when
-    the database cannot take it (the forge delivers it again later)."""
+    the database cannot take it (the forge delivers it again later). Deliveries that arrive
+    together share one INSERT and one commit (`InboxWriter`); each is answered after it."""
     values = dict(forge=forge, delivery_id=delivery_id, event=kind, payload=text, topic=topic,
                   state=t.DeliveryState.PENDING, attempts=0, received_at=datetime.now(UTC))
     try:
@@ -154,12 +153,6 @@ def setup(app: web.Application) -> None:
 
 
 async def _inbox(app: web.Application) -> AsyncIterator[None]:
-    writer = InboxWriter(app[SESSIONMAKER], app.get(WAKE_WORKER))
-    app[INBOX] = writer
-    task = asyncio.create_task(writer.run())
-    try:
+    async with running(InboxWriter(app[SESSIONMAKER], app.get(WAKE_WORKER))) as writer:
+        app[INBOX] = writer
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
