@@ -59,6 +59,8 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/webhook_ingest.py
 	$(BIN)/python bench/pages.py --requests 50 --steady 10
 	$(BIN)/python bench/reads.py --sizes 1000,10000,100000 --requests 20
+	$(BIN)/python bench/profile_worker.py --pledges 1000 --top 15
+	$(BIN)/python bench/large_task.py --runs 20
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import exists, func, or_, tuple_, update
+from sqlalchemy import and_, exists, func, or_, tuple_, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import aliased, defer
 from sqlmodel import col, select
@@ -75,7 +75,7 @@ from bountybot.rules import (
 from bountybot.rules.decide import is_bot, read_commands
 from bountybot.rules.policy import Policy, policy_from_settings
 from bountybot.storage import tables as t
-from bountybot.storage.batch import DecisionBatch, NewIds, load_rows
+from bountybot.storage.batch import DecisionBatch, NewIds, load_many, load_rows
 from bountybot.storage.bounties import (
     ensure_repo,
     load_bounty,
@@ -87,7 +87,7 @@ from bountybot.storage.uow import BACKGROUND, UnitOfWork, for_update_skip_locked
 log = logging.getLogger(__name__)
 
 # How long a batch decides while webhooks wait for SQLite's write lock (`yield_after`).
-YIELD_AFTER = 0.005
+YIELD_AFTER = 0.025
 # How long a delivery understood but not yet applied is kept understood (see `_understood`).
 UNDERSTOOD_FOR = timedelta(seconds=60)
 
@@ -490,6 +490,7 @@ class DeliveryWorker:
         cache = _Cache()
         kept = DecisionBatch(NewIds(await session.connection()))
         await self._recorded(session, cache, batch)
+        await self._tasks(session, cache, batch)
         waiting: set[str] = set()  # topics of the deliveries that failed here
         paused = started
         for item in batch:
@@ -677,6 +678,35 @@ class DeliveryWorker:
             for comment_id in ids:
                 key = comment_id[:t.FORGE_ID]
                 cache.lines[(forge, key)] = found.get(key, [])
+
+    async def _tasks(self, session: AsyncSession, cache: _Cache, batch: list[_Ready]) -> None:
+        """Read the batch's stored repos and the tasks its deliveries are about, at once (a task
+        read one by one is six statements: a batch of a few deliveries about ten tasks paid
+        more for reading them than for all the rest). What the batch does not find here (a
+        repo named by path, a repo not stored yet) is read when it is met."""
+        refs = {(h.repo.forge, h.repo.forge_repo_id)
+                for item in batch for h in item.happenings if h.repo is not None}
+        if not refs:
+            return
+        by_forge: dict[str, list[str]] = {}
+        for forge, repo_id in refs:
+            by_forge.setdefault(forge, []).append(repo_id)
+        repos = (await session.exec(select(t.Repo).where(or_(*(
+            and_(col(t.Repo.forge) == forge, col(t.Repo.forge_repo_id).in_(sorted(ids)))
+            for forge, ids in sorted(by_forge.items())))))).all()
+        wanted: dict[int, tuple[t.Repo, set[int]]] = {}
+        for repo in repos:
+            cache.repos[(repo.forge, repo.forge_repo_id)] = repo
+            wanted[t.id_of(repo)] = (repo, set())
+        for item in batch:
+            for h in item.happenings:
+                known = cache.repos.get((h.repo.forge, h.repo.forge_repo_id)) if h.repo else None
+                if known is not None:
+                    wanted[t.id_of(known)][1].add(h.number)
+        # Only the tasks found: one missing may be created by another replica before this
+        # batch decides on its issue (there is no row to lock yet), and is read then.
+        cache.bounties.update((key, bounty) for key, bounty in (
+            await load_many(session, wanted, lock=True)).items() if bounty is not None)
 
     async def _plain(self, session: AsyncSession, cache: _Cache, item: _Ready) -> bool:
         """Whether the rules can decide this delivery alone: no transfer, and every repo it

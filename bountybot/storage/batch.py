@@ -25,7 +25,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, func, select, text, update
+from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -122,26 +122,46 @@ class NewIds:
                 obj.id = new_id
 
 
-async def load_rows(session: AsyncSession, repo: t.Repo, number: int, *,
-                    lock: bool = False) -> Bounty | None:
-    """The task of issue `number` in `repo` as the rules see it, read with plain statements
-    (no ORM objects: the batch writes with plain statements too); `lock` takes the task's row
-    on PostgreSQL."""
+async def load_many(session: AsyncSession, wanted: dict[int, tuple[t.Repo, set[int]]], *,
+                    lock: bool = False) -> dict[tuple[int, int], Bounty | None]:
+    """The tasks of these issues (by repo id: the repo and the issue numbers) as the rules see
+    them, by (repo id, number); None for an issue with no task. Read with plain statements (no
+    ORM objects: the batch writes with plain statements too), one a table however many tasks:
+    a batch reads its tasks at once. `lock` takes the tasks' rows on PostgreSQL."""
+    found: dict[tuple[int, int], Bounty | None] = {
+        (repo_id, number): None for repo_id, (_, numbers) in wanted.items() for number in numbers}
+    if not found:
+        return found
     connection = await session.connection()
     task_table = _table(t.Task)
-    stmt = select(task_table).where(task_table.c.repo_id == repo.id,
-                                    task_table.c.number == number)
+    stmt = select(task_table).where(or_(*(
+        and_(task_table.c.repo_id == repo_id, task_table.c.number.in_(sorted(numbers)))
+        for repo_id, (_, numbers) in sorted(wanted.items(), key=lambda item: item[0]))))
     if lock and connection.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    task = (await connection.execute(stmt)).first()
-    if task is None:
-        return None
-    children = []
-    for model in CHILDREN:
+        stmt = stmt.order_by(task_table.c.id).with_for_update()
+    tasks = (await connection.execute(stmt)).all()
+    if not tasks:
+        return found
+    ids = [task.id for task in tasks]
+    children: dict[int, list[list[Any]]] = {i: [[] for _ in CHILDREN] for i in ids}
+    for n, model in enumerate(CHILDREN):
         table = _table(model)
-        children.append((await connection.execute(
-            select(table).where(table.c.task_id == task.id).order_by(table.c.id))).all())
-    return bounty_of(repo, task, *children)  # type: ignore[arg-type]  # rows read as models
+        rows = await connection.execute(
+            select(table).where(table.c.task_id.in_(ids)).order_by(table.c.id))
+        for row in rows.all():
+            children[row.task_id][n].append(row)
+    for task in tasks:
+        repo = wanted[task.repo_id][0]
+        found[(task.repo_id, task.number)] = bounty_of(
+            repo, task, *children[task.id])  # type: ignore[arg-type]  # rows read as models
+    return found
+
+
+async def load_rows(session: AsyncSession, repo: t.Repo, number: int, *,
+                    lock: bool = False) -> Bounty | None:
+    """The task of issue `number` in `repo` (`load_many` for one)."""
+    found = await load_many(session, {t.id_of(repo): (repo, {number})}, lock=lock)
+    return found[(t.id_of(repo), number)]
 
 
 @lru_cache(maxsize=32)
