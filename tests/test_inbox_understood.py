@@ -93,6 +93,7 @@ async def test_what_waits_longer_than_a_minute_is_understood_afresh(sessionmaker
                                row("d01", "issue_comment", comment(1, 11, "ada", "/pledge 5"))])
     clock = Clock(NOW)
     worker = DeliveryWorker(sessionmaker, Settings(), {}, clock=clock)
+    worker.yield_after = 0.0  # no time to go on: each turn stops after one delivery
     assert await worker.run_once() == 1
     clock.move(seconds=(inbox.UNDERSTOOD_FOR + timedelta(seconds=1)).total_seconds())
     assert await worker.run_once() == 1
