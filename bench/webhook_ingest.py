@@ -301,8 +301,10 @@ async def pledges_run(svc: Service, fake: FakeGitHub, tasks: int, pledges: int,
              for i in range(pledges)]
     start = time.monotonic()
     await send_all(svc.hook, items, concurrency)
+    sent = time.monotonic() - start
     # Applied commands: every /pledge writes one pledge row.
     end = await svc.wait_applied(t.Pledge, before + pledges)
+    print(f"    (all {pledges} answered after {sent:.1f} s, all applied after {end - start:.1f} s)")
     return end - start, items
 
 
