@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bountybot.rules.decide import _read_commands
 from bountybot.storage import migrate
 from bountybot.storage.engine import create_engine, create_sessionmaker
 from bountybot.storage.tables import metadata
@@ -213,3 +214,11 @@ def cli_env(no_bountybot_env: None) -> Iterator[None]:  # noqa: ARG001 - it clea
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _commands_read_afresh() -> None:
+    """Each test reads comments' commands itself: `read_commands` keeps what it read, which
+    would hide a change of the parser from a test whose comment an earlier one read (mutation
+    testing changes the parser between tests)."""
+    _read_commands.cache_clear()

@@ -47,6 +47,15 @@ def test_a_refused_percentage_names_a_lookalike_and_nothing_else():
     with pytest.raises(AmountError) as currency:
         parse_percent("5 € %")
     assert currency.value.code == "percent.not_a_number"
+    # A currency sign no amount knows is "not a number" in a share, not an unknown currency.
+    with pytest.raises(AmountError) as sign:
+        parse_percent("5₿%")
+    assert sign.value.code == "percent.not_a_number" and sign.value.params == {"text": "5₿%"}
+
+
+def test_money_in_no_iso_currency_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"^not an ISO 4217 currency code: 'XYZ'$"):
+        Money(100, "XYZ")
 
 
 def test_user_text_is_echoed_safe_and_cut_at_forty_characters():

@@ -56,7 +56,8 @@ def _copy_fields(obj: Any, memo: dict[int, Any]) -> Any:
     (str, int, Money, datetime, enums) or lists of such objects, so copying the lists and the
     objects is enough; `memo` is kept up to date so callers can map old objects to new. The
     fields are copied as one dict (a pledge, claim, link or payout has no list): a task with
-    thousands of pledges is copied for every command it gets."""
+    thousands of pledges is copied for every command it gets. Only `Bounty` copies itself so:
+    its pledges, claims, links and payouts are copied with it, never alone."""
     new = object.__new__(type(obj))
     memo[id(obj)] = new
     fields = obj.__dict__.copy()
@@ -72,9 +73,6 @@ def _copy_fields(obj: Any, memo: dict[int, Any]) -> Any:
 class Pledge:
     """Money a backer puts toward a task; `amount` in the task's currency."""
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-        return _copy_fields(self, memo)
-
     backer: str
     amount: Money
     state: PledgeState
@@ -86,9 +84,6 @@ class Pledge:
 @dataclass
 class Claim:
     """A developer's exclusive, time-limited right to be paid for the task."""
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-        return _copy_fields(self, memo)
 
     developer: str
     state: ClaimState
@@ -104,9 +99,6 @@ class Claim:
 @dataclass
 class Link:
     """A pull/merge request that says it closes the task's issue."""
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-        return _copy_fields(self, memo)
 
     number: int
     author: str
@@ -126,9 +118,6 @@ class Link:
 @dataclass
 class Payout:
     """Money released from the task's escrow to one developer."""
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-        return _copy_fields(self, memo)
 
     developer: str
     amount: Money
