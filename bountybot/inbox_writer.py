@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionma
 from bountybot import wakes
 from bountybot.logs import event
 from bountybot.storage import tables as t
-from bountybot.storage.dialect import insert_kept
+from bountybot.storage.dialect import insert_rows
 from bountybot.storage.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ async def insert_new(session: Any, rows: list[dict[str, Any]], *,
     # other in the same order, instead of each holding one the other needs (a deadlock).
     rows = sorted(rows, key=lambda r: (r["forge"], r["delivery_id"]))
     notice = wakes.notice(session.get_bind().dialect.name) if wake else ()
-    written = await insert_kept(session, t.Delivery, rows, skip_conflicts=True,
+    written = await insert_rows(session, t.Delivery, rows, skip_conflicts=True,
                                 returning=(*_KEY, *notice))
     return {(row[0], row[1]) for row in written}
 

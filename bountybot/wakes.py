@@ -42,7 +42,7 @@ def notice(dialect: str) -> tuple[Any, ...]:
     return _NOTICE if dialect == "postgresql" else ()
 
 
-# One expression, kept: the INSERT that returns it is then built once (`insert_kept`).
+# One expression, kept: the INSERT that returns it is then built once (`insert_rows`).
 _NOTICE = (func.pg_notify(CHANNEL, func.current_schema()),)
 
 

@@ -24,7 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bountybot.payments.stripe_api import idempotency_key
 from bountybot.providers.base import PaymentKind, PaymentRequest
 from bountybot.storage import tables as t
-from bountybot.storage.dialect import insert_for
+from bountybot.storage.dialect import insert_rows
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,9 @@ def op_values(kind: PaymentKind, key: str, now: datetime, *,
 async def insert_ops(session: AsyncSession, rows: list[dict[str, Any]]) -> list[int]:
     """Insert operations, skipping those whose key is already there (a replayed decision, or
     two replicas queueing the same transfer); returns the ids of the rows written."""
-    if not rows:
-        return []
-    table = t.PaymentOp.__table__  # type: ignore[attr-defined]
-    stmt = (insert_for(session)(table).values(rows).on_conflict_do_nothing()
-            .returning(table.c.id))
-    return [i for (i,) in (await session.exec(stmt)).all()]
+    written = await insert_rows(session, t.PaymentOp, rows, skip_conflicts=True,
+                                returning=(t.PaymentOp.id,))
+    return [i for (i,) in written]
 
 
 async def queue_requests(session: AsyncSession, repo: t.Repo, number: int, task_id: int | None,
