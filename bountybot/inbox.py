@@ -81,6 +81,7 @@ from bountybot.storage.bounties import (
     load_bounty,
     policy_of,
     save_decision,
+    stored_repo,
 )
 from bountybot.storage.uow import BACKGROUND, UnitOfWork, for_update_skip_locked, is_conflict
 
@@ -720,9 +721,7 @@ class DeliveryWorker:
             key = (ref.forge, ref.forge_repo_id)
             known = cache.repos.get(key)
             if known is None:
-                known = (await session.exec(select(t.Repo).where(
-                    t.Repo.forge == ref.forge, t.Repo.forge_repo_id == ref.forge_repo_id))
-                    ).first()
+                known = await stored_repo(session, ref.forge, ref.forge_repo_id)
                 if known is None:
                     return False
                 cache.repos[key] = known

@@ -43,13 +43,18 @@ from bountybot.storage.dialect import insert_rows
 log = logging.getLogger(__name__)
 
 
+async def stored_repo(session: AsyncSession, forge: str, forge_repo_id: str) -> t.Repo | None:
+    """The repo row for the forge's stable id, if stored."""
+    return (await session.exec(select(t.Repo).where(
+        t.Repo.forge == forge, t.Repo.forge_repo_id == forge_repo_id))).first()
+
+
 async def ensure_repo(session: AsyncSession, forge: str, forge_repo_id: str, full_path: str,
                       installation_id: str | None = None, *,
                       private: bool | None = None) -> t.Repo:
     """The repo row for the forge's stable id; a rename only updates its path, and whether it
     is private follows what the forge last said (None: the payload did not say)."""
-    row = (await session.exec(select(t.Repo).where(
-        t.Repo.forge == forge, t.Repo.forge_repo_id == forge_repo_id))).first()
+    row = await stored_repo(session, forge, forge_repo_id)
     if row is None:
         row = t.Repo(forge=forge, forge_repo_id=forge_repo_id, full_path=full_path,
                      installation_id=installation_id, private=bool(private))
@@ -374,5 +379,7 @@ async def queue_reply(session: AsyncSession, op: t.PaymentOp, text: str, now: da
 
 
 
-__all__ = ["decide_on_task", "ensure_repo", "issue_of", "load_bounty", "load_bounty_by_id",
-           "policy_of", "queue_reply", "repo_ref", "save_decision", "to_bounty"]
+__all__ = ["audit_rows", "child_values", "created", "decide_on_task", "ensure_repo", "issue_of",
+           "load_bounty", "load_bounty_by_id", "outbox_rows", "policy_of", "posting_rows",
+           "queue_reply", "repo_ref", "save_decision", "stored_repo", "task_values", "to_bounty",
+           "write_postings"]
